@@ -1,0 +1,402 @@
+"""The engine's values: limits, holders, waiters, requests and outcomes, with validation.
+
+Everything here is pure: frozen dataclasses and the checks that turn user input
+into them. Every check raises :class:`~sluice.errors.InvalidRequest` naming the
+value and the rule, before any state changes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Final, Literal
+
+from sluice.errors import InvalidRequest
+
+__all__ = [
+    "DEFAULT_LEASE_TTL",
+    "MAX_LEASE_TTL",
+    "MIN_LEASE_TTL",
+    "NAME_PATTERN",
+    "AcquireRequest",
+    "Granted",
+    "Holder",
+    "Kind",
+    "Limit",
+    "LimitChanges",
+    "LimitStatus",
+    "MissingPolicy",
+    "Queued",
+    "Renewal",
+    "Waiter",
+    "default_burst",
+    "validate_missing",
+    "validate_name",
+    "validate_names",
+    "validate_occupy",
+    "validate_timeout",
+]
+
+DEFAULT_LEASE_TTL: Final = 30.0
+MIN_LEASE_TTL: Final = 1.0
+MAX_LEASE_TTL: Final = 86_400.0
+NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+
+MissingPolicy = Literal["raise", "warn", "ignore"]
+_MISSING_POLICIES: Final = ("raise", "warn", "ignore")
+
+
+class Kind(str, Enum):
+    """What an acquisition takes: slots and tokens (concurrency), or tokens only (rate)."""
+
+    CONCURRENCY = "concurrency"
+    RATE = "rate"
+
+
+class _Unset(Enum):
+    UNSET = "UNSET"
+
+
+UNSET: Final = _Unset.UNSET
+
+
+def utc(ts: float) -> datetime:
+    """Turn store seconds since the epoch into an aware UTC datetime."""
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_name(name: object) -> str:
+    """Return ``name`` if it is a valid limit name, else raise InvalidRequest."""
+    if not isinstance(name, str):
+        raise InvalidRequest(
+            f"limit name must be a str, got {type(name).__name__} {name!r}"
+        )
+    if NAME_PATTERN.fullmatch(name) is None:
+        raise InvalidRequest(
+            f"invalid limit name {name!r}: use 1-128 characters of letters, digits and ._:/-"
+        )
+    return name
+
+
+def validate_names(names: object) -> tuple[str, ...]:
+    """Return the de-duplicated, sorted names of a str or a list of str."""
+    if isinstance(names, str):
+        return (validate_name(names),)
+    if not isinstance(names, Iterable) or isinstance(names, (bytes, bytearray, dict)):
+        raise InvalidRequest(
+            f"limit names must be a str or a list of str, got {type(names).__name__} {names!r}"
+        )
+    checked = {validate_name(n) for n in names}
+    if not checked:
+        raise InvalidRequest("at least one limit name is required, got an empty list")
+    return tuple(sorted(checked))
+
+
+def validate_occupy(occupy: object) -> int:
+    """Return ``occupy`` if it is a whole number of units >= 1."""
+    if not _is_int(occupy):
+        raise InvalidRequest(
+            f"occupy must be an int >= 1, got {type(occupy).__name__} {occupy!r}"
+        )
+    assert isinstance(occupy, int)
+    if occupy < 1:
+        raise InvalidRequest(f"occupy must be an int >= 1, got {occupy!r}")
+    return occupy
+
+
+def validate_timeout(timeout: object) -> float | None:
+    """Return ``timeout`` as seconds (None: wait forever; 0: a single attempt)."""
+    if timeout is None:
+        return None
+    if not _is_number(timeout):
+        raise InvalidRequest(
+            f"timeout must be None or a number of seconds >= 0, "
+            f"got {type(timeout).__name__} {timeout!r}"
+        )
+    value = float(timeout)  # type: ignore[arg-type]
+    if math.isnan(value) or value < 0:
+        raise InvalidRequest(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+    return value
+
+
+def validate_missing(missing: object) -> MissingPolicy:
+    """Return a missing-limit policy: "raise", "warn" or "ignore"."""
+    if missing not in _MISSING_POLICIES:
+        raise InvalidRequest(
+            f"missing must be one of 'raise', 'warn', 'ignore', got {missing!r}"
+        )
+    return missing  # type: ignore[return-value]
+
+
+def _check_slots(slots: object) -> int | None:
+    if slots is None:
+        return None
+    if not _is_int(slots):
+        raise InvalidRequest(
+            f"slots must be an int >= 1 or None, got {type(slots).__name__} {slots!r}"
+        )
+    assert isinstance(slots, int)
+    if slots < 1:
+        raise InvalidRequest(f"slots must be an int >= 1 or None, got {slots!r}")
+    return slots
+
+
+def _check_rate(rate: object) -> float | None:
+    if rate is None:
+        return None
+    if not _is_number(rate):
+        raise InvalidRequest(
+            f"rate must be units per second > 0 or None, got {type(rate).__name__} {rate!r}"
+        )
+    value = float(rate)  # type: ignore[arg-type]
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidRequest(f"rate must be a finite number of units per second > 0, got {rate!r}")
+    return value
+
+
+def _check_burst(burst: object) -> int | None:
+    if burst is None:
+        return None
+    if not _is_int(burst):
+        raise InvalidRequest(
+            f"burst must be an int >= 1 or None, got {type(burst).__name__} {burst!r}"
+        )
+    assert isinstance(burst, int)
+    if burst < 1:
+        raise InvalidRequest(f"burst must be an int >= 1 or None, got {burst!r}")
+    return burst
+
+
+def _check_ttl(lease_ttl: object) -> float:
+    if not _is_number(lease_ttl):
+        raise InvalidRequest(
+            f"lease_ttl must be seconds between {MIN_LEASE_TTL:g} and {MAX_LEASE_TTL:g}, "
+            f"got {type(lease_ttl).__name__} {lease_ttl!r}"
+        )
+    value = float(lease_ttl)  # type: ignore[arg-type]
+    if not (MIN_LEASE_TTL <= value <= MAX_LEASE_TTL):  # also rejects NaN
+        raise InvalidRequest(
+            f"lease_ttl must be seconds between {MIN_LEASE_TTL:g} and {MAX_LEASE_TTL:g} "
+            f"(1 s to 1 day), got {lease_ttl!r}"
+        )
+    return value
+
+
+def default_burst(rate: float) -> int:
+    """The burst a rate gets when none is given: ``max(1, ceil(rate))``."""
+    return max(1, math.ceil(rate))
+
+
+# --------------------------------------------------------------------------- limits
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A named limit: slots held at once and/or units started per second."""
+
+    name: str
+    slots: int | None = None
+    rate: float | None = None
+    burst: int | None = None
+    active: bool = True
+    lease_ttl: float = DEFAULT_LEASE_TTL
+
+    @classmethod
+    def build(
+        cls,
+        name: object,
+        *,
+        slots: object = None,
+        rate: object = None,
+        burst: object = None,
+        active: object = True,
+        lease_ttl: object = DEFAULT_LEASE_TTL,
+    ) -> Limit:
+        """Validate user input into a Limit, filling in the default burst."""
+        checked_name = validate_name(name)
+        checked_slots = _check_slots(slots)
+        checked_rate = _check_rate(rate)
+        checked_burst = _check_burst(burst)
+        if not isinstance(active, bool):
+            raise InvalidRequest(f"active must be a bool, got {type(active).__name__} {active!r}")
+        ttl = _check_ttl(lease_ttl)
+        if checked_burst is not None and checked_rate is None:
+            raise InvalidRequest(
+                f"limit {checked_name!r}: burst={checked_burst} needs a rate; give rate= too"
+            )
+        if checked_rate is not None and checked_burst is None:
+            checked_burst = default_burst(checked_rate)
+        if checked_slots is None and checked_rate is None:
+            raise InvalidRequest(
+                f"limit {checked_name!r} needs slots= (units held at once), "
+                "rate= (units per second), or both"
+            )
+        return cls(checked_name, checked_slots, checked_rate, checked_burst, active, ttl)
+
+    def max_occupy(self, kind: Kind) -> int | None:
+        """The most units one request may take on this limit, or None if unbounded."""
+        bounds = []
+        if kind is Kind.CONCURRENCY and self.slots is not None:
+            bounds.append(self.slots)
+        if self.burst is not None:
+            bounds.append(self.burst)
+        return min(bounds) if bounds else None
+
+
+@dataclass(frozen=True)
+class LimitChanges:
+    """Fields to change on a limit; UNSET leaves a field as it is."""
+
+    slots: int | None | _Unset = UNSET
+    rate: float | None | _Unset = UNSET
+    burst: int | None | _Unset = UNSET
+    lease_ttl: float | _Unset = UNSET
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        slots: object = UNSET,
+        rate: object = UNSET,
+        burst: object = UNSET,
+        lease_ttl: object = UNSET,
+    ) -> LimitChanges:
+        """Validate each given field; raise InvalidRequest if none is given."""
+        if all(v is UNSET for v in (slots, rate, burst, lease_ttl)):
+            raise InvalidRequest(
+                "update() needs at least one of slots=, rate=, burst=, lease_ttl="
+            )
+        return cls(
+            slots=UNSET if slots is UNSET else _check_slots(slots),
+            rate=UNSET if rate is UNSET else _check_rate(rate),
+            burst=UNSET if burst is UNSET else _check_burst(burst),
+            lease_ttl=UNSET if lease_ttl is UNSET else _check_ttl(lease_ttl),
+        )
+
+    def apply(self, limit: Limit) -> Limit:
+        """Return ``limit`` with these changes, checked as a whole."""
+        slots = limit.slots if self.slots is UNSET else self.slots
+        rate = limit.rate if self.rate is UNSET else self.rate
+        burst = limit.burst if self.burst is UNSET else self.burst
+        ttl = limit.lease_ttl if self.lease_ttl is UNSET else self.lease_ttl
+        if rate is None and self.burst is UNSET:
+            burst = None  # removing the rate removes its bucket
+        elif self.rate is not UNSET and self.burst is UNSET and limit.burst is None:
+            burst = None  # a rate added without a burst gets the default one
+        return Limit.build(
+            limit.name, slots=slots, rate=rate, burst=burst, active=limit.active, lease_ttl=ttl
+        )
+
+    def touches_rate(self) -> bool:
+        """Whether the rate bucket must restart full."""
+        return self.rate is not UNSET or self.burst is not UNSET
+
+
+# --------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A lease holding units of a limit."""
+
+    lease_id: str
+    occupy: int
+    holder: str
+    host: str
+    pid: int
+    since: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """A request queued for a limit, with its 1-based position in that limit's queue."""
+
+    ticket_id: str
+    occupy: int
+    holder: str
+    host: str
+    pid: int
+    since: datetime
+    position: int
+
+
+@dataclass(frozen=True)
+class LimitStatus:
+    """A snapshot of one limit: its definition, who holds it and who waits."""
+
+    limit: Limit
+    in_use: int
+    holders: list[Holder] = field(default_factory=list)
+    waiters: list[Waiter] = field(default_factory=list)
+    next_token_in: float | None = None
+    taken_at: datetime | None = None
+
+
+# --------------------------------------------------------------------------- store I/O
+
+
+@dataclass(frozen=True)
+class AcquireRequest:
+    """One attempt to take ``occupy`` units of every named limit, atomically.
+
+    ``request_id`` names the attempt across retries: it is the waiting ticket's id
+    while queued and the lease's id once granted, so abandoning it cleans up both.
+    """
+
+    request_id: str
+    names: tuple[str, ...]
+    occupy: int = 1
+    kind: Kind = Kind.CONCURRENCY
+    holder: str = ""
+    missing: MissingPolicy = "raise"
+    seq: int | None = None
+
+
+@dataclass(frozen=True)
+class Granted:
+    """The request holds its units now (``lease_id`` is None for a rate-only grant)."""
+
+    lease_id: str | None
+    names: tuple[str, ...]
+    acquired_at: float
+    expires_at: float | None
+    lease_ttl: float | None
+    missing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The request waits in line; look again when woken or after ``retry_in`` seconds."""
+
+    request_id: str
+    seq: int
+    blocked_on: str
+    position: int
+    retry_in: float | None
+    lease_ttl: float
+    missing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """What a renewal found: leases and tickets now gone, and the new lease expiries."""
+
+    lost_leases: frozenset[str] = frozenset()
+    lost_tickets: frozenset[str] = frozenset()
+    expires_at: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,205 @@
+"""The Store protocol: the contract every backend implements.
+
+A store keeps limits, leases and waiting tickets, and offers a handful of
+operations, each of which is ONE atomic step (a transaction, a Lua script):
+it decides and answers at once, and never waits. Waiting, wake-ups, timeouts,
+cancellation and lease renewal live once, above the store, in
+:mod:`sluice.limits.client`.
+
+Rules every backend follows:
+
+* **All-or-nothing.** :meth:`Store.acquire` takes ``occupy`` units of every
+  named, active limit, or nothing. A failed operation changes nothing.
+* **Strict FIFO per limit.** A request may be granted on a limit only if no
+  live ticket that arrived earlier (lower ``seq``) waits on that limit. Tickets
+  get their ``seq`` from one store-wide counter, so the oldest waiter is at the
+  head of every queue it is in, and multi-limit waiters cannot deadlock.
+* **Leases and tickets expire.** Each carries ``expires_at`` on the store's
+  clock; expired ones are reclaimed inside the atomic steps (no reaper) and a
+  reclaimed lease is gone for good: renewing or releasing it reports it lost.
+* **Push wake-ups.** After every change that may let a waiter through (release,
+  grant, abandon, update, enable, disable, reset, delete, reclaim), the store
+  tells the waiting processes which tickets to re-try — only as many as can now
+  be served, plus the head of each queue — through the handler set with
+  :meth:`Store.set_wake_handler`. It never requires waiters to poll.
+* **The store's clock is the clock** for lease expiry and rate tokens.
+* **Errors** are :mod:`sluice.errors` exceptions; driver errors are translated
+  (``raise StoreError(...) from exc``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from sluice.limits.model import (
+    AcquireRequest,
+    Granted,
+    Limit,
+    LimitChanges,
+    LimitStatus,
+    Queued,
+    Renewal,
+)
+
+__all__ = ["AsyncStore", "Store", "ThreadedAsyncStore", "WakeHandler"]
+
+WakeHandler = Callable[[Collection[str]], None]
+"""Called (from any thread) with ticket ids whose waiters should try again."""
+
+_T = TypeVar("_T")
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A backend holding limits, leases and queues; every method is one atomic step."""
+
+    url: str
+    """The store's URL with any password masked: safe to print."""
+
+    safety_interval: float
+    """Seconds a waiter may sleep without a wake-up before re-checking (>= 1)."""
+
+    def now(self) -> float:
+        """The store's clock, in seconds since the epoch."""
+
+    def create_limit(self, limit: Limit) -> Limit:
+        """Create ``limit`` with a full rate bucket; raise LimitExists if the name is taken."""
+
+    def ensure_limit(self, limit: Limit) -> Limit:
+        """Create ``limit`` if no limit has its name; return the stored limit either way."""
+
+    def get_limit(self, name: str) -> Limit:
+        """Return the named limit; raise LimitNotFound if absent."""
+
+    def list_limits(self) -> list[Limit]:
+        """Return every limit, sorted by name."""
+
+    def update_limit(self, name: str, changes: LimitChanges) -> Limit:
+        """Change the given fields in place, keeping holders and waiters.
+
+        A changed rate or burst restarts the bucket full. Raises LimitNotFound,
+        or InvalidRequest if the result is not a valid limit.
+        """
+
+    def set_active(self, name: str, active: bool) -> Limit:
+        """Enable or disable a limit; an inactive limit admits everyone and records nothing."""
+
+    def reset_limit(self, name: str) -> int:
+        """Revoke every lease holding the limit and refill its bucket; return how many."""
+
+    def delete_limit(self, name: str, force: bool = False) -> None:
+        """Delete a limit; raise LimitBusy if leases hold it, unless ``force`` revokes them."""
+
+    def inspect_limit(self, name: str) -> LimitStatus:
+        """Return the limit with its live holders, waiters in order, and next token time."""
+
+    def acquire(self, request: AcquireRequest) -> Granted | Queued:
+        """Grant the request now, or queue it (keeping ``request.seq`` if given).
+
+        Raises LimitNotFound (listing every missing name) when ``missing`` is
+        "raise", and InvalidRequest for an occupy no limit could ever meet or a
+        rate request on a limit without a rate; in both cases nothing changes.
+        """
+
+    def release(self, lease_id: str) -> bool:
+        """Release a lease; return False if it was already gone (released, expired, revoked)."""
+
+    def renew(self, lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> Renewal:
+        """Extend this process's leases and tickets by their TTL; report those that are gone."""
+
+    def abandon(self, request_id: str) -> None:
+        """Withdraw a request: drop its ticket and release any lease granted to it."""
+
+    def set_wake_handler(self, handler: WakeHandler) -> None:
+        """Deliver this process's wake-ups (ticket ids) to ``handler``."""
+
+    def close(self) -> None:
+        """Release connections, listeners and files this process holds."""
+
+
+class AsyncStore(Protocol):
+    """The coroutine twin of :class:`Store`, with the same operations and contract."""
+
+    url: str
+    safety_interval: float
+    sync: Store
+
+    async def now(self) -> float: ...
+    async def create_limit(self, limit: Limit) -> Limit: ...
+    async def ensure_limit(self, limit: Limit) -> Limit: ...
+    async def get_limit(self, name: str) -> Limit: ...
+    async def list_limits(self) -> list[Limit]: ...
+    async def update_limit(self, name: str, changes: LimitChanges) -> Limit: ...
+    async def set_active(self, name: str, active: bool) -> Limit: ...
+    async def reset_limit(self, name: str) -> int: ...
+    async def delete_limit(self, name: str, force: bool = False) -> None: ...
+    async def inspect_limit(self, name: str) -> LimitStatus: ...
+    async def acquire(self, request: AcquireRequest) -> Granted | Queued: ...
+    async def release(self, lease_id: str) -> bool: ...
+    async def abandon(self, request_id: str) -> None: ...
+
+
+class ThreadedAsyncStore:
+    """An AsyncStore that runs a sync store's steps on worker threads.
+
+    For backends whose driver has no async API (SQLite, memory). The steps are
+    short; running them off the event loop keeps a contended file lock from
+    stalling other coroutines.
+    """
+
+    def __init__(self, store: Store, executor: ThreadPoolExecutor) -> None:
+        self.sync = store
+        self.url = store.url
+        self.safety_interval = store.safety_interval
+        self._executor = executor
+
+    def _run(self, fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    async def now(self) -> float:
+        return await self._run(self.sync.now)
+
+    async def create_limit(self, limit: Limit) -> Limit:
+        return await self._run(self.sync.create_limit, limit)
+
+    async def ensure_limit(self, limit: Limit) -> Limit:
+        return await self._run(self.sync.ensure_limit, limit)
+
+    async def get_limit(self, name: str) -> Limit:
+        return await self._run(self.sync.get_limit, name)
+
+    async def list_limits(self) -> list[Limit]:
+        return await self._run(self.sync.list_limits)
+
+    async def update_limit(self, name: str, changes: LimitChanges) -> Limit:
+        return await self._run(self.sync.update_limit, name, changes)
+
+    async def set_active(self, name: str, active: bool) -> Limit:
+        return await self._run(self.sync.set_active, name, active)
+
+    async def reset_limit(self, name: str) -> int:
+        return await self._run(self.sync.reset_limit, name)
+
+    async def delete_limit(self, name: str, force: bool = False) -> None:
+        await self._run(self.sync.delete_limit, name, force)
+
+    async def inspect_limit(self, name: str) -> LimitStatus:
+        return await self._run(self.sync.inspect_limit, name)
+
+    def acquire_future(self, request: AcquireRequest) -> asyncio.Future[Granted | Queued]:
+        """Start an acquire step; the future completes even if its awaiter is cancelled."""
+        return self._run(self.sync.acquire, request)
+
+    async def acquire(self, request: AcquireRequest) -> Granted | Queued:
+        return await self.acquire_future(request)
+
+    async def release(self, lease_id: str) -> bool:
+        return await self._run(self.sync.release, lease_id)
+
+    async def abandon(self, request_id: str) -> None:
+        await self._run(self.sync.abandon, request_id)
