@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create .venv (if absent), install Sluice with its dev extras, then lint,
+# type-check and run every test. Extra arguments go to pytest.
+# Usage: bash scripts/test.sh [pytest args...]        (from any directory)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    echo "==> creating .venv with $("$PYTHON" --version 2>&1)"
+    "$PYTHON" -m venv .venv
+fi
+
+echo "==> installing sluice[dev] into .venv"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+
+echo "==> ruff check src tests benchmarks examples"
+.venv/bin/python -m ruff check src tests benchmarks examples
+
+echo "==> mypy (strict, configured in pyproject.toml)"
+.venv/bin/python -m mypy
+
+echo "==> python -m pytest"
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,66 @@
+"""The in-process store: the SQLite store's engine on a private in-memory database.
+
+Every ``Limits("memory://NAME")`` in a process shares one store per NAME; it
+vanishes with the process and is never seen by another one. It runs exactly
+the decision logic of :mod:`sluice.store.sqlite` (so the two cannot disagree),
+without lock files, sockets or process watches: every waiter is local.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sqlite3
+import uuid
+from collections.abc import Collection
+from contextlib import AbstractContextManager
+
+from sluice.store.sqlite import SQLiteStore, _Tx
+from sluice.store.sqlite_ipc import ProcessInfo
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(SQLiteStore):
+    """Limits kept in this process's memory; for tests and single-process programs."""
+
+    safety_interval = 30.0
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, ":memory:")
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+
+    def _write_lock(self) -> AbstractContextManager[object]:
+        return contextlib.nullcontext()
+
+    def _register(self, tx: _Tx) -> ProcessInfo:
+        info = ProcessInfo(uuid.uuid4().hex[:20], os.getpid(), socket.gethostname())
+        tx.run(
+            "INSERT INTO sluice_processes (id, pid, host, wake_addr, started_at)"
+            " VALUES (?, ?, ?, 'local', ?)",
+            (info.id, info.pid, info.host, tx.now),
+        )
+        return info
+
+    def _dead_processes(self, tx: _Tx, process_ids: Collection[str]) -> set[str]:
+        return set()  # every holder and waiter is this process
+
+    def _watch(self, ticket_id: str, pids: Collection[int]) -> None:
+        pass
+
+    def _unwatch(self, ticket_id: str) -> None:
+        pass
+
+    def _send(self, targets: list[tuple[str, list[str]]]) -> None:
+        pass
+
+    def _close_ipc(self) -> None:
+        pass
+
+
+def from_url(url: str) -> MemoryStore:
+    """Open a new memory store (the registry in sluice.store shares it per URL)."""
+    return MemoryStore(url)

@@ -1,0 +1,795 @@
+"""The embedded default store: limits in a SQLite file, shared by every process on a host.
+
+Each operation is one ``BEGIN IMMEDIATE`` transaction on the process's single
+connection. Durability is ``synchronous=NORMAL`` in WAL mode: a power cut may
+lose the last transactions, which is harmless here because leases and queues
+describe live processes and rebuild themselves from them.
+
+Fair write access: SQLite's own busy handler sleeps and retries, and under
+contention it starves writers. Every write transaction therefore first takes
+an exclusive OS lock on ``<db>.sluice/write.lock`` (threads of one process
+queue on a mutex before that), so writers block in the kernel and are woken
+when the lock frees, with no sleeping and no retry loop.
+
+Cross-process machinery (process liveness, wake-up sockets, exit watches)
+lives in :mod:`sluice.store.sqlite_ipc`; the decision logic is here, once, and
+also serves the in-process memory store.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import NamedTuple
+
+from sluice.errors import InvalidRequest, LimitBusy, LimitExists, LimitNotFound, StoreError
+from sluice.limits import gcra
+from sluice.limits.model import (
+    DEFAULT_LEASE_TTL,
+    AcquireRequest,
+    Granted,
+    Holder,
+    Kind,
+    Limit,
+    LimitChanges,
+    LimitStatus,
+    Queued,
+    Renewal,
+    Waiter,
+    utc,
+)
+from sluice.store import sqlite_ipc
+from sluice.store.base import WakeHandler
+from sluice.store.sqlite_ipc import ProcessInfo
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+SCHEMA_VERSION = 1
+_forked_leftovers: list[object] = []
+_CHUNK = 400  # stay well under SQLite's bound-parameter limit
+_MAX_WAKE = 256  # most tickets one change wakes per limit
+
+
+class _LimitRow(NamedTuple):
+    id: int
+    name: str
+    slots: int | None
+    rate: float | None
+    burst: int | None
+    active: int
+    lease_ttl: float
+    tat: float
+
+    def to_limit(self) -> Limit:
+        return Limit(
+            self.name, self.slots, self.rate, self.burst, bool(self.active), self.lease_ttl
+        )
+
+
+_LIMIT_COLUMNS = "id, name, slots, rate, burst, active, lease_ttl, tat"
+
+
+@dataclass
+class _Tx:
+    """One open transaction: its cursor, its clock reading and the limits it touched."""
+
+    conn: sqlite3.Connection
+    now: float
+    touched: set[int] = field(default_factory=set)
+
+    def one(self, sql: str, params: Sequence[object] = ()) -> tuple[object, ...] | None:
+        row: tuple[object, ...] | None = self.conn.execute(sql, params).fetchone()
+        return row
+
+    def all(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def run(self, sql: str, params: Sequence[object] = ()) -> int:
+        return self.conn.execute(sql, params).rowcount
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+class SQLiteStore:
+    """Limits, leases and FIFO queues in SQLite tables; one transaction per operation."""
+
+    safety_interval = 10.0
+
+    def __init__(self, url: str, path: str) -> None:
+        self.url = url
+        self.path = path
+        self._mutex = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._handler: WakeHandler | None = None
+        self._closed = False
+        self._process: ProcessInfo | None = None
+        self._pid = os.getpid()
+
+    # ------------------------------------------------------------- hooks
+    # Overridden by the memory store; the SQLite versions work across processes.
+
+    def _connect(self) -> sqlite3.Connection:
+        sqlite_ipc.prepare_files(self.path)
+        conn = sqlite3.connect(
+            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        self._ipc = sqlite_ipc.ProcessLink(self.path, self._wake_local)
+        self.safety_interval = self._ipc.safety_interval
+        return conn
+
+    def _write_lock(self) -> AbstractContextManager[object]:
+        return self._ipc.write_lock()
+
+    def _register(self, tx: _Tx) -> ProcessInfo:
+        info, wake_addr = self._ipc.start()
+        tx.run(
+            "INSERT OR REPLACE INTO sluice_processes (id, pid, host, wake_addr, started_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (info.id, info.pid, info.host, wake_addr, tx.now),
+        )
+        return info
+
+    def _dead_processes(self, tx: _Tx, process_ids: Collection[str]) -> set[str]:
+        assert self._process is not None
+        rows = tx.all(
+            f"SELECT id, host FROM sluice_processes WHERE id IN ({_marks(len(process_ids))})",
+            list(process_ids),
+        )
+        known = {str(r[0]): str(r[1]) for r in rows}
+        dead = set()
+        for pid_ in process_ids:
+            host = known.get(pid_)
+            if host is None:
+                dead.add(pid_)  # registered processes always have a row; none means gone
+            elif host == self._process.host and not self._ipc.is_alive(pid_):
+                dead.add(pid_)
+        return dead
+
+    def _watch(self, ticket_id: str, pids: Collection[int]) -> None:
+        self._ipc.watch(ticket_id, pids)
+
+    def _unwatch(self, ticket_id: str) -> None:
+        self._ipc.unwatch(ticket_id)
+
+    def _deliver(self, tx: _Tx, wakes: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
+        """Resolve wake targets to addresses inside the transaction."""
+        rows = tx.all(
+            f"SELECT id, wake_addr FROM sluice_processes WHERE id IN ({_marks(len(wakes))})",
+            list(wakes),
+        )
+        return [(str(addr), wakes[str(pid_)]) for pid_, addr in rows]
+
+    def _send(self, targets: list[tuple[str, list[str]]]) -> None:
+        self._ipc.send(targets)
+
+    def _close_ipc(self) -> None:
+        if self._conn is not None:
+            self._ipc.close()
+
+    # ------------------------------------------------------------- plumbing
+
+    def _after_fork(self) -> None:
+        # A forked child shares nothing with its parent's connection or identity. The
+        # inherited connection is kept, unused and unclosed: closing it could disturb
+        # the parent's SQLite locks.
+        _forked_leftovers.append(self._conn)
+        self._mutex = threading.Lock()
+        self._conn = None
+        self._process = None
+        self._pid = os.getpid()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():
+            self._after_fork()
+        if self._closed:
+            raise StoreError(f"store {self.url} is closed")
+        if self._conn is None:
+            conn = self._connect()
+            self._conn = conn
+            with self._write_lock():
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._create_schema(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+        return self._conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name='sluice_meta'"
+        ).fetchone()
+        if row is not None:
+            version = conn.execute(
+                "SELECT value FROM sluice_meta WHERE key='schema_version'"
+            ).fetchone()
+            if version is not None and int(version[0]) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store {self.url} has schema version {version[0]}, newer than this "
+                    f"Sluice understands ({SCHEMA_VERSION}); upgrade Sluice"
+                )
+            if version is not None and int(version[0]) == SCHEMA_VERSION:
+                return
+        script = resources.files("sluice.store").joinpath("sqlite_schema.sql").read_text()
+        code = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
+        for statement in code.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+
+    @contextmanager
+    def _tx(self) -> Iterator[_Tx]:
+        targets: list[tuple[str, list[str]]] = []
+        local: list[str] = []
+        try:
+            with self._mutex:
+                conn = self._connection()
+                with self._write_lock():
+                    conn.execute("BEGIN IMMEDIATE")
+                    tx = _Tx(conn, time.time())
+                    try:
+                        yield tx
+                        if tx.touched:
+                            targets, local = self._wake_targets(tx, tx.touched)
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.url} failed: {exc}") from exc
+        if targets:
+            self._send(targets)
+        if local:
+            self._wake_local(local)
+
+    def _wake_local(self, ticket_ids: Collection[str]) -> None:
+        handler = self._handler
+        if handler is not None:
+            handler(ticket_ids)
+
+    def _me(self) -> ProcessInfo:
+        """This process's identity, registered in its own transaction on first use."""
+        if self._process is None or self._pid != os.getpid():
+            with self._tx() as tx:
+                if self._process is None:
+                    self._process = self._register(tx)
+        assert self._process is not None
+        return self._process
+
+    # ------------------------------------------------------------- reading
+
+    def _limit_rows(self, tx: _Tx, names: Sequence[str]) -> dict[str, _LimitRow]:
+        rows = tx.all(
+            f"SELECT {_LIMIT_COLUMNS} FROM sluice_limits WHERE name IN ({_marks(len(names))})",
+            names,
+        )
+        return {str(r[1]): _LimitRow(*r) for r in rows}  # type: ignore[arg-type]
+
+    def _limit_row(self, tx: _Tx, name: str) -> _LimitRow:
+        row = tx.one(f"SELECT {_LIMIT_COLUMNS} FROM sluice_limits WHERE name = ?", (name,))
+        if row is None:
+            raise LimitNotFound([name])
+        return _LimitRow(*row)  # type: ignore[arg-type]
+
+    def _in_use(self, tx: _Tx, limit_id: int) -> int:
+        row = tx.one(
+            "SELECT COALESCE(SUM(units), 0) FROM sluice_holdings WHERE limit_id = ?", (limit_id,)
+        )
+        assert row is not None
+        return int(row[0])  # type: ignore[call-overload]
+
+    # ------------------------------------------------------------- admin
+
+    def now(self) -> float:
+        return time.time()
+
+    def create_limit(self, limit: Limit) -> Limit:
+        with self._tx() as tx:
+            if tx.one("SELECT 1 FROM sluice_limits WHERE name = ?", (limit.name,)):
+                raise LimitExists(limit.name)
+            self._insert_limit(tx, limit)
+        return limit
+
+    def ensure_limit(self, limit: Limit) -> Limit:
+        with self._tx() as tx:
+            row = tx.one(f"SELECT {_LIMIT_COLUMNS} FROM sluice_limits WHERE name = ?", (limit.name,))
+            if row is not None:
+                return _LimitRow(*row).to_limit()  # type: ignore[arg-type]
+            self._insert_limit(tx, limit)
+        return limit
+
+    def _insert_limit(self, tx: _Tx, limit: Limit) -> None:
+        tx.run(
+            "INSERT INTO sluice_limits (name, slots, rate, burst, active, lease_ttl, tat,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+            (
+                limit.name,
+                limit.slots,
+                limit.rate,
+                limit.burst,
+                int(limit.active),
+                limit.lease_ttl,
+                tx.now,
+                tx.now,
+            ),
+        )
+
+    def get_limit(self, name: str) -> Limit:
+        with self._tx() as tx:
+            return self._limit_row(tx, name).to_limit()
+
+    def list_limits(self) -> list[Limit]:
+        with self._tx() as tx:
+            rows = tx.all(f"SELECT {_LIMIT_COLUMNS} FROM sluice_limits ORDER BY name")
+        return [_LimitRow(*r).to_limit() for r in rows]  # type: ignore[arg-type]
+
+    def update_limit(self, name: str, changes: LimitChanges) -> Limit:
+        with self._tx() as tx:
+            row = self._limit_row(tx, name)
+            new = changes.apply(row.to_limit())
+            tx.run(
+                "UPDATE sluice_limits SET slots = ?, rate = ?, burst = ?, lease_ttl = ?,"
+                " tat = CASE WHEN ? THEN 0 ELSE tat END, updated_at = ? WHERE id = ?",
+                (
+                    new.slots,
+                    new.rate,
+                    new.burst,
+                    new.lease_ttl,
+                    int(changes.touches_rate()),
+                    tx.now,
+                    row.id,
+                ),
+            )
+            tx.touched.add(row.id)
+        return new
+
+    def set_active(self, name: str, active: bool) -> Limit:
+        with self._tx() as tx:
+            row = self._limit_row(tx, name)
+            tx.run(
+                "UPDATE sluice_limits SET active = ?, updated_at = ? WHERE id = ?",
+                (int(active), tx.now, row.id),
+            )
+            tx.touched.add(row.id)
+            return row._replace(active=int(active)).to_limit()
+
+    def reset_limit(self, name: str) -> int:
+        with self._tx() as tx:
+            row = self._limit_row(tx, name)
+            leases = self._lease_ids_on(tx, row.id)
+            self._revoke(tx, leases)
+            tx.run("UPDATE sluice_limits SET tat = 0, updated_at = ? WHERE id = ?", (tx.now, row.id))
+            tx.touched.add(row.id)
+            return len(leases)
+
+    def delete_limit(self, name: str, force: bool = False) -> None:
+        with self._tx() as tx:
+            row = self._limit_row(tx, name)
+            self._reclaim(tx, [row.id])
+            leases = self._lease_ids_on(tx, row.id)
+            if leases and not force:
+                raise LimitBusy(name, len(leases))
+            self._revoke(tx, leases)
+            tx.touched.add(row.id)
+            tx.run("DELETE FROM sluice_limits WHERE id = ?", (row.id,))
+
+    def inspect_limit(self, name: str) -> LimitStatus:
+        with self._tx() as tx:
+            row = self._limit_row(tx, name)
+            self._reclaim(tx, [row.id])
+            holders = [
+                Holder(str(r[0]), int(r[1]), str(r[2]), str(r[3]), int(r[4]), utc(r[5]), utc(r[6]))  # type: ignore[call-overload, arg-type]
+                for r in tx.all(
+                    "SELECT l.id, h.units, l.holder, l.host, l.pid, l.acquired_at, l.expires_at"
+                    " FROM sluice_holdings h JOIN sluice_leases l ON l.id = h.lease_id"
+                    " WHERE h.limit_id = ? ORDER BY l.acquired_at, l.id",
+                    (row.id,),
+                )
+            ]
+            waiters = [
+                Waiter(str(r[0]), int(r[1]), str(r[2]), str(r[3]), int(r[4]), utc(r[5]), i + 1)  # type: ignore[call-overload, arg-type]
+                for i, r in enumerate(
+                    tx.all(
+                        "SELECT t.id, q.occupy, t.holder, t.host, t.pid, t.created_at"
+                        " FROM sluice_queue q JOIN sluice_tickets t ON t.id = q.ticket_id"
+                        " WHERE q.limit_id = ? ORDER BY q.seq",
+                        (row.id,),
+                    )
+                )
+            ]
+            token_in = None
+            if row.rate is not None and row.burst is not None:
+                token_in = gcra.next_token_in(row.tat, tx.now, row.rate, row.burst)
+            return LimitStatus(
+                limit=row.to_limit(),
+                in_use=sum(h.occupy for h in holders),
+                holders=holders,
+                waiters=waiters,
+                next_token_in=token_in,
+                taken_at=utc(tx.now),
+            )
+
+    # ------------------------------------------------------------- acquire
+
+    def acquire(self, request: AcquireRequest) -> Granted | Queued:
+        me = self._me()
+        with self._tx() as tx:
+            rows = self._limit_rows(tx, request.names)
+            missing = tuple(n for n in request.names if n not in rows)
+            if missing and request.missing == "raise":
+                raise LimitNotFound(missing)
+            active = [r for r in sorted(rows.values(), key=lambda r: r.name) if r.active]
+            self._check_request(request, active)
+            ticket = tx.one(
+                "SELECT seq FROM sluice_tickets WHERE id = ?", (request.request_id,)
+            )
+            seq = int(ticket[0]) if ticket is not None else request.seq  # type: ignore[call-overload]
+
+            blocked = self._blockers(tx, request, active, seq)
+            if blocked:
+                # Something is in the way: reclaim what is expired or dead, then look again.
+                if self._reclaim(tx, [r.id for r in active]):
+                    blocked = self._blockers(tx, request, active, seq)
+            if not blocked:
+                return self._grant(tx, request, active, missing, me)
+            return self._queue(tx, request, active, missing, me, seq, blocked)
+
+    def _check_request(self, request: AcquireRequest, active: list[_LimitRow]) -> None:
+        for row in active:
+            if request.kind is Kind.RATE and row.rate is None:
+                raise InvalidRequest(
+                    f"rate_limit() on limit {row.name!r}, which has no rate; "
+                    "give it one with update(rate=...) or use concurrency()"
+                )
+            bound = row.to_limit().max_occupy(request.kind)
+            if bound is not None and request.occupy > bound:
+                what = "slots" if bound == row.slots else "burst"
+                raise InvalidRequest(
+                    f"occupy={request.occupy} can never be met by limit {row.name!r} "
+                    f"({what}={bound}); ask for at most {bound}"
+                )
+
+    def _blockers(
+        self, tx: _Tx, request: AcquireRequest, active: list[_LimitRow], seq: int | None
+    ) -> list[tuple[_LimitRow, str]]:
+        """Each active limit that refuses the request now, with why: queue, slots or rate."""
+        blocked: list[tuple[_LimitRow, str]] = []
+        for row in active:
+            head = tx.one(
+                "SELECT seq FROM sluice_queue WHERE limit_id = ? ORDER BY seq LIMIT 1", (row.id,)
+            )
+            if head is not None and (seq is None or int(head[0]) < seq):  # type: ignore[call-overload]
+                blocked.append((row, "queue"))
+            elif (
+                request.kind is Kind.CONCURRENCY
+                and row.slots is not None
+                and self._in_use(tx, row.id) + request.occupy > row.slots
+            ):
+                blocked.append((row, "slots"))
+            elif row.rate is not None and row.burst is not None:
+                due = gcra.allow_at(row.tat, row.rate, row.burst, request.occupy)
+                if due > tx.now:
+                    blocked.append((row, "rate"))
+        return blocked
+
+    def _grant(
+        self,
+        tx: _Tx,
+        request: AcquireRequest,
+        active: list[_LimitRow],
+        missing: tuple[str, ...],
+        me: ProcessInfo,
+    ) -> Granted:
+        for row in active:
+            if row.rate is not None and row.burst is not None:
+                decision = gcra.decide(row.tat, tx.now, row.rate, row.burst, request.occupy)
+                tx.run("UPDATE sluice_limits SET tat = ? WHERE id = ?", (decision.tat, row.id))
+        if self._drop_ticket(tx, request.request_id):
+            self._unwatch(request.request_id)
+        names = tuple(r.name for r in active)
+        if request.kind is Kind.RATE:
+            return Granted(None, names, tx.now, None, None, missing)
+        ttl = min((r.lease_ttl for r in active), default=DEFAULT_LEASE_TTL)
+        expires = tx.now + ttl
+        tx.run(
+            "INSERT INTO sluice_leases (id, process_id, holder, host, pid, occupy, lease_ttl,"
+            " acquired_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (request.request_id, me.id, request.holder, me.host, me.pid, request.occupy, ttl,
+             tx.now, expires),
+        )
+        holdings = [(r.id, request.request_id, request.occupy) for r in active if r.slots is not None]
+        if holdings:
+            tx.conn.executemany(
+                "INSERT INTO sluice_holdings (limit_id, lease_id, units) VALUES (?, ?, ?)", holdings
+            )
+        return Granted(request.request_id, names, tx.now, expires, ttl, missing)
+
+    def _queue(
+        self,
+        tx: _Tx,
+        request: AcquireRequest,
+        active: list[_LimitRow],
+        missing: tuple[str, ...],
+        me: ProcessInfo,
+        seq: int | None,
+        blocked: list[tuple[_LimitRow, str]],
+    ) -> Queued:
+        ttl = min(r.lease_ttl for r in active)
+        expires = tx.now + ttl
+        if tx.run(
+            "UPDATE sluice_tickets SET expires_at = ?, occupy = ? WHERE id = ?",
+            (expires, request.occupy, request.request_id),
+        ) == 0:
+            tx.run(
+                "INSERT INTO sluice_tickets (seq, id, process_id, holder, host, pid, occupy, kind,"
+                " lease_ttl, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, request.request_id, me.id, request.holder, me.host, me.pid,
+                 request.occupy, request.kind.value, ttl, tx.now, expires),
+            )
+            row = tx.one("SELECT seq FROM sluice_tickets WHERE id = ?", (request.request_id,))
+            assert row is not None
+            seq = int(row[0])  # type: ignore[call-overload]
+        assert seq is not None
+        # The ticket waits in the queue of exactly the active limits it names.
+        tx.run(
+            f"DELETE FROM sluice_queue WHERE ticket_id = ? AND limit_id NOT IN ({_marks(len(active))})",
+            [request.request_id, *(r.id for r in active)],
+        )
+        tx.conn.executemany(
+            "INSERT OR IGNORE INTO sluice_queue (limit_id, seq, ticket_id, occupy, kind)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(r.id, seq, request.request_id, request.occupy, request.kind.value) for r in active],
+        )
+        first, _why = blocked[0]
+        position = self._position(tx, first.id, seq)
+        retry_in, watch = self._next_silent_change(tx, request, blocked, seq, me)
+        if watch:
+            self._watch(request.request_id, watch)
+        return Queued(request.request_id, seq, first.name, position, retry_in, ttl, missing)
+
+    def _position(self, tx: _Tx, limit_id: int, seq: int) -> int:
+        row = tx.one(
+            "SELECT COUNT(*) FROM sluice_queue WHERE limit_id = ? AND seq < ?", (limit_id, seq)
+        )
+        assert row is not None
+        return int(row[0]) + 1  # type: ignore[call-overload]
+
+    def _next_silent_change(
+        self,
+        tx: _Tx,
+        request: AcquireRequest,
+        blocked: list[tuple[_LimitRow, str]],
+        seq: int,
+        me: ProcessInfo,
+    ) -> tuple[float | None, set[int]]:
+        """When something that sends no wake-up (a token, an expiry) may let us in, and
+        which local processes' exits should wake us."""
+        times: list[float] = []
+        pids: set[int] = set()
+        for row, why in blocked:
+            if why == "rate" and row.rate is not None and row.burst is not None:
+                times.append(gcra.allow_at(row.tat, row.rate, row.burst, request.occupy))
+                continue
+            if why == "queue":
+                ahead = tx.all(
+                    "SELECT t.expires_at, t.pid, t.host, t.process_id FROM sluice_queue q"
+                    " JOIN sluice_tickets t ON t.id = q.ticket_id"
+                    " WHERE q.limit_id = ? AND q.seq < ?",
+                    (row.id, seq),
+                )
+            else:
+                ahead = tx.all(
+                    "SELECT l.expires_at, l.pid, l.host, l.process_id FROM sluice_holdings h"
+                    " JOIN sluice_leases l ON l.id = h.lease_id WHERE h.limit_id = ?",
+                    (row.id,),
+                )
+            for expires_at, pid, host, process_id in ahead:
+                times.append(float(expires_at))  # type: ignore[arg-type]
+                if host == me.host and process_id != me.id:
+                    pids.add(int(pid))  # type: ignore[call-overload]
+        if not times:
+            return None, pids
+        return max(0.001, min(times) - tx.now), pids
+
+    # ------------------------------------------------------------- release & renew
+
+    def release(self, lease_id: str) -> bool:
+        with self._tx() as tx:
+            row = tx.one("SELECT expires_at FROM sluice_leases WHERE id = ?", (lease_id,))
+            if row is None:
+                return False
+            self._revoke(tx, [lease_id])
+            return float(row[0]) > tx.now  # type: ignore[arg-type]
+
+    def renew(self, lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> Renewal:
+        lost_leases: list[str] = []
+        lost_tickets: list[str] = []
+        expires: dict[str, float] = {}
+        with self._tx() as tx:
+            for table, ids, lost in (
+                ("sluice_leases", lease_ids, lost_leases),
+                ("sluice_tickets", ticket_ids, lost_tickets),
+            ):
+                for chunk in _chunks(list(ids)):
+                    rows = tx.all(
+                        f"SELECT id, expires_at, lease_ttl FROM {table}"
+                        f" WHERE id IN ({_marks(len(chunk))})",
+                        chunk,
+                    )
+                    live = {str(r[0]): tx.now + float(r[2]) for r in rows if float(r[1]) > tx.now}  # type: ignore[arg-type]
+                    lost.extend(i for i in chunk if i not in live)
+                    tx.conn.executemany(
+                        f"UPDATE {table} SET expires_at = ? WHERE id = ?",
+                        [(exp, i) for i, exp in live.items()],
+                    )
+                    if table == "sluice_leases":
+                        expires.update(live)
+            # Expired but not yet reclaimed is lost too, and final: reclaim it now.
+            self._revoke(tx, lost_leases)
+            for ticket_id in lost_tickets:
+                self._drop_ticket(tx, ticket_id)
+        return Renewal(frozenset(lost_leases), frozenset(lost_tickets), expires)
+
+    def abandon(self, request_id: str) -> None:
+        with self._tx() as tx:
+            self._drop_ticket(tx, request_id)
+            self._revoke(tx, [request_id])
+        self._unwatch(request_id)
+
+    # ------------------------------------------------------------- shared steps
+
+    def _lease_ids_on(self, tx: _Tx, limit_id: int) -> list[str]:
+        return [
+            str(r[0])
+            for r in tx.all("SELECT lease_id FROM sluice_holdings WHERE limit_id = ?", (limit_id,))
+        ]
+
+    def _revoke(self, tx: _Tx, lease_ids: Iterable[str]) -> None:
+        """Delete leases and every unit they hold, marking their limits for wake-ups."""
+        ids = list(lease_ids)
+        for chunk in _chunks(ids):
+            marks = _marks(len(chunk))
+            for (limit_id,) in tx.all(
+                f"SELECT DISTINCT limit_id FROM sluice_holdings WHERE lease_id IN ({marks})", chunk
+            ):
+                tx.touched.add(int(limit_id))  # type: ignore[call-overload]
+            tx.run(f"DELETE FROM sluice_holdings WHERE lease_id IN ({marks})", chunk)
+            tx.run(f"DELETE FROM sluice_leases WHERE id IN ({marks})", chunk)
+
+    def _drop_ticket(self, tx: _Tx, ticket_id: str) -> bool:
+        limit_ids = tx.all("SELECT limit_id FROM sluice_queue WHERE ticket_id = ?", (ticket_id,))
+        if not tx.run("DELETE FROM sluice_tickets WHERE id = ?", (ticket_id,)) and not limit_ids:
+            return False
+        tx.run("DELETE FROM sluice_queue WHERE ticket_id = ?", (ticket_id,))
+        tx.touched.update(int(r[0]) for r in limit_ids)  # type: ignore[call-overload]
+        return True
+
+    def _reclaim(self, tx: _Tx, limit_ids: Sequence[int]) -> bool:
+        """Remove expired leases and tickets, and those of dead local processes, on these limits."""
+        if not limit_ids:
+            return False
+        marks = _marks(len(limit_ids))
+        leases = tx.all(
+            "SELECT l.id, l.expires_at, l.process_id FROM sluice_holdings h"
+            f" JOIN sluice_leases l ON l.id = h.lease_id WHERE h.limit_id IN ({marks})",
+            limit_ids,
+        )
+        tickets = tx.all(
+            "SELECT t.id, t.expires_at, t.process_id FROM sluice_queue q"
+            f" JOIN sluice_tickets t ON t.id = q.ticket_id WHERE q.limit_id IN ({marks})",
+            limit_ids,
+        )
+        me = self._process.id if self._process is not None else None
+        owners = {str(r[2]) for r in (*leases, *tickets)} - {me}
+        dead = self._dead_processes(tx, owners) if owners else set()
+        expired_leases = {str(r[0]) for r in leases if float(r[1]) <= tx.now or r[2] in dead}  # type: ignore[arg-type]
+        expired_tickets = {str(r[0]) for r in tickets if float(r[1]) <= tx.now or r[2] in dead}  # type: ignore[arg-type]
+        for process_id in dead:
+            self._forget_process(tx, process_id)
+        self._revoke(tx, expired_leases)
+        for tid in expired_tickets:
+            self._drop_ticket(tx, tid)
+        return bool(dead or expired_leases or expired_tickets)
+
+    def _forget_process(self, tx: _Tx, process_id: str) -> None:
+        """Drop every lease and ticket of a process that is gone, and its row."""
+        self._revoke(
+            tx,
+            [str(r[0]) for r in tx.all(
+                "SELECT id FROM sluice_leases WHERE process_id = ?", (process_id,))],
+        )
+        for (tid,) in tx.all("SELECT id FROM sluice_tickets WHERE process_id = ?", (process_id,)):
+            self._drop_ticket(tx, str(tid))
+        tx.run("DELETE FROM sluice_processes WHERE id = ?", (process_id,))
+
+    def _wake_targets(
+        self, tx: _Tx, limit_ids: Collection[int]
+    ) -> tuple[list[tuple[str, list[str]]], list[str]]:
+        """Tickets that may now be served on the changed limits, grouped by process.
+
+        On each limit: the head of the queue, then each following ticket while the
+        units asked for still fit in the free slots. A deleted or inactive limit
+        wakes its whole queue (those tickets no longer wait on it).
+        """
+        wakes: dict[str, list[str]] = defaultdict(list)
+        seen: set[str] = set()
+        for limit_id in limit_ids:
+            queue = tx.all(
+                "SELECT q.ticket_id, q.occupy, q.kind, t.process_id FROM sluice_queue q"
+                " JOIN sluice_tickets t ON t.id = q.ticket_id"
+                " WHERE q.limit_id = ? ORDER BY q.seq LIMIT ?",
+                (limit_id, _MAX_WAKE),
+            )
+            if not queue:
+                continue
+            limit = tx.one("SELECT slots, active FROM sluice_limits WHERE id = ?", (limit_id,))
+            if limit is None or not limit[1]:
+                chosen = queue
+            else:
+                slots = limit[0]
+                free = (int(slots) - self._in_use(tx, limit_id)) if slots is not None else None  # type: ignore[call-overload]
+                chosen = [queue[0]]
+                needed = int(queue[0][1]) if queue[0][2] == Kind.CONCURRENCY.value else 0  # type: ignore[call-overload]
+                for entry in queue[1:]:
+                    if entry[2] == Kind.CONCURRENCY.value:
+                        needed += int(entry[1])  # type: ignore[call-overload]
+                    if free is not None and needed > free:
+                        break
+                    chosen.append(entry)
+                    if free is None:
+                        break  # rate-only: the head takes the next token first
+            for ticket_id, _occ, _kind, process_id in chosen:
+                if ticket_id not in seen:
+                    seen.add(str(ticket_id))
+                    wakes[str(process_id)].append(str(ticket_id))
+        me = self._process.id if self._process is not None else None
+        local = wakes.pop(me, []) if me is not None else []
+        targets = self._deliver(tx, wakes) if wakes else []
+        return targets, local
+
+    # ------------------------------------------------------------- lifecycle
+
+    @property
+    def closed(self) -> bool:
+        """Whether close() has been called."""
+        return self._closed
+
+    def set_wake_handler(self, handler: WakeHandler) -> None:
+        self._handler = handler
+
+    def close(self) -> None:
+        """Withdraw this process's leases and tickets, then close the connection."""
+        if self._closed:
+            return
+        if self._pid == os.getpid() and self._conn is not None:
+            if self._process is not None:
+                try:
+                    with self._tx() as tx:
+                        self._forget_process(tx, self._process.id)
+                except StoreError:
+                    pass
+            self._close_ipc()
+            self._conn.close()
+        self._closed = True
+        self._conn = None
+
+
+def from_url(url: str) -> SQLiteStore:
+    """Open the store of a canonical ``sqlite:////absolute/path.db`` URL."""
+    return SQLiteStore(url, url[len("sqlite:///") :])

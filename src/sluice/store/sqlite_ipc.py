@@ -1,0 +1,298 @@
+"""How processes sharing one SQLite store find each other on a host.
+
+Beside ``<db>`` lives a directory ``<db>.sluice/`` holding:
+
+* ``write.lock`` — taken (``flock``) around every write transaction, so writers
+  queue in the kernel instead of in SQLite's sleep-and-retry busy handler;
+* ``procs/<process-id>.lock`` — each registered process holds an exclusive
+  ``flock`` on its own file for as long as it lives. The kernel drops it when
+  the process dies, however it dies, so "can I take this lock?" answers "is it
+  gone?" exactly, with no timeout and no PID-reuse ambiguity.
+
+Each registered process also binds a Unix datagram socket (abstract namespace
+on Linux) recorded in ``sluice_processes.wake_addr``; a change that may let a
+waiter through sends that waiter's ticket ids there. One listener thread per
+process receives them and also watches, through ``pidfd``, the processes a
+local waiter is queued behind, so a holder killed with SIGKILL wakes its
+waiters at once rather than after a lease TTL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import selectors
+import socket
+import sys
+import tempfile
+import threading
+import uuid
+import weakref
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ProcessInfo", "ProcessLink", "prepare_files"]
+
+_HAS_PIDFD = hasattr(os, "pidfd_open") and sys.platform.startswith("linux")
+_PAYLOAD = 8192  # bytes per wake-up datagram
+
+_links: weakref.WeakSet[ProcessLink] = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """Who this process is, as recorded on its leases and tickets."""
+
+    id: str
+    pid: int
+    host: str
+
+
+def side_dir(db_path: str) -> Path:
+    """The directory of lock files that sits beside a database file."""
+    return Path(db_path + ".sluice")
+
+
+def prepare_files(db_path: str) -> None:
+    """Create the database's parent directory and its side directory."""
+    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+    (side_dir(db_path) / "procs").mkdir(parents=True, exist_ok=True)
+
+
+def _socket_address(process_id: str) -> tuple[str, str]:
+    """(address to bind, address as stored) for a process's wake-up socket."""
+    if sys.platform.startswith("linux"):
+        return "\0sluice-" + process_id, "@sluice-" + process_id
+    path = os.path.join(tempfile.gettempdir(), f"sluice-{process_id}.sock")
+    return path, path
+
+
+def _bindable(stored: str) -> str:
+    return "\0" + stored[1:] if stored.startswith("@") else stored
+
+
+class ProcessLink:
+    """This process's lock files, wake-up socket and listener thread for one database."""
+
+    def __init__(self, db_path: str, on_wake: Callable[[Collection[str]], None]) -> None:
+        self._dir = side_dir(db_path)
+        self._on_wake = on_wake
+        self._write_fd = os.open(self._dir / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self.safety_interval = 10.0 if _HAS_PIDFD else 1.0
+        self._lock = threading.Lock()
+        self._info: ProcessInfo | None = None
+        self._lock_fd: int | None = None
+        self._sock: socket.socket | None = None
+        self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sender.setblocking(False)
+        self._thread: threading.Thread | None = None
+        self._ctl_r, self._ctl_w = os.pipe()
+        self._pending: list[tuple[int, str]] = []  # (pid, ticket) watches to add
+        self._watchers: dict[int, set[str]] = defaultdict(set)  # pid -> tickets to wake
+        self._closing = False
+        _links.add(self)
+
+    # ------------------------------------------------------------- write lock
+
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Hold the database-wide writer lock (blocking in the kernel, FIFO-ish, no polling)."""
+        fcntl.flock(self._write_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._write_fd, fcntl.LOCK_UN)
+
+    # ------------------------------------------------------------- identity
+
+    def start(self) -> tuple[ProcessInfo, str]:
+        """Take this process's liveness lock, bind its socket, start its listener."""
+        process_id = uuid.uuid4().hex[:20]
+        lock_fd = os.open(self._dir / "procs" / f"{process_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        bind_to, stored = _socket_address(process_id)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(bind_to)
+        sock.setblocking(False)
+        self._lock_fd, self._sock = lock_fd, sock
+        self._info = ProcessInfo(process_id, os.getpid(), socket.gethostname())
+        self._thread = threading.Thread(
+            target=self._listen, name=f"sluice-listener-{process_id[:8]}", daemon=True
+        )
+        self._thread.start()
+        return self._info, stored
+
+    def is_alive(self, process_id: str) -> bool:
+        """Whether the process still holds its liveness lock; clears its file if not."""
+        path = self._dir / "procs" / f"{process_id}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return False
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------- wake-ups
+
+    def send(self, targets: list[tuple[str, list[str]]]) -> None:
+        """Send ticket ids to other processes' sockets; a gone process is simply skipped."""
+        for stored, ticket_ids in targets:
+            address = _bindable(stored)
+            for payload in _payloads(ticket_ids):
+                try:
+                    self._sender.sendto(payload, address)
+                except OSError as exc:
+                    # Gone (refused / missing) or flooded: the waiter's own re-check covers it.
+                    if exc.errno not in (
+                        errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN, errno.ENOBUFS
+                    ):
+                        raise
+
+    def watch(self, ticket_id: str, pids: Collection[int]) -> None:
+        """Wake ``ticket_id`` when any of these local processes exits."""
+        if not _HAS_PIDFD or self._thread is None:
+            return
+        with self._lock:
+            self._pending.extend((pid, ticket_id) for pid in pids)
+        os.write(self._ctl_w, b"w")
+
+    def unwatch(self, ticket_id: str) -> None:
+        """Stop waking ``ticket_id`` on process exits."""
+        with self._lock:
+            for tickets in self._watchers.values():
+                tickets.discard(ticket_id)
+
+    def _listen(self) -> None:
+        assert self._sock is not None
+        selector = selectors.DefaultSelector()
+        selector.register(self._sock, selectors.EVENT_READ, "socket")
+        selector.register(self._ctl_r, selectors.EVENT_READ, "control")
+        pidfds: dict[int, int] = {}  # pid -> pidfd
+        try:
+            while not self._closing:
+                for key, _ in selector.select():
+                    if key.data == "socket":
+                        self._drain_socket()
+                    elif key.data == "control":
+                        os.read(self._ctl_r, 4096)
+                        if self._closing:
+                            return
+                        self._add_watches(selector, pidfds)
+                    else:
+                        pid = int(key.data)
+                        selector.unregister(key.fd)
+                        os.close(key.fd)
+                        pidfds.pop(pid, None)
+                        with self._lock:
+                            tickets = self._watchers.pop(pid, set())
+                        if tickets:
+                            self._on_wake(tickets)
+        finally:
+            for fd in pidfds.values():
+                os.close(fd)
+            selector.close()
+
+    def _drain_socket(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            ids = [t for t in data.decode("ascii", "replace").split(",") if t]
+            if ids:
+                self._on_wake(ids)
+
+    def _add_watches(self, selector: selectors.BaseSelector, pidfds: dict[int, int]) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        exited: set[str] = set()
+        for pid, ticket_id in pending:
+            if pid not in pidfds:
+                try:
+                    fd = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    exited.add(ticket_id)
+                    continue
+                except OSError:
+                    continue  # not allowed to watch it: the safety re-check covers it
+                pidfds[pid] = fd
+                selector.register(fd, selectors.EVENT_READ, str(pid))
+            with self._lock:
+                self._watchers[pid].add(ticket_id)
+        if exited:
+            self._on_wake(exited)
+
+    # ------------------------------------------------------------- shutdown
+
+    def close(self) -> None:
+        """Stop the listener and give up this process's locks and socket."""
+        self._closing = True
+        if self._thread is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._ctl_w, b"q")
+            if self._thread is not threading.current_thread():
+                self._thread.join(timeout=2.0)
+        if self._sock is not None:
+            self._sock.close()
+        if self._lock_fd is not None and self._info is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._dir / "procs" / f"{self._info.id}.lock")
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        for fd in (self._write_fd, self._ctl_r, self._ctl_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._sender.close()
+        _links.discard(self)
+
+    def _drop_after_fork(self) -> None:
+        # In a forked child: close the inherited descriptors WITHOUT unlocking, so
+        # the parent keeps its locks and the child does not keep the parent "alive".
+        for fd in (self._lock_fd, self._write_fd, self._ctl_r, self._ctl_w):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        if self._sock is not None:
+            self._sock.close()
+        self._sender.close()
+        self._lock_fd = None
+        self._thread = None
+        self._closing = True
+
+
+def _payloads(ticket_ids: list[str]) -> Iterator[bytes]:
+    chunk: list[str] = []
+    size = 0
+    for ticket_id in ticket_ids:
+        if size + len(ticket_id) + 1 > _PAYLOAD and chunk:
+            yield ",".join(chunk).encode("ascii")
+            chunk, size = [], 0
+        chunk.append(ticket_id)
+        size += len(ticket_id) + 1
+    if chunk:
+        yield ",".join(chunk).encode("ascii")
+
+
+def _after_fork_in_child() -> None:
+    for link in list(_links):
+        link._drop_after_fork()
+    _links.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,87 @@
+-- Sluice schema for the SQLite and memory stores (schema version 1).
+-- Created on first use, inside one write transaction; SCHEMA_VERSION in
+-- sqlite.py must match the value inserted into sluice_meta below.
+--
+-- Units held are never kept as counters: a limit's in_use is the sum of its
+-- sluice_holdings rows, so no admin action can leave a count wrong.
+
+CREATE TABLE IF NOT EXISTS sluice_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+-- One row per limit. tat is the GCRA theoretical arrival time (0 = full bucket).
+-- id is never reused, so holdings of a deleted limit can't leak into a new one.
+CREATE TABLE IF NOT EXISTS sluice_limits (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT NOT NULL UNIQUE,
+    slots       INTEGER,
+    rate        REAL,
+    burst       INTEGER,
+    active      INTEGER NOT NULL DEFAULT 1,
+    lease_ttl   REAL NOT NULL,
+    tat         REAL NOT NULL DEFAULT 0,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
+
+-- Processes that hold leases or wait; each holds an OS lock on its own lock
+-- file for as long as it lives, which is how others tell it is gone.
+CREATE TABLE IF NOT EXISTS sluice_processes (
+    id          TEXT PRIMARY KEY,
+    pid         INTEGER NOT NULL,
+    host        TEXT NOT NULL,
+    wake_addr   TEXT NOT NULL,
+    started_at  REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS sluice_leases (
+    id          TEXT PRIMARY KEY,
+    process_id  TEXT NOT NULL,
+    holder      TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    pid         INTEGER NOT NULL,
+    occupy      INTEGER NOT NULL,
+    lease_ttl   REAL NOT NULL,
+    acquired_at REAL NOT NULL,
+    expires_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sluice_leases_by_process ON sluice_leases (process_id);
+
+-- The units a lease took on each active limit it named.
+CREATE TABLE IF NOT EXISTS sluice_holdings (
+    limit_id    INTEGER NOT NULL,
+    lease_id    TEXT NOT NULL,
+    units       INTEGER NOT NULL,
+    PRIMARY KEY (limit_id, lease_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sluice_holdings_by_lease ON sluice_holdings (lease_id);
+
+-- Waiting requests; seq is the store-wide arrival order (never reused).
+CREATE TABLE IF NOT EXISTS sluice_tickets (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT NOT NULL UNIQUE,
+    process_id  TEXT NOT NULL,
+    holder      TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    pid         INTEGER NOT NULL,
+    occupy      INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    lease_ttl   REAL NOT NULL,
+    created_at  REAL NOT NULL,
+    expires_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sluice_tickets_by_process ON sluice_tickets (process_id);
+
+-- One row per (limit, waiting ticket): the per-limit FIFO queues.
+CREATE TABLE IF NOT EXISTS sluice_queue (
+    limit_id    INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    ticket_id   TEXT NOT NULL,
+    occupy      INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    PRIMARY KEY (limit_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sluice_queue_by_ticket ON sluice_queue (ticket_id);
+
+INSERT OR IGNORE INTO sluice_meta (key, value) VALUES ('schema_version', '1');

@@ -1,0 +1,1 @@
+"""The conformance suite: every store in tests/conftest.py:STORES must pass all of it."""

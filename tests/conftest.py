@@ -1,0 +1,133 @@
+"""Shared fixtures: ONE table of stores that every conformance test runs against.
+
+To add a backend, append a :class:`StoreEntry` to :data:`STORES`. Its factory is
+a context manager that yields a URL naming a store no other test uses, and
+cleans up afterwards. Server-backed entries call :func:`require_server` first,
+so a developer without the server sees a skip that says how to start it, while
+CI (``CI=true``) fails instead of silently testing less. For example::
+
+    @contextlib.contextmanager
+    def _redis_store(tmp_path: Path) -> Iterator[str]:
+        require_server("localhost", 6379, "docker run --rm -p 6379:6379 redis:7")
+        url = "redis://localhost:6379/15"
+        yield url            # then FLUSHDB, or give each test its own key prefix
+
+    StoreEntry("redis", _redis_store, cross_process=True)
+
+``SLUICE_TEST_STORES=memory,sqlite`` (comma-separated ids) narrows a local run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sluice import Limits
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    """One backend the conformance suite runs against."""
+
+    id: str
+    make: Callable[[Path], AbstractContextManager[str]]
+    """Given the test's tmp_path, a context manager yielding a fresh store URL."""
+    cross_process: bool
+    """Whether several processes on this host share the store (multi-process tests)."""
+
+
+def require_server(host: str, port: int, how_to_start: str) -> None:
+    """Skip (or fail under CI=true) unless a TCP server answers at ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return
+    except OSError as exc:
+        message = (
+            f"no server reachable at {host}:{port} ({exc}); start one with: {how_to_start}"
+        )
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(f"CI=true and {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@contextlib.contextmanager
+def _memory_store(tmp_path: Path) -> Iterator[str]:
+    # Each memory:// name is its own in-process store; a uuid keeps tests apart.
+    yield f"memory://test-{uuid.uuid4().hex}"
+
+
+@contextlib.contextmanager
+def _sqlite_store(tmp_path: Path) -> Iterator[str]:
+    path = tmp_path / "sluice.db"  # tmp_path is absolute: sqlite:////abs/path.db
+    yield f"sqlite:///{path}"
+
+
+STORES: list[StoreEntry] = [
+    StoreEntry("memory", _memory_store, cross_process=False),
+    StoreEntry("sqlite", _sqlite_store, cross_process=True),
+]
+
+
+def _selected(entries: list[StoreEntry]) -> list[StoreEntry]:
+    wanted = os.environ.get("SLUICE_TEST_STORES", "").strip()
+    if not wanted:
+        return entries
+    ids = {part.strip() for part in wanted.split(",") if part.strip()}
+    return [entry for entry in entries if entry.id in ids]
+
+
+_ALL = _selected(STORES)
+_CROSS_PROCESS = [entry for entry in _ALL if entry.cross_process]
+
+
+@pytest.fixture(params=_ALL, ids=[entry.id for entry in _ALL])
+def store_entry(request: pytest.FixtureRequest) -> StoreEntry:
+    """The table entry of the store under test."""
+    entry: StoreEntry = request.param
+    return entry
+
+
+@pytest.fixture
+def store_url(store_entry: StoreEntry, tmp_path: Path) -> Iterator[str]:
+    """A fresh store URL, used by this test only, for every store in the table."""
+    with store_entry.make(tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(
+    params=_CROSS_PROCESS or [pytest.param(None, marks=pytest.mark.skip("no cross-process store"))],
+    ids=[entry.id for entry in _CROSS_PROCESS] or ["none"],
+)
+def cross_process_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh store URL for stores that several processes on this host share."""
+    entry: StoreEntry = request.param
+    with entry.make(tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def limits(store_url: str) -> Iterator[Limits]:
+    """A sync ``sluice.Limits`` on the test's fresh store, closed afterwards."""
+    client = Limits(store_url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def mp_limits(cross_process_url: str) -> Iterator[Limits]:
+    """A sync ``sluice.Limits`` on a fresh cross-process store, closed afterwards."""
+    client = Limits(cross_process_url)
+    try:
+        yield client
+    finally:
+        client.close()
