@@ -74,7 +74,8 @@ class LimitExists(SluiceError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(
-            f"limit {name!r} already exists; use ensure() to create-or-keep, or update() to change it"
+            f"limit {name!r} already exists; use ensure() to create-or-keep it, "
+            "or update() to change it"
         )
 
     def __reduce__(self) -> tuple[object, ...]:

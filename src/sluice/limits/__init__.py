@@ -8,4 +8,13 @@ from __future__ import annotations
 from sluice.limits.model import Holder, Limit, LimitStatus, Waiter
 from sluice.limits.sync import Lease, Limits, concurrency, rate_limit
 
-__all__ = ["Holder", "Lease", "Limit", "LimitStatus", "Limits", "Waiter", "concurrency", "rate_limit"]
+__all__ = [
+    "Holder",
+    "Lease",
+    "Limit",
+    "LimitStatus",
+    "Limits",
+    "Waiter",
+    "concurrency",
+    "rate_limit",
+]

@@ -27,6 +27,8 @@ from sluice.limits.model import (
     LimitChanges,
     LimitStatus,
     MissingPolicy,
+    Names,
+    Queued,
     utc,
     validate_missing,
     validate_name,
@@ -193,9 +195,9 @@ class Limits:
         self,
         name: str,
         *,
-        slots: int | None | object = UNSET,
-        rate: float | None | object = UNSET,
-        burst: int | None | object = UNSET,
+        slots: int | object | None = UNSET,
+        rate: float | object | None = UNSET,
+        burst: int | object | None = UNSET,
         lease_ttl: float | object = UNSET,
     ) -> Limit:
         """Change the given fields in place; holders keep their units."""
@@ -230,7 +232,7 @@ class Limits:
 
     async def acquire(
         self,
-        names: str | list[str] | tuple[str, ...],
+        names: Names,
         occupy: int = 1,
         timeout: float | None = None,
         *,
@@ -242,7 +244,7 @@ class Limits:
 
     def concurrency(
         self,
-        names: str | list[str] | tuple[str, ...],
+        names: Names,
         occupy: int = 1,
         timeout: float | None = None,
         *,
@@ -256,7 +258,7 @@ class Limits:
 
     async def rate_limit(
         self,
-        names: str | list[str] | tuple[str, ...],
+        names: Names,
         occupy: int = 1,
         timeout: float | None = None,
         *,
@@ -311,7 +313,7 @@ class Limits:
 
         session.register(request.request_id, wake)
         tracked_ticket = False
-        step: asyncio.Future[Granted | object] | None = None
+        step: asyncio.Future[Granted | Queued] | None = None
         try:
             while True:
                 event.clear()
@@ -366,7 +368,7 @@ class Limits:
 
 
 async def _withdraw(
-    astore: AsyncStore, request_id: str, step: asyncio.Future[Granted | object] | None
+    astore: AsyncStore, request_id: str, step: asyncio.Future[Granted | Queued] | None
 ) -> None:
     """Leave the queue and give back a late grant, even while being cancelled."""
 
@@ -377,10 +379,8 @@ async def _withdraw(
         await astore.abandon(request_id)
 
     cleanup = asyncio.ensure_future(withdraw())
-    try:
+    with contextlib.suppress(BaseException):
         await asyncio.shield(cleanup)
-    except BaseException:  # noqa: BLE001 - a second cancel: cleanup still runs
-        pass
 
 
 _default: Limits | None = None
@@ -397,7 +397,7 @@ def default_limits() -> Limits:
 
 
 def concurrency(
-    names: str | list[str] | tuple[str, ...],
+    names: Names,
     occupy: int = 1,
     timeout: float | None = None,
     *,
@@ -409,7 +409,7 @@ def concurrency(
 
 
 async def rate_limit(
-    names: str | list[str] | tuple[str, ...],
+    names: Names,
     occupy: int = 1,
     timeout: float | None = None,
     *,

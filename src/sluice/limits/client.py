@@ -108,7 +108,10 @@ class Attempt:
             left = self.timeout - self.waited
             if left <= 0:
                 raise AcquireTimeout(
-                    self.request.names, self.timeout, self.waited, outcome.position,
+                    self.request.names,
+                    self.timeout,
+                    self.waited,
+                    outcome.position,
                     outcome.blocked_on,
                 )
             sleep = min(sleep, left)
@@ -127,8 +130,13 @@ class Attempt:
 
 def _with_seq(request: AcquireRequest, seq: int) -> AcquireRequest:
     return AcquireRequest(
-        request.request_id, request.names, request.occupy, request.kind,
-        request.holder, request.missing, seq,
+        request.request_id,
+        request.names,
+        request.occupy,
+        request.kind,
+        request.holder,
+        request.missing,
+        seq,
     )
 
 
@@ -156,8 +164,14 @@ class LeaseState:
         assert grant.lease_id is not None and grant.expires_at is not None
         assert grant.lease_ttl is not None
         return cls(
-            grant.lease_id, grant.names, request.occupy, request.holder,
-            grant.acquired_at, grant.expires_at, grant.lease_ttl, waited,
+            grant.lease_id,
+            grant.names,
+            request.occupy,
+            request.holder,
+            grant.acquired_at,
+            grant.expires_at,
+            grant.lease_ttl,
+            waited,
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -30,6 +30,7 @@ __all__ = [
     "LimitChanges",
     "LimitStatus",
     "MissingPolicy",
+    "Names",
     "Queued",
     "Renewal",
     "Waiter",
@@ -47,6 +48,8 @@ MAX_LEASE_TTL: Final = 86_400.0
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 
 MissingPolicy = Literal["raise", "warn", "ignore"]
+Names = str | Sequence[str]
+"""One limit name, or several (de-duplicated and sorted before use)."""
 _MISSING_POLICIES: Final = ("raise", "warn", "ignore")
 
 
@@ -83,9 +86,7 @@ def _is_number(value: object) -> bool:
 def validate_name(name: object) -> str:
     """Return ``name`` if it is a valid limit name, else raise InvalidRequest."""
     if not isinstance(name, str):
-        raise InvalidRequest(
-            f"limit name must be a str, got {type(name).__name__} {name!r}"
-        )
+        raise InvalidRequest(f"limit name must be a str, got {type(name).__name__} {name!r}")
     if NAME_PATTERN.fullmatch(name) is None:
         raise InvalidRequest(
             f"invalid limit name {name!r}: use 1-128 characters of letters, digits and ._:/-"
@@ -110,9 +111,7 @@ def validate_names(names: object) -> tuple[str, ...]:
 def validate_occupy(occupy: object) -> int:
     """Return ``occupy`` if it is a whole number of units >= 1."""
     if not _is_int(occupy):
-        raise InvalidRequest(
-            f"occupy must be an int >= 1, got {type(occupy).__name__} {occupy!r}"
-        )
+        raise InvalidRequest(f"occupy must be an int >= 1, got {type(occupy).__name__} {occupy!r}")
     assert isinstance(occupy, int)
     if occupy < 1:
         raise InvalidRequest(f"occupy must be an int >= 1, got {occupy!r}")
@@ -136,11 +135,9 @@ def validate_timeout(timeout: object) -> float | None:
 
 def validate_missing(missing: object) -> MissingPolicy:
     """Return a missing-limit policy: "raise", "warn" or "ignore"."""
-    if missing not in _MISSING_POLICIES:
-        raise InvalidRequest(
-            f"missing must be one of 'raise', 'warn', 'ignore', got {missing!r}"
-        )
-    return missing  # type: ignore[return-value]
+    if missing == "raise" or missing == "warn" or missing == "ignore":
+        return missing
+    raise InvalidRequest(f"missing must be one of 'raise', 'warn', 'ignore', got {missing!r}")
 
 
 def _check_slots(slots: object) -> int | None:
@@ -262,9 +259,9 @@ class Limit:
 class LimitChanges:
     """Fields to change on a limit; UNSET leaves a field as it is."""
 
-    slots: int | None | _Unset = UNSET
-    rate: float | None | _Unset = UNSET
-    burst: int | None | _Unset = UNSET
+    slots: int | _Unset | None = UNSET
+    rate: float | _Unset | None = UNSET
+    burst: int | _Unset | None = UNSET
     lease_ttl: float | _Unset = UNSET
 
     @classmethod
@@ -278,9 +275,7 @@ class LimitChanges:
     ) -> LimitChanges:
         """Validate each given field; raise InvalidRequest if none is given."""
         if all(v is UNSET for v in (slots, rate, burst, lease_ttl)):
-            raise InvalidRequest(
-                "update() needs at least one of slots=, rate=, burst=, lease_ttl="
-            )
+            raise InvalidRequest("update() needs at least one of slots=, rate=, burst=, lease_ttl=")
         return cls(
             slots=UNSET if slots is UNSET else _check_slots(slots),
             rate=UNSET if rate is UNSET else _check_rate(rate),

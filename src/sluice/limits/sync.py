@@ -18,10 +18,11 @@ from sluice.limits.model import (
     LimitChanges,
     LimitStatus,
     MissingPolicy,
+    Names,
+    utc,
     validate_missing,
     validate_name,
     validate_timeout,
-    utc,
 )
 from sluice.settings import missing_policy, resolve_url
 from sluice.store import acquire_store, release_store
@@ -110,7 +111,9 @@ def limit_spec(
     active: object,
 ) -> Limit:
     """Validate create()/ensure() arguments into a Limit."""
-    return Limit.build(name, slots=slots, rate=rate, burst=burst, lease_ttl=lease_ttl, active=active)
+    return Limit.build(
+        name, slots=slots, rate=rate, burst=burst, lease_ttl=lease_ttl, active=active
+    )
 
 
 class _ConcurrencyBlock:
@@ -196,9 +199,9 @@ class Limits:
         self,
         name: str,
         *,
-        slots: int | None | object = UNSET,
-        rate: float | None | object = UNSET,
-        burst: int | None | object = UNSET,
+        slots: int | object | None = UNSET,
+        rate: float | object | None = UNSET,
+        burst: int | object | None = UNSET,
         lease_ttl: float | object = UNSET,
     ) -> Limit:
         """Change the given fields in place; holders keep their units."""
@@ -233,7 +236,7 @@ class Limits:
 
     def acquire(
         self,
-        names: str | list[str] | tuple[str, ...],
+        names: Names,
         occupy: int = 1,
         timeout: float | None = None,
         *,
@@ -245,7 +248,7 @@ class Limits:
 
     def concurrency(
         self,
-        names: str | list[str] | tuple[str, ...],
+        names: Names,
         occupy: int = 1,
         timeout: float | None = None,
         *,
@@ -260,7 +263,7 @@ class Limits:
 
     def rate_limit(
         self,
-        names: str | list[str] | tuple[str, ...],
+        names: Names,
         occupy: int = 1,
         timeout: float | None = None,
         *,
@@ -284,7 +287,9 @@ class Limits:
         missing: object,
         stacklevel: int,
     ) -> Lease:
-        state = self._acquire(names, occupy, timeout, holder, missing, Kind.CONCURRENCY, stacklevel + 1)
+        state = self._acquire(
+            names, occupy, timeout, holder, missing, Kind.CONCURRENCY, stacklevel + 1
+        )
         assert state is not None
         return Lease(state, self._session)
 
@@ -322,10 +327,8 @@ class Limits:
             session.keeper.untrack_lease(request.request_id)
             # Timed out, interrupted or failed: leave the queue, and give back any
             # grant that landed after all.
-            try:
+            with contextlib.suppress(Exception):
                 store.abandon(request.request_id)
-            except Exception:  # noqa: BLE001 - the original error matters more
-                pass
             raise
         finally:
             session.unregister(request.request_id)
@@ -371,7 +374,7 @@ def default_limits() -> Limits:
 
 
 def concurrency(
-    names: str | list[str] | tuple[str, ...],
+    names: Names,
     occupy: int = 1,
     timeout: float | None = None,
     *,
@@ -383,7 +386,7 @@ def concurrency(
 
 
 def rate_limit(
-    names: str | list[str] | tuple[str, ...],
+    names: Names,
     occupy: int = 1,
     timeout: float | None = None,
     *,
@@ -392,4 +395,3 @@ def rate_limit(
 ) -> None:
     """Wait for rate units on the default store."""
     default_limits()._acquire(names, occupy, timeout, holder, missing, Kind.RATE, 2)
-

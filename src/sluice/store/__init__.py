@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import os
 import threading
@@ -137,10 +138,8 @@ def _close_all() -> None:
         stores = [s for s, _ in _open.values()]
         _open.clear()
     for store in stores:
-        try:
+        with contextlib.suppress(Exception):  # best effort at exit
             store.close()
-        except Exception:  # pragma: no cover - best effort at exit
-            pass
 
 
 def _reset_after_fork() -> None:

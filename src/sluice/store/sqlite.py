@@ -27,7 +27,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sluice.errors import InvalidRequest, LimitBusy, LimitExists, LimitNotFound, StoreError
 from sluice.limits import gcra
@@ -66,6 +66,8 @@ class _LimitRow(NamedTuple):
     active: int
     lease_ttl: float
     tat: float
+    head_seq: int | None = None  # filled in by _limit_rows only
+    in_use: int = 0
 
     def to_limit(self) -> Limit:
         return Limit(
@@ -83,12 +85,14 @@ class _Tx:
     conn: sqlite3.Connection
     now: float
     touched: set[int] = field(default_factory=set)
+    wake_tickets: set[str] = field(default_factory=set)
 
-    def one(self, sql: str, params: Sequence[object] = ()) -> tuple[object, ...] | None:
-        row: tuple[object, ...] | None = self.conn.execute(sql, params).fetchone()
-        return row
+    def one(self, sql: str, params: Sequence[object] = ()) -> Any:
+        """The first row of a query (a tuple), or None."""
+        return self.conn.execute(sql, params).fetchone()
 
-    def all(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+    def all(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        """Every row of a query, as tuples."""
         return self.conn.execute(sql, params).fetchall()
 
     def run(self, sql: str, params: Sequence[object] = ()) -> int:
@@ -97,6 +101,10 @@ class _Tx:
 
 def _marks(n: int) -> str:
     return ",".join("?" * n)
+
+
+def _ids(text: object) -> list[int]:
+    return [int(part) for part in str(text).split(",") if part]
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -127,6 +135,9 @@ class SQLiteStore:
         conn = sqlite3.connect(
             self.path, timeout=30.0, isolation_level=None, check_same_thread=False
         )
+        # Small pages: each step writes a few short rows, and WAL frames are whole pages.
+        # (Takes effect only when the file is created.)
+        conn.execute("PRAGMA page_size=1024")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         self._ipc = sqlite_ipc.ProcessLink(self.path, self._wake_local)
@@ -245,8 +256,8 @@ class SQLiteStore:
                     tx = _Tx(conn, time.time())
                     try:
                         yield tx
-                        if tx.touched:
-                            targets, local = self._wake_targets(tx, tx.touched)
+                        if tx.touched or tx.wake_tickets:
+                            targets, local = self._wake_targets(tx, tx.touched, tx.wake_tickets)
                         conn.execute("COMMIT")
                     except BaseException:
                         conn.execute("ROLLBACK")
@@ -275,24 +286,28 @@ class SQLiteStore:
     # ------------------------------------------------------------- reading
 
     def _limit_rows(self, tx: _Tx, names: Sequence[str]) -> dict[str, _LimitRow]:
+        """The named limits, each with its queue head's seq and units in use."""
         rows = tx.all(
-            f"SELECT {_LIMIT_COLUMNS} FROM sluice_limits WHERE name IN ({_marks(len(names))})",
+            f"SELECT {_LIMIT_COLUMNS},"
+            " (SELECT MIN(seq) FROM sluice_queue q WHERE q.limit_id = l.id),"
+            " (SELECT COALESCE(SUM(units), 0) FROM sluice_holdings h WHERE h.limit_id = l.id)"
+            f" FROM sluice_limits l WHERE name IN ({_marks(len(names))})",
             names,
         )
-        return {str(r[1]): _LimitRow(*r) for r in rows}  # type: ignore[arg-type]
+        return {str(r[1]): _LimitRow(*r) for r in rows}
 
     def _limit_row(self, tx: _Tx, name: str) -> _LimitRow:
         row = tx.one(f"SELECT {_LIMIT_COLUMNS} FROM sluice_limits WHERE name = ?", (name,))
         if row is None:
             raise LimitNotFound([name])
-        return _LimitRow(*row)  # type: ignore[arg-type]
+        return _LimitRow(*row)
 
     def _in_use(self, tx: _Tx, limit_id: int) -> int:
         row = tx.one(
             "SELECT COALESCE(SUM(units), 0) FROM sluice_holdings WHERE limit_id = ?", (limit_id,)
         )
         assert row is not None
-        return int(row[0])  # type: ignore[call-overload]
+        return int(row[0])
 
     # ------------------------------------------------------------- admin
 
@@ -308,9 +323,11 @@ class SQLiteStore:
 
     def ensure_limit(self, limit: Limit) -> Limit:
         with self._tx() as tx:
-            row = tx.one(f"SELECT {_LIMIT_COLUMNS} FROM sluice_limits WHERE name = ?", (limit.name,))
+            row = tx.one(
+                f"SELECT {_LIMIT_COLUMNS} FROM sluice_limits WHERE name = ?", (limit.name,)
+            )
             if row is not None:
-                return _LimitRow(*row).to_limit()  # type: ignore[arg-type]
+                return _LimitRow(*row).to_limit()
             self._insert_limit(tx, limit)
         return limit
 
@@ -337,7 +354,7 @@ class SQLiteStore:
     def list_limits(self) -> list[Limit]:
         with self._tx() as tx:
             rows = tx.all(f"SELECT {_LIMIT_COLUMNS} FROM sluice_limits ORDER BY name")
-        return [_LimitRow(*r).to_limit() for r in rows]  # type: ignore[arg-type]
+        return [_LimitRow(*r).to_limit() for r in rows]
 
     def update_limit(self, name: str, changes: LimitChanges) -> Limit:
         with self._tx() as tx:
@@ -374,7 +391,9 @@ class SQLiteStore:
             row = self._limit_row(tx, name)
             leases = self._lease_ids_on(tx, row.id)
             self._revoke(tx, leases)
-            tx.run("UPDATE sluice_limits SET tat = 0, updated_at = ? WHERE id = ?", (tx.now, row.id))
+            tx.run(
+                "UPDATE sluice_limits SET tat = 0, updated_at = ? WHERE id = ?", (tx.now, row.id)
+            )
             tx.touched.add(row.id)
             return len(leases)
 
@@ -386,7 +405,13 @@ class SQLiteStore:
             if leases and not force:
                 raise LimitBusy(name, len(leases))
             self._revoke(tx, leases)
-            tx.touched.add(row.id)
+            tx.touched.discard(row.id)
+            # Its waiters no longer wait on it: wake them all to re-try without it.
+            tx.wake_tickets.update(
+                str(r[0])
+                for r in tx.all("SELECT ticket_id FROM sluice_queue WHERE limit_id = ?", (row.id,))
+            )
+            tx.run("DELETE FROM sluice_queue WHERE limit_id = ?", (row.id,))
             tx.run("DELETE FROM sluice_limits WHERE id = ?", (row.id,))
 
     def inspect_limit(self, name: str) -> LimitStatus:
@@ -394,7 +419,7 @@ class SQLiteStore:
             row = self._limit_row(tx, name)
             self._reclaim(tx, [row.id])
             holders = [
-                Holder(str(r[0]), int(r[1]), str(r[2]), str(r[3]), int(r[4]), utc(r[5]), utc(r[6]))  # type: ignore[call-overload, arg-type]
+                Holder(str(r[0]), int(r[1]), str(r[2]), str(r[3]), int(r[4]), utc(r[5]), utc(r[6]))
                 for r in tx.all(
                     "SELECT l.id, h.units, l.holder, l.host, l.pid, l.acquired_at, l.expires_at"
                     " FROM sluice_holdings h JOIN sluice_leases l ON l.id = h.lease_id"
@@ -403,7 +428,7 @@ class SQLiteStore:
                 )
             ]
             waiters = [
-                Waiter(str(r[0]), int(r[1]), str(r[2]), str(r[3]), int(r[4]), utc(r[5]), i + 1)  # type: ignore[call-overload, arg-type]
+                Waiter(str(r[0]), int(r[1]), str(r[2]), str(r[3]), int(r[4]), utc(r[5]), i + 1)
                 for i, r in enumerate(
                     tx.all(
                         "SELECT t.id, q.occupy, t.holder, t.host, t.pid, t.created_at"
@@ -436,16 +461,19 @@ class SQLiteStore:
                 raise LimitNotFound(missing)
             active = [r for r in sorted(rows.values(), key=lambda r: r.name) if r.active]
             self._check_request(request, active)
-            ticket = tx.one(
-                "SELECT seq FROM sluice_tickets WHERE id = ?", (request.request_id,)
-            )
-            seq = int(ticket[0]) if ticket is not None else request.seq  # type: ignore[call-overload]
+            seq = request.seq
+            if seq is not None:  # a retry: keep the place the ticket already has
+                ticket = tx.one(
+                    "SELECT seq FROM sluice_tickets WHERE id = ?", (request.request_id,)
+                )
+                seq = int(ticket[0]) if ticket is not None else seq
 
             blocked = self._blockers(tx, request, active, seq)
-            if blocked:
-                # Something is in the way: reclaim what is expired or dead, then look again.
-                if self._reclaim(tx, [r.id for r in active]):
-                    blocked = self._blockers(tx, request, active, seq)
+            if blocked and self._reclaim(tx, [r.id for r in active]):
+                # Something expired or died in the way: look again with fresh numbers.
+                fresh = self._limit_rows(tx, [r.name for r in active])
+                active = [fresh[r.name] for r in active]
+                blocked = self._blockers(tx, request, active, seq)
             if not blocked:
                 return self._grant(tx, request, active, missing, me)
             return self._queue(tx, request, active, missing, me, seq, blocked)
@@ -471,15 +499,12 @@ class SQLiteStore:
         """Each active limit that refuses the request now, with why: queue, slots or rate."""
         blocked: list[tuple[_LimitRow, str]] = []
         for row in active:
-            head = tx.one(
-                "SELECT seq FROM sluice_queue WHERE limit_id = ? ORDER BY seq LIMIT 1", (row.id,)
-            )
-            if head is not None and (seq is None or int(head[0]) < seq):  # type: ignore[call-overload]
+            if row.head_seq is not None and (seq is None or row.head_seq < seq):
                 blocked.append((row, "queue"))
             elif (
                 request.kind is Kind.CONCURRENCY
                 and row.slots is not None
-                and self._in_use(tx, row.id) + request.occupy > row.slots
+                and row.in_use + request.occupy > row.slots
             ):
                 blocked.append((row, "slots"))
             elif row.rate is not None and row.burst is not None:
@@ -500,20 +525,32 @@ class SQLiteStore:
             if row.rate is not None and row.burst is not None:
                 decision = gcra.decide(row.tat, tx.now, row.rate, row.burst, request.occupy)
                 tx.run("UPDATE sluice_limits SET tat = ? WHERE id = ?", (decision.tat, row.id))
-        if self._drop_ticket(tx, request.request_id):
+        if request.seq is not None and self._drop_ticket(tx, request.request_id):
             self._unwatch(request.request_id)
         names = tuple(r.name for r in active)
         if request.kind is Kind.RATE:
             return Granted(None, names, tx.now, None, None, missing)
         ttl = min((r.lease_ttl for r in active), default=DEFAULT_LEASE_TTL)
         expires = tx.now + ttl
+        holdings = [
+            (r.id, request.request_id, request.occupy) for r in active if r.slots is not None
+        ]
         tx.run(
-            "INSERT INTO sluice_leases (id, process_id, holder, host, pid, occupy, lease_ttl,"
-            " acquired_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (request.request_id, me.id, request.holder, me.host, me.pid, request.occupy, ttl,
-             tx.now, expires),
+            "INSERT INTO sluice_leases (id, limit_ids, process_id, holder, host, pid, occupy,"
+            " lease_ttl, acquired_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                request.request_id,
+                ",".join(str(h[0]) for h in holdings),
+                me.id,
+                request.holder,
+                me.host,
+                me.pid,
+                request.occupy,
+                ttl,
+                tx.now,
+                expires,
+            ),
         )
-        holdings = [(r.id, request.request_id, request.occupy) for r in active if r.slots is not None]
         if holdings:
             tx.conn.executemany(
                 "INSERT INTO sluice_holdings (limit_id, lease_id, units) VALUES (?, ?, ?)", holdings
@@ -532,23 +569,38 @@ class SQLiteStore:
     ) -> Queued:
         ttl = min(r.lease_ttl for r in active)
         expires = tx.now + ttl
-        if tx.run(
-            "UPDATE sluice_tickets SET expires_at = ?, occupy = ? WHERE id = ?",
-            (expires, request.occupy, request.request_id),
-        ) == 0:
+        if (
+            tx.run(
+                "UPDATE sluice_tickets SET expires_at = ?, occupy = ? WHERE id = ?",
+                (expires, request.occupy, request.request_id),
+            )
+            == 0
+        ):
             tx.run(
                 "INSERT INTO sluice_tickets (seq, id, process_id, holder, host, pid, occupy, kind,"
                 " lease_ttl, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (seq, request.request_id, me.id, request.holder, me.host, me.pid,
-                 request.occupy, request.kind.value, ttl, tx.now, expires),
+                (
+                    seq,
+                    request.request_id,
+                    me.id,
+                    request.holder,
+                    me.host,
+                    me.pid,
+                    request.occupy,
+                    request.kind.value,
+                    ttl,
+                    tx.now,
+                    expires,
+                ),
             )
             row = tx.one("SELECT seq FROM sluice_tickets WHERE id = ?", (request.request_id,))
             assert row is not None
-            seq = int(row[0])  # type: ignore[call-overload]
+            seq = int(row[0])
         assert seq is not None
         # The ticket waits in the queue of exactly the active limits it names.
         tx.run(
-            f"DELETE FROM sluice_queue WHERE ticket_id = ? AND limit_id NOT IN ({_marks(len(active))})",
+            "DELETE FROM sluice_queue WHERE ticket_id = ?"
+            f" AND limit_id NOT IN ({_marks(len(active))})",
             [request.request_id, *(r.id for r in active)],
         )
         tx.conn.executemany(
@@ -568,7 +620,7 @@ class SQLiteStore:
             "SELECT COUNT(*) FROM sluice_queue WHERE limit_id = ? AND seq < ?", (limit_id, seq)
         )
         assert row is not None
-        return int(row[0]) + 1  # type: ignore[call-overload]
+        return int(row[0]) + 1
 
     def _next_silent_change(
         self,
@@ -600,9 +652,9 @@ class SQLiteStore:
                     (row.id,),
                 )
             for expires_at, pid, host, process_id in ahead:
-                times.append(float(expires_at))  # type: ignore[arg-type]
+                times.append(float(expires_at))
                 if host == me.host and process_id != me.id:
-                    pids.add(int(pid))  # type: ignore[call-overload]
+                    pids.add(int(pid))
         if not times:
             return None, pids
         return max(0.001, min(times) - tx.now), pids
@@ -615,7 +667,7 @@ class SQLiteStore:
             if row is None:
                 return False
             self._revoke(tx, [lease_id])
-            return float(row[0]) > tx.now  # type: ignore[arg-type]
+            return float(row[0]) > tx.now
 
     def renew(self, lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> Renewal:
         lost_leases: list[str] = []
@@ -632,7 +684,7 @@ class SQLiteStore:
                         f" WHERE id IN ({_marks(len(chunk))})",
                         chunk,
                     )
-                    live = {str(r[0]): tx.now + float(r[2]) for r in rows if float(r[1]) > tx.now}  # type: ignore[arg-type]
+                    live = {str(r[0]): tx.now + float(r[2]) for r in rows if float(r[1]) > tx.now}
                     lost.extend(i for i in chunk if i not in live)
                     tx.conn.executemany(
                         f"UPDATE {table} SET expires_at = ? WHERE id = ?",
@@ -665,11 +717,17 @@ class SQLiteStore:
         ids = list(lease_ids)
         for chunk in _chunks(ids):
             marks = _marks(len(chunk))
-            for (limit_id,) in tx.all(
-                f"SELECT DISTINCT limit_id FROM sluice_holdings WHERE lease_id IN ({marks})", chunk
+            holdings = []
+            for lease_id, limit_ids in tx.all(
+                f"SELECT id, limit_ids FROM sluice_leases WHERE id IN ({marks})", chunk
             ):
-                tx.touched.add(int(limit_id))  # type: ignore[call-overload]
-            tx.run(f"DELETE FROM sluice_holdings WHERE lease_id IN ({marks})", chunk)
+                for limit_id in _ids(limit_ids):
+                    holdings.append((limit_id, lease_id))
+                    tx.touched.add(limit_id)
+            if holdings:
+                tx.conn.executemany(
+                    "DELETE FROM sluice_holdings WHERE limit_id = ? AND lease_id = ?", holdings
+                )
             tx.run(f"DELETE FROM sluice_leases WHERE id IN ({marks})", chunk)
 
     def _drop_ticket(self, tx: _Tx, ticket_id: str) -> bool:
@@ -677,7 +735,7 @@ class SQLiteStore:
         if not tx.run("DELETE FROM sluice_tickets WHERE id = ?", (ticket_id,)) and not limit_ids:
             return False
         tx.run("DELETE FROM sluice_queue WHERE ticket_id = ?", (ticket_id,))
-        tx.touched.update(int(r[0]) for r in limit_ids)  # type: ignore[call-overload]
+        tx.touched.update(int(r[0]) for r in limit_ids)
         return True
 
     def _reclaim(self, tx: _Tx, limit_ids: Sequence[int]) -> bool:
@@ -698,8 +756,8 @@ class SQLiteStore:
         me = self._process.id if self._process is not None else None
         owners = {str(r[2]) for r in (*leases, *tickets)} - {me}
         dead = self._dead_processes(tx, owners) if owners else set()
-        expired_leases = {str(r[0]) for r in leases if float(r[1]) <= tx.now or r[2] in dead}  # type: ignore[arg-type]
-        expired_tickets = {str(r[0]) for r in tickets if float(r[1]) <= tx.now or r[2] in dead}  # type: ignore[arg-type]
+        expired_leases = {str(r[0]) for r in leases if float(r[1]) <= tx.now or r[2] in dead}
+        expired_tickets = {str(r[0]) for r in tickets if float(r[1]) <= tx.now or r[2] in dead}
         for process_id in dead:
             self._forget_process(tx, process_id)
         self._revoke(tx, expired_leases)
@@ -711,15 +769,17 @@ class SQLiteStore:
         """Drop every lease and ticket of a process that is gone, and its row."""
         self._revoke(
             tx,
-            [str(r[0]) for r in tx.all(
-                "SELECT id FROM sluice_leases WHERE process_id = ?", (process_id,))],
+            [
+                str(r[0])
+                for r in tx.all("SELECT id FROM sluice_leases WHERE process_id = ?", (process_id,))
+            ],
         )
         for (tid,) in tx.all("SELECT id FROM sluice_tickets WHERE process_id = ?", (process_id,)):
             self._drop_ticket(tx, str(tid))
         tx.run("DELETE FROM sluice_processes WHERE id = ?", (process_id,))
 
     def _wake_targets(
-        self, tx: _Tx, limit_ids: Collection[int]
+        self, tx: _Tx, limit_ids: Collection[int], extra: Collection[str] = ()
     ) -> tuple[list[tuple[str, list[str]]], list[str]]:
         """Tickets that may now be served on the changed limits, grouped by process.
 
@@ -743,12 +803,12 @@ class SQLiteStore:
                 chosen = queue
             else:
                 slots = limit[0]
-                free = (int(slots) - self._in_use(tx, limit_id)) if slots is not None else None  # type: ignore[call-overload]
+                free = (int(slots) - self._in_use(tx, limit_id)) if slots is not None else None
                 chosen = [queue[0]]
-                needed = int(queue[0][1]) if queue[0][2] == Kind.CONCURRENCY.value else 0  # type: ignore[call-overload]
+                needed = int(queue[0][1]) if queue[0][2] == Kind.CONCURRENCY.value else 0
                 for entry in queue[1:]:
                     if entry[2] == Kind.CONCURRENCY.value:
-                        needed += int(entry[1])  # type: ignore[call-overload]
+                        needed += int(entry[1])
                     if free is not None and needed > free:
                         break
                     chosen.append(entry)
@@ -758,6 +818,12 @@ class SQLiteStore:
                 if ticket_id not in seen:
                     seen.add(str(ticket_id))
                     wakes[str(process_id)].append(str(ticket_id))
+        for chunk in _chunks([t for t in extra if t not in seen]):
+            for ticket_id, process_id in tx.all(
+                f"SELECT id, process_id FROM sluice_tickets WHERE id IN ({_marks(len(chunk))})",
+                chunk,
+            ):
+                wakes[str(process_id)].append(str(ticket_id))
         me = self._process.id if self._process is not None else None
         local = wakes.pop(me, []) if me is not None else []
         targets = self._deliver(tx, wakes) if wakes else []

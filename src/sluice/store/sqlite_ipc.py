@@ -156,7 +156,10 @@ class ProcessLink:
                 except OSError as exc:
                     # Gone (refused / missing) or flooded: the waiter's own re-check covers it.
                     if exc.errno not in (
-                        errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN, errno.ENOBUFS
+                        errno.ECONNREFUSED,
+                        errno.ENOENT,
+                        errno.EAGAIN,
+                        errno.ENOBUFS,
                     ):
                         raise
 

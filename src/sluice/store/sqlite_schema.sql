@@ -35,8 +35,11 @@ CREATE TABLE IF NOT EXISTS sluice_processes (
     started_at  REAL NOT NULL
 );
 
+-- limit_ids lists the limits the lease holds units of ("3,7"), so a release
+-- deletes its holdings by primary key and no second index is written.
 CREATE TABLE IF NOT EXISTS sluice_leases (
     id          TEXT PRIMARY KEY,
+    limit_ids   TEXT NOT NULL,
     process_id  TEXT NOT NULL,
     holder      TEXT NOT NULL,
     host        TEXT NOT NULL,
@@ -45,8 +48,7 @@ CREATE TABLE IF NOT EXISTS sluice_leases (
     lease_ttl   REAL NOT NULL,
     acquired_at REAL NOT NULL,
     expires_at  REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sluice_leases_by_process ON sluice_leases (process_id);
+) WITHOUT ROWID;
 
 -- The units a lease took on each active limit it named.
 CREATE TABLE IF NOT EXISTS sluice_holdings (
@@ -55,7 +57,6 @@ CREATE TABLE IF NOT EXISTS sluice_holdings (
     units       INTEGER NOT NULL,
     PRIMARY KEY (limit_id, lease_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS sluice_holdings_by_lease ON sluice_holdings (lease_id);
 
 -- Waiting requests; seq is the store-wide arrival order (never reused).
 CREATE TABLE IF NOT EXISTS sluice_tickets (
