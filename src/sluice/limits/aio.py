@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from datetime import datetime
 from types import TracebackType
 
 from sluice.errors import LeaseLost
@@ -29,12 +28,11 @@ from sluice.limits.model import (
     MissingPolicy,
     Names,
     Queued,
-    utc,
     validate_missing,
     validate_name,
     validate_timeout,
 )
-from sluice.limits.sync import _raise_if_lost, limit_spec
+from sluice.limits.sync import LeaseView, _raise_if_lost, limit_spec
 from sluice.settings import missing_policy, resolve_url
 from sluice.store import acquire_store, release_store
 from sluice.store.base import AsyncStore, Store, ThreadedAsyncStore
@@ -50,39 +48,13 @@ def _async_store(store: Store, session: Session) -> AsyncStore:
     return ThreadedAsyncStore(store, session.executor())
 
 
-class Lease:
+class Lease(LeaseView):
     """Units held until ``await lease.release()`` (or the ``async with`` block ends)."""
 
     def __init__(self, state: LeaseState, session: Session, astore: AsyncStore) -> None:
         self._state = state
         self._session = session
         self._astore = astore
-
-    id = property(lambda self: self._state.id, doc="The lease id (shown by inspect()).")
-    names = property(lambda self: self._state.names, doc="Names of the limits acquired.")
-    occupy = property(lambda self: self._state.occupy, doc="Units held on each limit.")
-    holder = property(lambda self: self._state.holder, doc="The holder label.")
-    waited = property(lambda self: self._state.waited, doc="Seconds spent waiting.")
-
-    @property
-    def acquired_at(self) -> datetime:
-        """When the store granted the lease (store clock)."""
-        return utc(self._state.acquired_at)
-
-    @property
-    def expires_at(self) -> datetime:
-        """When the lease lapses unless renewed (the keeper renews it while held)."""
-        return utc(self._state.expires_at)
-
-    @property
-    def lost(self) -> bool:
-        """True once the lease was found expired or revoked; final."""
-        return self._state.lost
-
-    @property
-    def released(self) -> bool:
-        """True once release() was called."""
-        return self._state.released
 
     async def release(self) -> None:
         """Give the units back; idempotent. Raises LeaseLost if the lease had been lost."""
@@ -109,10 +81,6 @@ class Lease:
         else:
             with contextlib.suppress(LeaseLost):
                 await self.release()
-
-    def __repr__(self) -> str:
-        flag = " lost" if self.lost else (" released" if self.released else "")
-        return f"<aio.Lease {self.id} {list(self.names)} occupy={self.occupy}{flag}>"
 
 
 class _ConcurrencyBlock:
@@ -348,9 +316,11 @@ class Limits:
         """Stop using the store; the last Limits on a URL closes its connection."""
         if not self._closed:
             self._closed = True
-            await asyncio.get_running_loop().run_in_executor(
+            closed = await asyncio.get_running_loop().run_in_executor(
                 self._session.executor(), release_store, self._store
             )
+            if closed:
+                self._session.close()
 
     async def __aenter__(self) -> Limits:
         return self

@@ -300,6 +300,14 @@ class Session:
             if waker is not None:
                 waker()
 
+    def close(self) -> None:
+        """Stop the keeper and worker threads once the store itself is closed."""
+        self.keeper.stop()
+        with _sessions_lock:
+            _sessions.pop(self.store, None)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+
     def executor(self) -> ThreadPoolExecutor:
         """Worker threads on which async callers run this store's sync steps."""
         with self._lock:

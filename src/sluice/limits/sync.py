@@ -31,12 +31,10 @@ from sluice.store.base import Store
 __all__ = ["Lease", "Limits", "concurrency", "default_limits", "rate_limit"]
 
 
-class Lease:
-    """Units held on one or more limits until :meth:`release` (or the ``with`` block ends)."""
+class LeaseView:
+    """The read-only face of a lease, shared by the sync and async Lease classes."""
 
-    def __init__(self, state: LeaseState, session: Session) -> None:
-        self._state = state
-        self._session = session
+    _state: LeaseState
 
     id = property(lambda self: self._state.id, doc="The lease id (shown by inspect()).")
     names = property(lambda self: self._state.names, doc="Names of the limits acquired.")
@@ -64,6 +62,18 @@ class Lease:
         """True once release() was called."""
         return self._state.released
 
+    def __repr__(self) -> str:
+        flag = " lost" if self.lost else (" released" if self.released else "")
+        return f"<{type(self).__name__} {self.id} {list(self.names)} occupy={self.occupy}{flag}>"
+
+
+class Lease(LeaseView):
+    """Units held on one or more limits until :meth:`release` (or the ``with`` block ends)."""
+
+    def __init__(self, state: LeaseState, session: Session) -> None:
+        self._state = state
+        self._session = session
+
     def release(self) -> None:
         """Give the units back; idempotent. Raises LeaseLost if the lease had been lost."""
         state = self._state
@@ -88,10 +98,6 @@ class Lease:
         else:
             with contextlib.suppress(LeaseLost):
                 self.release()  # the body's own error is the one to see
-
-    def __repr__(self) -> str:
-        flag = " lost" if self.lost else (" released" if self.released else "")
-        return f"<Lease {self.id} {list(self.names)} occupy={self.occupy}{flag}>"
 
 
 def _raise_if_lost(state: LeaseState, found: bool) -> None:
@@ -343,7 +349,8 @@ class Limits:
         """Stop using the store; the last Limits on a URL closes its connection."""
         if not self._closed:
             self._closed = True
-            release_store(self._store)
+            if release_store(self._store):
+                self._session.close()
 
     def __enter__(self) -> Limits:
         return self

@@ -109,8 +109,8 @@ def acquire_store(url: str) -> Store:
         return entry[0]
 
 
-def release_store(store: Store) -> None:
-    """Drop one reference to a shared store, closing it with the last one.
+def release_store(store: Store) -> bool:
+    """Drop one reference to a shared store, closing it with the last one (returns True).
 
     Memory stores stay open for the life of the process, so their limits
     outlive any one ``Limits`` object, as a ``memory://`` URL promises.
@@ -120,15 +120,16 @@ def release_store(store: Store) -> None:
             if held is store:
                 if count > 1:
                     _open[key] = (held, count - 1)
-                    return
+                    return False
                 if key.startswith("memory:"):
                     _open[key] = (held, 0)
-                    return
+                    return False
                 del _open[key]
                 break
         else:
-            return
+            return False
     store.close()
+    return True
 
 
 @atexit.register

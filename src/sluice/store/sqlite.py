@@ -19,6 +19,7 @@ also serves the in-process memory store.
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -126,6 +127,7 @@ class SQLiteStore:
         self._closed = False
         self._process: ProcessInfo | None = None
         self._pid = os.getpid()
+        self._host = socket.gethostname()
 
     # ------------------------------------------------------------- hooks
     # Overridden by the memory store; the SQLite versions work across processes.
@@ -157,7 +159,6 @@ class SQLiteStore:
         return info
 
     def _dead_processes(self, tx: _Tx, process_ids: Collection[str]) -> set[str]:
-        assert self._process is not None
         rows = tx.all(
             f"SELECT id, host FROM sluice_processes WHERE id IN ({_marks(len(process_ids))})",
             list(process_ids),
@@ -168,7 +169,7 @@ class SQLiteStore:
             host = known.get(pid_)
             if host is None:
                 dead.add(pid_)  # registered processes always have a row; none means gone
-            elif host == self._process.host and not self._ipc.is_alive(pid_):
+            elif host == self._host and not self._ipc.is_alive(pid_):
                 dead.add(pid_)
         return dead
 
