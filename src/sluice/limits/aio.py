@@ -273,28 +273,31 @@ class Limits:
         astore, session = self._astore, self._session
         attempt = Attempt.start(request, timeout, astore.safety_interval)
         loop = asyncio.get_running_loop()
-        event = asyncio.Event()
+        event: asyncio.Event | None = None
 
         def wake() -> None:
+            assert event is not None
             with contextlib.suppress(RuntimeError):  # the loop has closed
                 loop.call_soon_threadsafe(event.set)
 
-        session.register(request.request_id, wake)
-        tracked_ticket = False
         step: asyncio.Future[Granted | Queued] | None = None
         try:
             while True:
-                event.clear()
                 step = asyncio.ensure_future(astore.acquire(attempt.request))
                 outcome = await asyncio.shield(step)
                 if isinstance(outcome, Granted):
                     break
-                if not tracked_ticket:
-                    session.keeper.track_ticket(request.request_id, outcome.lease_ttl)
-                    tracked_ticket = True
                 sleep = attempt.next_sleep(outcome)
+                if event is None:
+                    # First time in line: listen for wake-ups, then look once more
+                    # at once, so one sent before we listened cannot be missed.
+                    event = asyncio.Event()
+                    session.register(request.request_id, wake)
+                    session.keeper.track_ticket(request.request_id, outcome.lease_ttl)
+                    continue
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(event.wait(), sleep)
+                event.clear()
             state = None
             if outcome.lease_id is not None:
                 state = LeaseState.from_grant(outcome, request, attempt.waited)
@@ -304,8 +307,8 @@ class Limits:
             await _withdraw(astore, request.request_id, step)
             raise
         finally:
-            session.unregister(request.request_id)
-            if tracked_ticket:
+            if event is not None:
+                session.unregister(request.request_id)
                 session.keeper.untrack_ticket(request.request_id)
         attempt.warn_missing(outcome.missing, stacklevel + 1)
         return state

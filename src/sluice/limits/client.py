@@ -13,6 +13,7 @@ of when to look again. Everything that involves time lives here:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -48,6 +49,23 @@ HOST = socket.gethostname()
 _MAX_HOLDER = 256
 
 
+class _RequestIds:
+    """Unique request ids, cheaply: a random per-process prefix and a counter."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._prefix = uuid.uuid4().hex[:16]
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+_request_ids = _RequestIds()
+
+
 def new_request(
     names: object,
     occupy: object,
@@ -66,7 +84,7 @@ def new_request(
         )
     label = holder if isinstance(holder, str) else threading.current_thread().name
     return AcquireRequest(
-        request_id=uuid.uuid4().hex,
+        request_id=_request_ids.next(),
         names=checked_names,
         occupy=checked_occupy,
         kind=kind,
@@ -332,6 +350,7 @@ def session_for(store: Store) -> Session:
 def _reset_after_fork() -> None:
     global _sessions_lock
     _sessions_lock = threading.Lock()
+    _request_ids.reset()  # a child must never reuse its parent's ids
     _sessions.clear()  # threads and waiters do not survive fork
 
 

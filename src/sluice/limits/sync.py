@@ -312,18 +312,20 @@ class Limits:
         request = new_request(names, occupy, kind, holder, self._policy(missing))
         store, session = self._store, self._session
         attempt = Attempt.start(request, timeout, store.safety_interval)
-        event = threading.Event()
-        session.register(request.request_id, event.set)
-        tracked_ticket = False
+        event: threading.Event | None = None
         try:
             outcome = store.acquire(attempt.request)
             while not isinstance(outcome, Granted):
-                if not tracked_ticket:
-                    session.keeper.track_ticket(request.request_id, outcome.lease_ttl)
-                    tracked_ticket = True
                 sleep = attempt.next_sleep(outcome)
-                event.wait(sleep)
-                event.clear()
+                if event is None:
+                    # First time in line: listen for wake-ups, then look once more
+                    # at once, so one sent before we listened cannot be missed.
+                    event = threading.Event()
+                    session.register(request.request_id, event.set)
+                    session.keeper.track_ticket(request.request_id, outcome.lease_ttl)
+                else:
+                    event.wait(sleep)
+                    event.clear()
                 outcome = store.acquire(attempt.request)
             state = None
             if outcome.lease_id is not None:
@@ -337,8 +339,8 @@ class Limits:
                 store.abandon(request.request_id)
             raise
         finally:
-            session.unregister(request.request_id)
-            if tracked_ticket:
+            if event is not None:
+                session.unregister(request.request_id)
                 session.keeper.untrack_ticket(request.request_id)
         attempt.warn_missing(outcome.missing, stacklevel + 1)
         return state

@@ -664,10 +664,12 @@ class SQLiteStore:
 
     def release(self, lease_id: str) -> bool:
         with self._tx() as tx:
-            row = tx.one("SELECT expires_at FROM sluice_leases WHERE id = ?", (lease_id,))
+            row = tx.one(
+                "SELECT expires_at, limit_ids FROM sluice_leases WHERE id = ?", (lease_id,)
+            )
             if row is None:
                 return False
-            self._revoke(tx, [lease_id])
+            self._delete_lease(tx, lease_id, row[1])
             return float(row[0]) > tx.now
 
     def renew(self, lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> Renewal:
@@ -718,18 +720,20 @@ class SQLiteStore:
         ids = list(lease_ids)
         for chunk in _chunks(ids):
             marks = _marks(len(chunk))
-            holdings = []
             for lease_id, limit_ids in tx.all(
                 f"SELECT id, limit_ids FROM sluice_leases WHERE id IN ({marks})", chunk
             ):
-                for limit_id in _ids(limit_ids):
-                    holdings.append((limit_id, lease_id))
-                    tx.touched.add(limit_id)
-            if holdings:
-                tx.conn.executemany(
-                    "DELETE FROM sluice_holdings WHERE limit_id = ? AND lease_id = ?", holdings
-                )
-            tx.run(f"DELETE FROM sluice_leases WHERE id IN ({marks})", chunk)
+                self._delete_lease(tx, lease_id, limit_ids)
+
+    def _delete_lease(self, tx: _Tx, lease_id: str, limit_ids: str) -> None:
+        ids = _ids(limit_ids)
+        if ids:
+            tx.conn.executemany(
+                "DELETE FROM sluice_holdings WHERE limit_id = ? AND lease_id = ?",
+                [(limit_id, lease_id) for limit_id in ids],
+            )
+            tx.touched.update(ids)
+        tx.run("DELETE FROM sluice_leases WHERE id = ?", (lease_id,))
 
     def _drop_ticket(self, tx: _Tx, ticket_id: str) -> bool:
         limit_ids = tx.all("SELECT limit_id FROM sluice_queue WHERE ticket_id = ?", (ticket_id,))

@@ -75,6 +75,21 @@ def _bindable(stored: str) -> str:
     return "\0" + stored[1:] if stored.startswith("@") else stored
 
 
+class _FileLock:
+    """An exclusive flock on an open file, as a context manager."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def __enter__(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
 class ProcessLink:
     """This process's lock files, wake-up socket and listener thread for one database."""
 
@@ -82,6 +97,7 @@ class ProcessLink:
         self._dir = side_dir(db_path)
         self._on_wake = on_wake
         self._write_fd = os.open(self._dir / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._write_lock = _FileLock(self._write_fd)
         self.safety_interval = 10.0 if _HAS_PIDFD else 1.0
         self._lock = threading.Lock()
         self._info: ProcessInfo | None = None
@@ -98,14 +114,9 @@ class ProcessLink:
 
     # ------------------------------------------------------------- write lock
 
-    @contextlib.contextmanager
-    def write_lock(self) -> Iterator[None]:
-        """Hold the database-wide writer lock (blocking in the kernel, FIFO-ish, no polling)."""
-        fcntl.flock(self._write_fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._write_fd, fcntl.LOCK_UN)
+    def write_lock(self) -> _FileLock:
+        """The database-wide writer lock (waiters block in the kernel; no polling)."""
+        return self._write_lock
 
     # ------------------------------------------------------------- identity
 
