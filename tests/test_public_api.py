@@ -12,10 +12,24 @@ import sluice.errors
 def test_top_level_exports_are_exactly_the_curated_list() -> None:
     assert sorted(sluice.__all__) == sorted(
         [
-            "AcquireTimeout", "Holder", "InvalidRequest", "Lease", "LeaseLost", "LimitBusy",
-            "LimitExists", "LimitNotFound", "LimitStatus", "Limit", "Limits",
-            "MissingLimitWarning", "SluiceError", "Waiter", "__version__", "concurrency",
-            "errors", "rate_limit",
+            "AcquireTimeout",
+            "Holder",
+            "InvalidRequest",
+            "Lease",
+            "LeaseLost",
+            "LimitBusy",
+            "LimitExists",
+            "LimitNotFound",
+            "LimitStatus",
+            "Limit",
+            "Limits",
+            "MissingLimitWarning",
+            "SluiceError",
+            "Waiter",
+            "__version__",
+            "concurrency",
+            "errors",
+            "rate_limit",
         ]
     )
     for name in sluice.__all__:
@@ -23,8 +37,21 @@ def test_top_level_exports_are_exactly_the_curated_list() -> None:
 
 
 def test_async_twins_have_the_same_method_names_and_parameters() -> None:
-    for name in ("create", "ensure", "get", "list", "update", "enable", "disable", "reset",
-                 "delete", "inspect", "acquire", "rate_limit", "concurrency"):
+    for name in (
+        "create",
+        "ensure",
+        "get",
+        "list",
+        "update",
+        "enable",
+        "disable",
+        "reset",
+        "delete",
+        "inspect",
+        "acquire",
+        "rate_limit",
+        "concurrency",
+    ):
         sync_sig = inspect.signature(getattr(sluice.Limits, name))
         async_sig = inspect.signature(getattr(sluice.aio.Limits, name))
         assert list(sync_sig.parameters) == list(async_sig.parameters), name

@@ -36,7 +36,7 @@ def test_no_window_ever_sees_more_than_burst_plus_rate_times_window(
     rate: float, burst: int, gaps: list[float], sizes: list[int]
 ) -> None:
     now, asks = 1000.0, []
-    for gap, size in zip(gaps, sizes):
+    for gap, size in zip(gaps, sizes, strict=False):
         now += gap
         asks.append((now, min(size, burst)))
     granted = _simulate(rate, burst, asks)

@@ -35,7 +35,9 @@ def test_malformed_urls_are_config_errors_naming_the_url(url: str) -> None:
         Limits(url)
 
 
-def test_relative_and_absolute_sqlite_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_and_absolute_sqlite_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     with Limits("sqlite:///rel/here.db") as limits:
         limits.create("x", slots=1)

@@ -297,11 +297,15 @@ class Session:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._start()
+        store.set_wake_handler(self.wake)
+
+    def _start(self) -> None:
+        # Also run in a forked child: no thread, waiter or lock state survives fork.
         self._waiters: dict[str, Callable[[], None]] = {}
         self._lock = threading.Lock()
-        self.keeper = Keeper(store, self.wake)
+        self.keeper = Keeper(self.store, self.wake)
         self._executor: ThreadPoolExecutor | None = None
-        store.set_wake_handler(self.wake)
 
     def register(self, request_id: str, waker: Callable[[], None]) -> None:
         with self._lock:
@@ -351,7 +355,8 @@ def _reset_after_fork() -> None:
     global _sessions_lock
     _sessions_lock = threading.Lock()
     _request_ids.reset()  # a child must never reuse its parent's ids
-    _sessions.clear()  # threads and waiters do not survive fork
+    for session in list(_sessions.values()):
+        session._start()
 
 
 if hasattr(os, "register_at_fork"):

@@ -249,6 +249,8 @@ class SQLiteStore:
     def _tx(self) -> Iterator[_Tx]:
         targets: list[tuple[str, list[str]]] = []
         local: list[str] = []
+        if self._pid != os.getpid():
+            self._after_fork()  # before the mutex: a forked copy of it may be held
         try:
             with self._mutex:
                 conn = self._connection()
