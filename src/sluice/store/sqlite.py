@@ -58,6 +58,18 @@ _CHUNK = 400  # stay well under SQLite's bound-parameter limit
 _MAX_WAKE = 256  # most tickets one change wakes per limit
 
 
+class _Claim(NamedTuple):
+    """A request as its lease will record it: whose it is and what it takes."""
+
+    id: str
+    process_id: str
+    holder: str
+    host: str
+    pid: int
+    occupy: int
+    kind: Kind
+
+
 class _LimitRow(NamedTuple):
     id: int
     name: str
@@ -85,8 +97,9 @@ class _Tx:
 
     conn: sqlite3.Connection
     now: float
-    touched: set[int] = field(default_factory=set)
-    wake_tickets: set[str] = field(default_factory=set)
+    touched: set[int] = field(default_factory=set)  # limits whose capacity or queue changed
+    moved: set[int] = field(default_factory=set)  # limits whose queue head may have changed
+    wake_tickets: dict[str, str] = field(default_factory=dict)  # ticket -> process to wake
 
     def one(self, sql: str, params: Sequence[object] = ()) -> Any:
         """The first row of a query (a tuple), or None."""
@@ -260,7 +273,7 @@ class SQLiteStore:
                     try:
                         yield tx
                         if tx.touched or tx.wake_tickets:
-                            targets, local = self._wake_targets(tx, tx.touched, tx.wake_tickets)
+                            targets, local = self._hand_off(tx)
                         conn.execute("COMMIT")
                     except BaseException:
                         conn.execute("ROLLBACK")
@@ -387,6 +400,7 @@ class SQLiteStore:
                 (int(active), tx.now, row.id),
             )
             tx.touched.add(row.id)
+            tx.moved.add(row.id)
             return row._replace(active=int(active)).to_limit()
 
     def reset_limit(self, name: str) -> int:
@@ -409,12 +423,15 @@ class SQLiteStore:
                 raise LimitBusy(name, len(leases))
             self._revoke(tx, leases)
             tx.touched.discard(row.id)
-            # Its waiters no longer wait on it: wake them all to re-try without it.
-            tx.wake_tickets.update(
-                str(r[0])
-                for r in tx.all("SELECT ticket_id FROM sluice_queue WHERE limit_id = ?", (row.id,))
-            )
-            tx.run("DELETE FROM sluice_queue WHERE limit_id = ?", (row.id,))
+            # Its waiters' tickets are withdrawn and they are woken to look again:
+            # they get LimitNotFound, or (missing="ignore") queue anew without it.
+            for ticket_id, process_id in tx.all(
+                "SELECT t.id, t.process_id FROM sluice_queue q"
+                " JOIN sluice_tickets t ON t.id = q.ticket_id WHERE q.limit_id = ?",
+                (row.id,),
+            ):
+                tx.wake_tickets[ticket_id] = process_id
+                self._drop_ticket(tx, ticket_id)
             tx.run("DELETE FROM sluice_limits WHERE id = ?", (row.id,))
 
     def inspect_limit(self, name: str) -> LimitStatus:
@@ -460,26 +477,57 @@ class SQLiteStore:
         with self._tx() as tx:
             rows = self._limit_rows(tx, request.names)
             missing = tuple(n for n in request.names if n not in rows)
+            seq = request.seq
+            if seq is not None:  # a retry: perhaps a release already handed us the units
+                handed = self._collect(tx, request.request_id, missing)
+                if handed is not None:
+                    return handed
             if missing and request.missing == "raise":
                 raise LimitNotFound(missing)
             active = [r for r in sorted(rows.values(), key=lambda r: r.name) if r.active]
             self._check_request(request, active)
-            seq = request.seq
-            if seq is not None:  # a retry: keep the place the ticket already has
+            if seq is not None:  # keep the place the ticket already has
                 ticket = tx.one(
                     "SELECT seq FROM sluice_tickets WHERE id = ?", (request.request_id,)
                 )
                 seq = int(ticket[0]) if ticket is not None else seq
 
-            blocked = self._blockers(tx, request, active, seq)
+            blocked = self._blockers(tx, request.kind, request.occupy, active, seq)
             if blocked and self._reclaim(tx, [r.id for r in active]):
                 # Something expired or died in the way: look again with fresh numbers.
                 fresh = self._limit_rows(tx, [r.name for r in active])
                 active = [fresh[r.name] for r in active]
-                blocked = self._blockers(tx, request, active, seq)
+                blocked = self._blockers(tx, request.kind, request.occupy, active, seq)
             if not blocked:
-                return self._grant(tx, request, active, missing, me)
+                claim = _Claim(
+                    request.request_id,
+                    me.id,
+                    request.holder,
+                    me.host,
+                    me.pid,
+                    request.occupy,
+                    request.kind,
+                )
+                if request.seq is not None and self._drop_ticket(tx, request.request_id):
+                    self._unwatch(request.request_id)
+                return self._take(tx, claim, active, missing, record_rate=False)
             return self._queue(tx, request, active, missing, me, seq, blocked)
+
+    def _collect(self, tx: _Tx, request_id: str, missing: tuple[str, ...]) -> Granted | None:
+        """The grant a release handed to this request while it slept, if any."""
+        row = tx.one(
+            "SELECT names, kind, acquired_at, expires_at, lease_ttl FROM sluice_leases"
+            " WHERE id = ?",
+            (request_id,),
+        )
+        if row is None:
+            return None
+        self._unwatch(request_id)
+        names = tuple(n for n in str(row[0]).split(",") if n)
+        if row[1] == Kind.RATE.value:
+            tx.run("DELETE FROM sluice_leases WHERE id = ?", (request_id,))
+            return Granted(None, names, float(row[2]), None, None, missing)
+        return Granted(request_id, names, float(row[2]), float(row[3]), float(row[4]), missing)
 
     def _check_request(self, request: AcquireRequest, active: list[_LimitRow]) -> None:
         for row in active:
@@ -497,7 +545,7 @@ class SQLiteStore:
                 )
 
     def _blockers(
-        self, tx: _Tx, request: AcquireRequest, active: list[_LimitRow], seq: int | None
+        self, tx: _Tx, kind: Kind, occupy: int, active: list[_LimitRow], seq: int | None
     ) -> list[tuple[_LimitRow, str]]:
         """Each active limit that refuses the request now, with why: queue, slots or rate."""
         blocked: list[tuple[_LimitRow, str]] = []
@@ -505,50 +553,55 @@ class SQLiteStore:
             if row.head_seq is not None and (seq is None or row.head_seq < seq):
                 blocked.append((row, "queue"))
             elif (
-                request.kind is Kind.CONCURRENCY
+                kind is Kind.CONCURRENCY
                 and row.slots is not None
-                and row.in_use + request.occupy > row.slots
+                and (row.in_use + occupy > row.slots)
             ):
                 blocked.append((row, "slots"))
             elif row.rate is not None and row.burst is not None:
-                due = gcra.allow_at(row.tat, row.rate, row.burst, request.occupy)
-                if due > tx.now:
+                if gcra.allow_at(row.tat, row.rate, row.burst, occupy) > tx.now:
                     blocked.append((row, "rate"))
         return blocked
 
-    def _grant(
+    def _take(
         self,
         tx: _Tx,
-        request: AcquireRequest,
+        claim: _Claim,
         active: list[_LimitRow],
         missing: tuple[str, ...],
-        me: ProcessInfo,
+        record_rate: bool,
     ) -> Granted:
+        """Take the claim's tokens and units on every active limit and record its lease.
+
+        A rate grant is recorded only when handed to a sleeping waiter
+        (``record_rate``), for it to collect; otherwise it leaves nothing behind.
+        """
         for row in active:
             if row.rate is not None and row.burst is not None:
-                decision = gcra.decide(row.tat, tx.now, row.rate, row.burst, request.occupy)
+                decision = gcra.decide(row.tat, tx.now, row.rate, row.burst, claim.occupy)
                 tx.run("UPDATE sluice_limits SET tat = ? WHERE id = ?", (decision.tat, row.id))
-        if request.seq is not None and self._drop_ticket(tx, request.request_id):
-            self._unwatch(request.request_id)
         names = tuple(r.name for r in active)
-        if request.kind is Kind.RATE:
+        if claim.kind is Kind.RATE and not record_rate:
             return Granted(None, names, tx.now, None, None, missing)
         ttl = min((r.lease_ttl for r in active), default=DEFAULT_LEASE_TTL)
         expires = tx.now + ttl
-        holdings = [
-            (r.id, request.request_id, request.occupy) for r in active if r.slots is not None
-        ]
+        holdings = []
+        if claim.kind is Kind.CONCURRENCY:
+            holdings = [(r.id, claim.id, claim.occupy) for r in active if r.slots is not None]
         tx.run(
-            "INSERT INTO sluice_leases (id, limit_ids, process_id, holder, host, pid, occupy,"
-            " lease_ttl, acquired_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO sluice_leases (id, limit_ids, names, kind, process_id, holder, host, pid,"
+            " occupy, lease_ttl, acquired_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                request.request_id,
+                claim.id,
                 ",".join(str(h[0]) for h in holdings),
-                me.id,
-                request.holder,
-                me.host,
-                me.pid,
-                request.occupy,
+                ",".join(names),
+                claim.kind.value,
+                claim.process_id,
+                claim.holder,
+                claim.host,
+                claim.pid,
+                claim.occupy,
                 ttl,
                 tx.now,
                 expires,
@@ -558,7 +611,9 @@ class SQLiteStore:
             tx.conn.executemany(
                 "INSERT INTO sluice_holdings (limit_id, lease_id, units) VALUES (?, ?, ?)", holdings
             )
-        return Granted(request.request_id, names, tx.now, expires, ttl, missing)
+        if claim.kind is Kind.RATE:
+            return Granted(None, names, tx.now, None, None, missing)
+        return Granted(claim.id, names, tx.now, expires, ttl, missing)
 
     def _queue(
         self,
@@ -742,7 +797,9 @@ class SQLiteStore:
         if not tx.run("DELETE FROM sluice_tickets WHERE id = ?", (ticket_id,)) and not limit_ids:
             return False
         tx.run("DELETE FROM sluice_queue WHERE ticket_id = ?", (ticket_id,))
-        tx.touched.update(int(r[0]) for r in limit_ids)
+        ids = [int(r[0]) for r in limit_ids]
+        tx.touched.update(ids)
+        tx.moved.update(ids)
         return True
 
     def _reclaim(self, tx: _Tx, limit_ids: Sequence[int]) -> bool:
@@ -785,56 +842,76 @@ class SQLiteStore:
             self._drop_ticket(tx, str(tid))
         tx.run("DELETE FROM sluice_processes WHERE id = ?", (process_id,))
 
-    def _wake_targets(
-        self, tx: _Tx, limit_ids: Collection[int], extra: Collection[str] = ()
-    ) -> tuple[list[tuple[str, list[str]]], list[str]]:
-        """Tickets that may now be served on the changed limits, grouped by process.
+    def _hand_off(self, tx: _Tx) -> tuple[list[tuple[str, list[str]]], list[str]]:
+        """Grant waiting tickets that fit now, in arrival order, and say whom to wake.
 
-        On each limit: the head of the queue, then each following ticket while the
-        units asked for still fit in the free slots. A deleted or inactive limit
-        wakes its whole queue (those tickets no longer wait on it).
+        Runs at the end of every step that changed a limit's capacity or queue.
+        On each such limit, the head ticket is granted if it can be on every
+        limit it waits for (it heads each of those queues too, and units and
+        tokens suffice); then the next, and so on, stopping at the first that
+        cannot be served: strict FIFO, with no capacity left idle while the
+        head could use it. Granted tickets are woken to collect their grant; a
+        head left waiting is woken when it changed, to learn when its next rate
+        token or silent expiry is due.
         """
-        wakes: dict[str, list[str]] = defaultdict(list)
-        seen: set[str] = set()
-        for limit_id in limit_ids:
-            queue = tx.all(
-                "SELECT q.ticket_id, q.occupy, q.kind, t.process_id FROM sluice_queue q"
-                " JOIN sluice_tickets t ON t.id = q.ticket_id"
-                " WHERE q.limit_id = ? ORDER BY q.seq LIMIT ?",
-                (limit_id, _MAX_WAKE),
-            )
-            if not queue:
+        wakes: dict[str, str] = dict(tx.wake_tickets)  # ticket -> process
+        work = sorted(tx.touched | tx.moved)
+        done: set[int] = set()
+        while work:
+            limit_id = work.pop(0)
+            if limit_id in done:
                 continue
-            limit = tx.one("SELECT slots, active FROM sluice_limits WHERE id = ?", (limit_id,))
-            if limit is None or not limit[1]:
-                chosen = queue
-            else:
-                slots = limit[0]
-                free = (int(slots) - self._in_use(tx, limit_id)) if slots is not None else None
-                chosen = [queue[0]]
-                needed = int(queue[0][1]) if queue[0][2] == Kind.CONCURRENCY.value else 0
-                for entry in queue[1:]:
-                    if entry[2] == Kind.CONCURRENCY.value:
-                        needed += int(entry[1])
-                    if free is not None and needed > free:
-                        break
-                    chosen.append(entry)
-                    if free is None:
-                        break  # rate-only: the head takes the next token first
-            for ticket_id, _occ, _kind, process_id in chosen:
-                if ticket_id not in seen:
-                    seen.add(str(ticket_id))
-                    wakes[str(process_id)].append(str(ticket_id))
-        for chunk in _chunks([t for t in extra if t not in seen]):
-            for ticket_id, process_id in tx.all(
-                f"SELECT id, process_id FROM sluice_tickets WHERE id IN ({_marks(len(chunk))})",
-                chunk,
-            ):
-                wakes[str(process_id)].append(str(ticket_id))
+            done.add(limit_id)
+            granted_here = False
+            while True:
+                head = tx.one(
+                    "SELECT t.id, t.seq, t.process_id, t.holder, t.host, t.pid, t.occupy, t.kind"
+                    " FROM sluice_queue q JOIN sluice_tickets t ON t.id = q.ticket_id"
+                    " WHERE q.limit_id = ? ORDER BY q.seq LIMIT 1",
+                    (limit_id,),
+                )
+                if head is None:
+                    break
+                ticket_id, seq, process_id = str(head[0]), int(head[1]), str(head[2])
+                claim = _Claim(
+                    ticket_id, process_id, head[3], head[4], head[5], head[6], Kind(head[7])
+                )
+                rows = self._ticket_limits(tx, ticket_id)
+                active = [r for r in rows if r.active]
+                blocked = self._blockers(tx, claim.kind, claim.occupy, active, seq)
+                if blocked:
+                    # A new head waiting for a rate token must learn when it is due;
+                    # one waiting for units is served here when they free up.
+                    new_head = granted_here or limit_id in tx.moved
+                    if new_head and any(why == "rate" for _, why in blocked):
+                        wakes[ticket_id] = process_id
+                    break
+                self._drop_ticket(tx, ticket_id)
+                self._take(tx, claim, active, (), record_rate=True)
+                wakes[ticket_id] = process_id
+                granted_here = True
+                work.extend(r.id for r in rows if r.id != limit_id)  # their queues moved too
+                done.difference_update(r.id for r in rows if r.id != limit_id)
         me = self._process.id if self._process is not None else None
-        local = wakes.pop(me, []) if me is not None else []
-        targets = self._deliver(tx, wakes) if wakes else []
+        by_process: dict[str, list[str]] = defaultdict(list)
+        for ticket_id, process_id in wakes.items():
+            by_process[process_id].append(ticket_id)
+        local = by_process.pop(me, []) if me is not None else []
+        targets = self._deliver(tx, by_process) if by_process else []
         return targets, local
+
+    def _ticket_limits(self, tx: _Tx, ticket_id: str) -> list[_LimitRow]:
+        """The limits a ticket waits on, each with its queue head and units in use."""
+        columns = ", ".join(f"l.{c}" for c in _LIMIT_COLUMNS.split(", "))
+        rows = tx.all(
+            f"SELECT {columns},"
+            " (SELECT MIN(seq) FROM sluice_queue q2 WHERE q2.limit_id = l.id),"
+            " (SELECT COALESCE(SUM(units), 0) FROM sluice_holdings h WHERE h.limit_id = l.id)"
+            " FROM sluice_queue q JOIN sluice_limits l ON l.id = q.limit_id"
+            " WHERE q.ticket_id = ? ORDER BY l.name",
+            (ticket_id,),
+        )
+        return [_LimitRow(*r) for r in rows]
 
     # ------------------------------------------------------------- lifecycle
 

@@ -36,10 +36,14 @@ CREATE TABLE IF NOT EXISTS sluice_processes (
 );
 
 -- limit_ids lists the limits the lease holds units of ("3,7"), so a release
--- deletes its holdings by primary key and no second index is written.
+-- deletes its holdings by primary key and no second index is written; names
+-- lists every active limit it was granted on. A 'rate' row is a grant of rate
+-- units handed to a waiter that has not yet collected it (nothing to release).
 CREATE TABLE IF NOT EXISTS sluice_leases (
     id          TEXT PRIMARY KEY,
     limit_ids   TEXT NOT NULL,
+    names       TEXT NOT NULL,
+    kind        TEXT NOT NULL,
     process_id  TEXT NOT NULL,
     holder      TEXT NOT NULL,
     host        TEXT NOT NULL,
