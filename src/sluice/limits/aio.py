@@ -273,31 +273,28 @@ class Limits:
         astore, session = self._astore, self._session
         attempt = Attempt.start(request, timeout, astore.safety_interval)
         loop = asyncio.get_running_loop()
-        event: asyncio.Event | None = None
+        event = asyncio.Event()
 
         def wake() -> None:
-            assert event is not None
             with contextlib.suppress(RuntimeError):  # the loop has closed
                 loop.call_soon_threadsafe(event.set)
 
+        session.register(request.request_id, wake)  # before the first attempt: no wake-up lost
+        queued = False
         step: asyncio.Future[Granted | Queued] | None = None
         try:
             while True:
+                event.clear()
                 step = asyncio.ensure_future(astore.acquire(attempt.request))
                 outcome = await asyncio.shield(step)
                 if isinstance(outcome, Granted):
                     break
                 sleep = attempt.next_sleep(outcome)
-                if event is None:
-                    # First time in line: listen for wake-ups, then look once more
-                    # at once, so one sent before we listened cannot be missed.
-                    event = asyncio.Event()
-                    session.register(request.request_id, wake)
+                if not queued:
+                    queued = True
                     session.keeper.track_ticket(request.request_id, outcome.lease_ttl)
-                    continue
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(event.wait(), sleep)
-                event.clear()
             state = None
             if outcome.lease_id is not None:
                 state = LeaseState.from_grant(outcome, request, attempt.waited)
@@ -307,8 +304,8 @@ class Limits:
             await _withdraw(astore, request.request_id, step)
             raise
         finally:
-            if event is not None:
-                session.unregister(request.request_id)
+            session.unregister(request.request_id)
+            if queued:
                 session.keeper.untrack_ticket(request.request_id)
         attempt.warn_missing(outcome.missing, stacklevel + 1)
         return state

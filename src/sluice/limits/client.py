@@ -105,6 +105,7 @@ class Attempt:
     safety_interval: float
     started: float = field(default_factory=time.monotonic)
     last: Queued | None = None
+    missing: tuple[str, ...] = ()
 
     @classmethod
     def start(cls, request: AcquireRequest, timeout: object, safety_interval: float) -> Attempt:
@@ -119,6 +120,7 @@ class Attempt:
         if self.last is None or self.last.seq != outcome.seq:
             self.request = _with_seq(self.request, outcome.seq)
         self.last = outcome
+        self.missing = outcome.missing or self.missing
         sleep = self.safety_interval
         if outcome.retry_in is not None:
             sleep = min(sleep, outcome.retry_in)
@@ -136,6 +138,8 @@ class Attempt:
         return max(sleep, 0.0)
 
     def warn_missing(self, missing: tuple[str, ...], stacklevel: int) -> None:
+        """Warn once about names that do not exist, if the policy says "warn"."""
+        missing = missing or self.missing
         if missing and self.request.missing == "warn":
             warnings.warn(
                 MissingLimitWarning(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
 
@@ -98,6 +99,14 @@ class Lease(LeaseView):
         else:
             with contextlib.suppress(LeaseLost):
                 self.release()  # the body's own error is the one to see
+
+
+def _releaser(signal: threading.Lock) -> Callable[[], None]:
+    def wake() -> None:
+        with contextlib.suppress(RuntimeError):  # already woken
+            signal.release()
+
+    return wake
 
 
 def _raise_if_lost(state: LeaseState, found: bool) -> None:
@@ -312,20 +321,21 @@ class Limits:
         request = new_request(names, occupy, kind, holder, self._policy(missing))
         store, session = self._store, self._session
         attempt = Attempt.start(request, timeout, store.safety_interval)
-        event: threading.Event | None = None
+        # Listening before the first attempt, so no wake-up can slip by unseen.
+        # A held lock is the cheapest one-shot signal: wake() releases it,
+        # and acquiring it again both waits for and consumes the wake-up.
+        signal = threading.Lock()
+        signal.acquire()
+        session.register(request.request_id, _releaser(signal))
+        queued = False
         try:
             outcome = store.acquire(attempt.request)
             while not isinstance(outcome, Granted):
                 sleep = attempt.next_sleep(outcome)
-                if event is None:
-                    # First time in line: listen for wake-ups, then look once more
-                    # at once, so one sent before we listened cannot be missed.
-                    event = threading.Event()
-                    session.register(request.request_id, event.set)
+                if not queued:
+                    queued = True
                     session.keeper.track_ticket(request.request_id, outcome.lease_ttl)
-                else:
-                    event.wait(sleep)
-                    event.clear()
+                signal.acquire(timeout=sleep)
                 outcome = store.acquire(attempt.request)
             state = None
             if outcome.lease_id is not None:
@@ -339,8 +349,8 @@ class Limits:
                 store.abandon(request.request_id)
             raise
         finally:
-            if event is not None:
-                session.unregister(request.request_id)
+            session.unregister(request.request_id)
+            if queued:
                 session.keeper.untrack_ticket(request.request_id)
         attempt.warn_missing(outcome.missing, stacklevel + 1)
         return state

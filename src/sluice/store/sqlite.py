@@ -100,6 +100,7 @@ class _Tx:
     touched: set[int] = field(default_factory=set)  # limits whose capacity or queue changed
     moved: set[int] = field(default_factory=set)  # limits whose queue head may have changed
     wake_tickets: dict[str, str] = field(default_factory=dict)  # ticket -> process to wake
+    alive: set[str] = field(default_factory=set)  # processes found alive in this step
 
     def one(self, sql: str, params: Sequence[object] = ()) -> Any:
         """The first row of a query (a tuple), or None."""
@@ -141,6 +142,7 @@ class SQLiteStore:
         self._process: ProcessInfo | None = None
         self._pid = os.getpid()
         self._host = socket.gethostname()
+        self._addresses: dict[str, str] = {}  # process id -> wake-up socket address
 
     # ------------------------------------------------------------- hooks
     # Overridden by the memory store; the SQLite versions work across processes.
@@ -193,12 +195,15 @@ class SQLiteStore:
         self._ipc.unwatch(ticket_id)
 
     def _deliver(self, tx: _Tx, wakes: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
-        """Resolve wake targets to addresses inside the transaction."""
-        rows = tx.all(
-            f"SELECT id, wake_addr FROM sluice_processes WHERE id IN ({_marks(len(wakes))})",
-            list(wakes),
-        )
-        return [(str(addr), wakes[str(pid_)]) for pid_, addr in rows]
+        """Resolve wake targets to socket addresses (fixed for a process's life: cached)."""
+        unknown = [p for p in wakes if p not in self._addresses]
+        if unknown:
+            for process_id, addr in tx.all(
+                f"SELECT id, wake_addr FROM sluice_processes WHERE id IN ({_marks(len(unknown))})",
+                unknown,
+            ):
+                self._addresses[process_id] = addr
+        return [(self._addresses[p], t) for p, t in wakes.items() if p in self._addresses]
 
     def _send(self, targets: list[tuple[str, list[str]]]) -> None:
         self._ipc.send(targets)
@@ -474,6 +479,12 @@ class SQLiteStore:
 
     def acquire(self, request: AcquireRequest) -> Granted | Queued:
         me = self._me()
+        if request.seq is not None:
+            # A woken waiter most often finds its units already handed over: a read
+            # (no write lock; WAL readers never wait) is enough to collect them.
+            handed = self._peek_grant(request)
+            if handed is not None:
+                return handed
         with self._tx() as tx:
             rows = self._limit_rows(tx, request.names)
             missing = tuple(n for n in request.names if n not in rows)
@@ -493,7 +504,11 @@ class SQLiteStore:
                 seq = int(ticket[0]) if ticket is not None else seq
 
             blocked = self._blockers(tx, request.kind, request.occupy, active, seq)
-            if blocked and self._reclaim(tx, [r.id for r in active]):
+            # Reclaim what is in the way: expired leases and tickets always; dead
+            # processes (a liveness check per process) unless only other waiters are
+            # ahead of a newcomer: those are checked by whoever they wait behind.
+            check = seq is not None or any(why != "queue" for _, why in blocked)
+            if blocked and self._reclaim(tx, [r.id for r in active], check):
                 # Something expired or died in the way: look again with fresh numbers.
                 fresh = self._limit_rows(tx, [r.name for r in active])
                 active = [fresh[r.name] for r in active]
@@ -512,6 +527,27 @@ class SQLiteStore:
                     self._unwatch(request.request_id)
                 return self._take(tx, claim, active, missing, record_rate=False)
             return self._queue(tx, request, active, missing, me, seq, blocked)
+
+    def _peek_grant(self, request: AcquireRequest) -> Granted | None:
+        with self._mutex:
+            try:
+                row = (
+                    self._connection()
+                    .execute(
+                        "SELECT names, acquired_at, expires_at, lease_ttl FROM sluice_leases"
+                        " WHERE id = ? AND kind = 'concurrency'",
+                        (request.request_id,),
+                    )
+                    .fetchone()
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite store {self.url} failed: {exc}") from exc
+        if row is None:
+            return None
+        self._unwatch(request.request_id)
+        names = tuple(n for n in str(row[0]).split(",") if n)
+        # Which names were missing was already said when the request queued.
+        return Granted(request.request_id, names, row[1], row[2], row[3])
 
     def _collect(self, tx: _Tx, request_id: str, missing: tuple[str, ...]) -> Granted | None:
         """The grant a release handed to this request while it slept, if any."""
@@ -558,9 +594,12 @@ class SQLiteStore:
                 and (row.in_use + occupy > row.slots)
             ):
                 blocked.append((row, "slots"))
-            elif row.rate is not None and row.burst is not None:
-                if gcra.allow_at(row.tat, row.rate, row.burst, occupy) > tx.now:
-                    blocked.append((row, "rate"))
+            elif (
+                row.rate is not None
+                and row.burst is not None
+                and gcra.allow_at(row.tat, row.rate, row.burst, occupy) > tx.now
+            ):
+                blocked.append((row, "rate"))
         return blocked
 
     def _take(
@@ -696,17 +735,19 @@ class SQLiteStore:
             if why == "rate" and row.rate is not None and row.burst is not None:
                 times.append(gcra.allow_at(row.tat, row.rate, row.burst, request.occupy))
                 continue
+            # Per process, not per ticket or lease: queues can be long, processes few.
             if why == "queue":
                 ahead = tx.all(
-                    "SELECT t.expires_at, t.pid, t.host, t.process_id FROM sluice_queue q"
+                    "SELECT MIN(t.expires_at), t.pid, t.host, t.process_id FROM sluice_queue q"
                     " JOIN sluice_tickets t ON t.id = q.ticket_id"
-                    " WHERE q.limit_id = ? AND q.seq < ?",
+                    " WHERE q.limit_id = ? AND q.seq < ? GROUP BY t.process_id",
                     (row.id, seq),
                 )
             else:
                 ahead = tx.all(
-                    "SELECT l.expires_at, l.pid, l.host, l.process_id FROM sluice_holdings h"
-                    " JOIN sluice_leases l ON l.id = h.lease_id WHERE h.limit_id = ?",
+                    "SELECT MIN(l.expires_at), l.pid, l.host, l.process_id"
+                    " FROM sluice_holdings h JOIN sluice_leases l ON l.id = h.lease_id"
+                    " WHERE h.limit_id = ? GROUP BY l.process_id",
                     (row.id,),
                 )
             for expires_at, pid, host, process_id in ahead:
@@ -792,17 +833,24 @@ class SQLiteStore:
             tx.touched.update(ids)
         tx.run("DELETE FROM sluice_leases WHERE id = ?", (lease_id,))
 
-    def _drop_ticket(self, tx: _Tx, ticket_id: str) -> bool:
-        limit_ids = tx.all("SELECT limit_id FROM sluice_queue WHERE ticket_id = ?", (ticket_id,))
+    def _drop_ticket(self, tx: _Tx, ticket_id: str, limit_ids: list[int] | None = None) -> bool:
+        """Withdraw a ticket from every queue it is in; False if there was none."""
+        if limit_ids is None:
+            limit_ids = [
+                int(r[0])
+                for r in tx.all(
+                    "SELECT limit_id FROM sluice_queue WHERE ticket_id = ?", (ticket_id,)
+                )
+            ]
         if not tx.run("DELETE FROM sluice_tickets WHERE id = ?", (ticket_id,)) and not limit_ids:
             return False
         tx.run("DELETE FROM sluice_queue WHERE ticket_id = ?", (ticket_id,))
-        ids = [int(r[0]) for r in limit_ids]
+        ids = limit_ids
         tx.touched.update(ids)
         tx.moved.update(ids)
         return True
 
-    def _reclaim(self, tx: _Tx, limit_ids: Sequence[int]) -> bool:
+    def _reclaim(self, tx: _Tx, limit_ids: Sequence[int], check_processes: bool = True) -> bool:
         """Remove expired leases and tickets, and those of dead local processes, on these limits."""
         if not limit_ids:
             return False
@@ -819,7 +867,7 @@ class SQLiteStore:
         )
         me = self._process.id if self._process is not None else None
         owners = {str(r[2]) for r in (*leases, *tickets)} - {me}
-        dead = self._dead_processes(tx, owners) if owners else set()
+        dead = self._dead_processes(tx, owners) if owners and check_processes else set()
         expired_leases = {str(r[0]) for r in leases if float(r[1]) <= tx.now or r[2] in dead}
         expired_tickets = {str(r[0]) for r in tickets if float(r[1]) <= tx.now or r[2] in dead}
         for process_id in dead:
@@ -855,6 +903,7 @@ class SQLiteStore:
         token or silent expiry is due.
         """
         wakes: dict[str, str] = dict(tx.wake_tickets)  # ticket -> process
+        me = self._process.id if self._process is not None else None
         work = sorted(tx.touched | tx.moved)
         done: set[int] = set()
         while work:
@@ -865,14 +914,26 @@ class SQLiteStore:
             granted_here = False
             while True:
                 head = tx.one(
-                    "SELECT t.id, t.seq, t.process_id, t.holder, t.host, t.pid, t.occupy, t.kind"
+                    "SELECT t.id, t.seq, t.process_id, t.holder, t.host, t.pid, t.occupy, t.kind,"
+                    " l.slots, l.active,"
+                    " (SELECT COALESCE(SUM(units), 0) FROM sluice_holdings h"
+                    "  WHERE h.limit_id = q.limit_id)"
                     " FROM sluice_queue q JOIN sluice_tickets t ON t.id = q.ticket_id"
+                    " JOIN sluice_limits l ON l.id = q.limit_id"
                     " WHERE q.limit_id = ? ORDER BY q.seq LIMIT 1",
                     (limit_id,),
                 )
                 if head is None:
                     break
                 ticket_id, seq, process_id = str(head[0]), int(head[1]), str(head[2])
+                slots, active_here, in_use = head[8], head[9], head[10]
+                if (
+                    active_here
+                    and head[7] == Kind.CONCURRENCY.value
+                    and slots is not None
+                    and in_use + head[6] > slots
+                ):
+                    break  # no room on this limit: the common case, decided in one query
                 claim = _Claim(
                     ticket_id, process_id, head[3], head[4], head[5], head[6], Kind(head[7])
                 )
@@ -886,13 +947,17 @@ class SQLiteStore:
                     if new_head and any(why == "rate" for _, why in blocked):
                         wakes[ticket_id] = process_id
                     break
-                self._drop_ticket(tx, ticket_id)
+                if process_id != me and process_id not in tx.alive:
+                    if self._dead_processes(tx, [process_id]):
+                        self._forget_process(tx, process_id)  # never hand units to the dead
+                        continue
+                    tx.alive.add(process_id)
+                self._drop_ticket(tx, ticket_id, [r.id for r in rows])
                 self._take(tx, claim, active, (), record_rate=True)
                 wakes[ticket_id] = process_id
                 granted_here = True
                 work.extend(r.id for r in rows if r.id != limit_id)  # their queues moved too
                 done.difference_update(r.id for r in rows if r.id != limit_id)
-        me = self._process.id if self._process is not None else None
         by_process: dict[str, list[str]] = defaultdict(list)
         for ticket_id, process_id in wakes.items():
             by_process[process_id].append(ticket_id)

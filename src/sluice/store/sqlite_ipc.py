@@ -109,6 +109,7 @@ class ProcessLink:
         self._ctl_r, self._ctl_w = os.pipe()
         self._pending: list[tuple[int, str]] = []  # (pid, ticket) watches to add
         self._watchers: dict[int, set[str]] = defaultdict(set)  # pid -> tickets to wake
+        self._watching: dict[str, set[int]] = {}  # ticket -> pids it watches
         self._closing = False
         _links.add(self)
 
@@ -179,14 +180,21 @@ class ProcessLink:
         if not _HAS_PIDFD or self._thread is None:
             return
         with self._lock:
-            self._pending.extend((pid, ticket_id) for pid in pids)
+            known = self._watching.setdefault(ticket_id, set())
+            new = [pid for pid in pids if pid not in known]
+            if not new:
+                return
+            known.update(new)
+            self._pending.extend((pid, ticket_id) for pid in new)
         os.write(self._ctl_w, b"w")
 
     def unwatch(self, ticket_id: str) -> None:
         """Stop waking ``ticket_id`` on process exits."""
         with self._lock:
-            for tickets in self._watchers.values():
-                tickets.discard(ticket_id)
+            for pid in self._watching.pop(ticket_id, ()):
+                tickets = self._watchers.get(pid)
+                if tickets is not None:
+                    tickets.discard(ticket_id)
 
     def _listen(self) -> None:
         assert self._sock is not None
@@ -211,6 +219,8 @@ class ProcessLink:
                         pidfds.pop(pid, None)
                         with self._lock:
                             tickets = self._watchers.pop(pid, set())
+                            for ticket_id in tickets:
+                                self._watching.get(ticket_id, set()).discard(pid)
                         if tickets:
                             self._on_wake(tickets)
         finally:
