@@ -17,6 +17,7 @@ import itertools
 import logging
 import math
 import os
+import random
 import socket
 import threading
 import time
@@ -121,7 +122,8 @@ class Attempt:
             self.request = _with_seq(self.request, outcome.seq)
         self.last = outcome
         self.missing = outcome.missing or self.missing
-        sleep = self.safety_interval
+        # Spread the rare safety re-checks of many idle waiters over time.
+        sleep = self.safety_interval * random.uniform(0.8, 1.0)
         if outcome.retry_in is not None:
             sleep = min(sleep, outcome.retry_in)
         if self.timeout is not None:

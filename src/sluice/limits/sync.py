@@ -37,11 +37,30 @@ class LeaseView:
 
     _state: LeaseState
 
-    id = property(lambda self: self._state.id, doc="The lease id (shown by inspect()).")
-    names = property(lambda self: self._state.names, doc="Names of the limits acquired.")
-    occupy = property(lambda self: self._state.occupy, doc="Units held on each limit.")
-    holder = property(lambda self: self._state.holder, doc="The holder label.")
-    waited = property(lambda self: self._state.waited, doc="Seconds spent waiting.")
+    @property
+    def id(self) -> str:
+        """The lease id (as shown by inspect())."""
+        return self._state.id
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Names of the limits acquired (those that exist and are active)."""
+        return self._state.names
+
+    @property
+    def occupy(self) -> int:
+        """Units held on each limit."""
+        return self._state.occupy
+
+    @property
+    def holder(self) -> str:
+        """The holder label recorded with the lease."""
+        return self._state.holder
+
+    @property
+    def waited(self) -> float:
+        """Seconds spent waiting before the grant."""
+        return self._state.waited
 
     @property
     def acquired_at(self) -> datetime:

@@ -98,13 +98,17 @@ class ProcessLink:
         self._on_wake = on_wake
         self._write_fd = os.open(self._dir / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
         self._write_lock = _FileLock(self._write_fd)
-        self.safety_interval = 10.0 if _HAS_PIDFD else 1.0
+        # Wake-ups here are reliable (local datagrams, sent with back-pressure) and
+        # exits are watched, so the safety re-check is rare; without pidfd it is
+        # how a waiter notices a crashed holder, so it runs every second.
+        self.safety_interval = 30.0 if _HAS_PIDFD else 1.0
         self._lock = threading.Lock()
         self._info: ProcessInfo | None = None
         self._lock_fd: int | None = None
         self._sock: socket.socket | None = None
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sender.setblocking(False)
+        # A full receiver makes sendto wait (briefly) rather than drop a wake-up.
+        self._sender.settimeout(0.1)
         self._thread: threading.Thread | None = None
         self._ctl_r, self._ctl_w = os.pipe()
         self._pending: list[tuple[int, str]] = []  # (pid, ticket) watches to add
@@ -129,6 +133,8 @@ class ProcessLink:
         bind_to, stored = _socket_address(process_id)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(bind_to)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         sock.setblocking(False)
         self._lock_fd, self._sock = lock_fd, sock
         self._info = ProcessInfo(process_id, os.getpid(), socket.gethostname())
@@ -172,6 +178,7 @@ class ProcessLink:
                         errno.ENOENT,
                         errno.EAGAIN,
                         errno.ENOBUFS,
+                        None,  # timed out: the receiver is stuck; its re-check covers it
                     ):
                         raise
 
