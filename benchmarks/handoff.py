@@ -129,7 +129,11 @@ def condition_handoffs(rounds: int) -> list[float]:
     def waiter() -> None:
         for i in range(rounds):
             with cond:
-                cond.wait_for(lambda i=i: state["round"] == i and state["held"])
+
+                def my_turn(i: int = i) -> bool:
+                    return state["round"] == i and bool(state["held"])
+
+                cond.wait_for(my_turn)
                 state["waiting"] = True
                 cond.notify_all()
                 cond.wait_for(lambda: not state["held"])
@@ -151,7 +155,11 @@ def condition_handoffs(rounds: int) -> list[float]:
             state["held"] = False
             released.append(t)
             cond.notify_all()
-            cond.wait_for(lambda i=i: state["round"] == i + 1)
+
+            def handed_over(i: int = i) -> bool:
+                return state["round"] == i + 1
+
+            cond.wait_for(handed_over)
     thread.join()
     return [b - a for a, b in zip(released, got, strict=True)]
 

@@ -4,7 +4,8 @@ The main thread holds the only slot of a limit; 200 threads block in
 ``limits.acquire``. Once the store shows all 200 queued, the process's CPU time
 (user + system, every thread, ``resource.getrusage``) is read before and after
 5 s of waiting. Waiters that sleep until woken use none; a polling loop shows up
-here. Target: < 0.05 CPU seconds.
+here. Target: < 0.05 CPU seconds. A second figure extends the same measurement
+to 12 s, past the store's slow safety re-check, and scales it to 5 s.
 
 Baseline, same run: 200 threads blocked on one ``threading.Event`` for 5 s.
 
@@ -24,6 +25,7 @@ from sluice import Limits
 LIMIT = "idle"
 WAITERS = 200
 SECONDS = 5.0
+LONG_SECONDS = 12.0  # longer than the SQLite store's slow safety re-check (10 s)
 TIMEOUT = 120.0
 
 
@@ -33,9 +35,14 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def idle_cpu(block: Callable[[], None], ready: Callable[[], bool], wake: Callable[[], object],
-             ) -> float:
-    """Start WAITERS threads running ``block``; once ``ready()``, measure SECONDS of CPU."""
+def idle_cpu(
+    block: Callable[[], None],
+    ready: Callable[[], bool],
+    wake: Callable[[], object],
+    checkpoints: Sequence[float] = (SECONDS,),
+) -> list[float]:
+    """Start WAITERS threads running ``block``; once ``ready()``, read the CPU used so far
+    at each checkpoint (seconds after the start of the measurement)."""
     errors: list[BaseException] = []
 
     def waiter() -> None:
@@ -53,9 +60,12 @@ def idle_cpu(block: Callable[[], None], ready: Callable[[], bool], wake: Callabl
             raise RuntimeError(f"waiters never all blocked: {errors[:1]}")
         time.sleep(0.05)
     time.sleep(0.5)  # let the last waiters settle into their sleep
+    used: list[float] = []
     before = cpu_seconds()
-    time.sleep(SECONDS)
-    used = cpu_seconds() - before
+    start = time.monotonic()
+    for checkpoint in checkpoints:
+        time.sleep(max(0.0, start + checkpoint - time.monotonic()))
+        used.append(cpu_seconds() - before)
     wake()
     for t in threads:
         t.join(TIMEOUT)
@@ -76,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             blocked[0] += 1
         event.wait()
 
-    base = idle_cpu(wait_event, lambda: blocked[0] >= WAITERS, event.set)
+    (base,) = idle_cpu(wait_event, lambda: blocked[0] >= WAITERS, event.set)
 
     with temp_sqlite_url("idle") as (url, _), Limits(url) as limits:
         limits.create(LIMIT, slots=1)
@@ -88,19 +98,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         def all_queued() -> bool:
             return len(limits.inspect(LIMIT).waiters) >= WAITERS
 
-        used = idle_cpu(wait_slot, all_queued, held.release)
+        used, used_long = idle_cpu(wait_slot, all_queued, held.release, (SECONDS, LONG_SECONDS))
 
     rows = [
         Row(f"CPU for {WAITERS} waiters over {SECONDS:g} s", used, "s",
             "threading.Event waiters", base, "< 0.05 s", used < 0.05, digits=4),
         Row("CPU per waiter-second", used / (WAITERS * SECONDS) * 1e6, "us",
             "threading.Event waiters", base / (WAITERS * SECONDS) * 1e6, digits=2),
+        Row(f"CPU per {SECONDS:g} s, averaged over {LONG_SECONDS:g} s", used_long * SECONDS
+            / LONG_SECONDS, "s", "threading.Event waiters", base, "< 0.05 s",
+            used_long * SECONDS / LONG_SECONDS < 0.05, digits=4),
     ]
     print_table(
         f"Idle cost: {WAITERS} threads blocked on a held limit (slots=1) for {SECONDS:g} s",
         rows,
-        ["CPU = user + system time of the whole process (getrusage), measured once "
-         "the store shows every waiter queued"],
+        [
+            "CPU = user + system time of the whole process (getrusage), measured once "
+            "the store shows every waiter queued",
+            f"the {LONG_SECONDS:g} s figure spans a safety re-check round (waiters re-check "
+            "the store at a slow interval in case a wake-up was lost)",
+        ],
         markdown=args.markdown,
     )
 

@@ -47,7 +47,7 @@ def get_invoice_page(limits: Limits, page: int, in_flight: InFlight) -> float:
     """Call the (simulated) API for one page; return the seconds spent waiting for a slot."""
     with limits.concurrency(LIMIT) as lease, in_flight:
         time.sleep(CALL_SECONDS + random.uniform(-0.005, 0.005))  # the API call
-    return lease.waited
+    return float(lease.waited)
 
 
 def main() -> None:
@@ -67,7 +67,9 @@ def main() -> None:
         with ThreadPoolExecutor(max_workers=PAGES) as pool:
             waits = list(pool.map(call, range(PAGES)))
         makespan = time.perf_counter() - t0[0]
+        store = limits.url
 
+    print(f"store:          {store}")
     print(f"calls:          {PAGES} x {CALL_SECONDS:.1f} s through {LIMIT!r} (slots={limit.slots})")
     print(f"makespan:       {makespan:.3f} s")
     print(f"ideal:          {IDEAL_SECONDS:.3f} s  (= {PAGES} x {CALL_SECONDS} s / {SLOTS})")

@@ -50,9 +50,7 @@ def require_server(host: str, port: int, how_to_start: str) -> None:
         with socket.create_connection((host, port), timeout=1.0):
             return
     except OSError as exc:
-        message = (
-            f"no server reachable at {host}:{port} ({exc}); start one with: {how_to_start}"
-        )
+        message = f"no server reachable at {host}:{port} ({exc}); start one with: {how_to_start}"
     if os.environ.get("CI", "").strip().lower() == "true":
         pytest.fail(f"CI=true and {message}", pytrace=False)
     pytest.skip(message)

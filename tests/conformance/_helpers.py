@@ -29,9 +29,7 @@ STEP_TIMEOUT = 10.0
 """Timeout given to acquisitions in helper threads, so a bug fails instead of hanging."""
 
 
-def wait_until(
-    probe: Callable[[], T | None], timeout: float = 5.0, what: str = "a condition"
-) -> T:
+def wait_until(probe: Callable[[], T | None], timeout: float = 5.0, what: str = "a condition") -> T:
     """Call ``probe`` every few ms until it returns something truthy; return that."""
     deadline = time.monotonic() + timeout
     while True:
@@ -84,6 +82,7 @@ class Attempt:
 
     With ``keep=False`` the lease is released right after the grant is recorded
     (a quick pass through the limit); otherwise the test releases ``lease``.
+    With ``rate=True`` it calls ``rate_limit`` instead, and ``lease`` stays None.
     ``order`` (shared list) gets ``tag`` appended at the moment of the grant.
     """
 
@@ -99,6 +98,7 @@ class Attempt:
         keep: bool = True,
         order: list[Any] | None = None,
         tag: Any = None,
+        rate: bool = False,
     ) -> None:
         self.limits = limits
         self.names = names
@@ -109,10 +109,12 @@ class Attempt:
         self.keep = keep
         self.order = order
         self.tag = tag if tag is not None else holder
+        self.rate = rate
         self.lease: Lease | None = None
         self.error: BaseException | None = None
         self.started_at: float | None = None
         self.granted_at: float | None = None
+        self.finished_at: float | None = None
         self.done = threading.Event()
         self.granted = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -124,6 +126,17 @@ class Attempt:
     def _run(self) -> None:
         self.started_at = time.monotonic()
         try:
+            if self.rate:
+                self.limits.rate_limit(
+                    self.names,
+                    self.occupy,
+                    self.timeout,
+                    holder=self.holder,
+                    missing=self.missing,  # type: ignore[arg-type]
+                )
+                self.granted_at = time.monotonic()
+                self.granted.set()
+                return
             lease = self.limits.acquire(
                 self.names,
                 self.occupy,
@@ -141,6 +154,7 @@ class Attempt:
         except BaseException as exc:  # recorded for the test to assert on
             self.error = exc
         finally:
+            self.finished_at = time.monotonic()
             self.done.set()
 
     def join(self, timeout: float = STEP_TIMEOUT + 5) -> Attempt:
@@ -155,6 +169,13 @@ class Attempt:
             raise self.error
         assert self.lease is not None
         return self.lease
+
+    def passed(self, timeout: float = STEP_TIMEOUT + 5) -> None:
+        """For ``rate=True``: return once through, or raise what rate_limit raised."""
+        self.join(timeout)
+        if self.error is not None:
+            raise self.error
+        assert self.granted.is_set()
 
 
 # --------------------------------------------------------------------------- checkers

@@ -303,9 +303,10 @@ def test_missing_warn_warns_and_acquires_the_names_that_exist(limits: Limits) ->
     assert lease.names == ("db",)
     assert limits.inspect("db").in_use == 1
     lease.release()
-    with pytest.warns(MissingLimitWarning, match="ghost"), limits.concurrency(
-        ["ghost", "db"], missing="warn"
-    ) as lease:
+    with (
+        pytest.warns(MissingLimitWarning, match="ghost"),
+        limits.concurrency(["ghost", "db"], missing="warn") as lease,
+    ):
         assert lease.names == ("db",)
     limits.create("api", rate=100.0)
     with pytest.warns(MissingLimitWarning, match="ghost"):

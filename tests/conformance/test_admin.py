@@ -45,9 +45,7 @@ def test_create_returns_the_limit_with_defaults(limits: Limits) -> None:
     assert isinstance(made.lease_ttl, float)
 
 
-@pytest.mark.parametrize(
-    ("rate", "burst"), [(10.0, 10), (2.5, 3), (0.5, 1), (1, 1), (100, 100)]
-)
+@pytest.mark.parametrize(("rate", "burst"), [(10.0, 10), (2.5, 3), (0.5, 1), (1, 1), (100, 100)])
 def test_a_rate_alone_gets_burst_max_1_ceil_rate(limits: Limits, rate: float, burst: int) -> None:
     made = limits.create("api", rate=rate)
     assert made.rate == pytest.approx(rate)
@@ -277,8 +275,15 @@ def test_update_without_fields_is_rejected(limits: Limits) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"slots": 0}, {"slots": True}, {"rate": -1}, {"burst": 0}, {"lease_ttl": 0.1},
-     {"lease_ttl": 100_000}, {"rate": math.nan}],
+    [
+        {"slots": 0},
+        {"slots": True},
+        {"rate": -1},
+        {"burst": 0},
+        {"lease_ttl": 0.1},
+        {"lease_ttl": 100_000},
+        {"rate": math.nan},
+    ],
 )
 def test_bad_updates_change_nothing(limits: Limits, kwargs: dict[str, object]) -> None:
     limits.create("api", slots=5, rate=10.0, burst=4)
