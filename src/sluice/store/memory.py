@@ -12,6 +12,7 @@ import contextlib
 import os
 import socket
 import sqlite3
+import threading
 import uuid
 from collections.abc import Collection
 from contextlib import AbstractContextManager
@@ -35,6 +36,10 @@ class MemoryStore(SQLiteStore):
 
     def _write_lock(self) -> AbstractContextManager[object]:
         return contextlib.nullcontext()
+
+    def _reader(self) -> tuple[threading.Lock, sqlite3.Connection]:
+        with self._mutex:
+            return self._mutex, self._connection()  # one private database, one connection
 
     def _register(self, tx: _Tx) -> ProcessInfo:
         info = ProcessInfo(uuid.uuid4().hex[:20], os.getpid(), socket.gethostname())

@@ -89,6 +89,7 @@ class _LimitRow(NamedTuple):
 
 
 _LIMIT_COLUMNS = "id, name, slots, rate, burst, active, lease_ttl, tat"
+_PREFIXED_COLUMNS = ", ".join(f"l.{c}" for c in _LIMIT_COLUMNS.split(", "))
 
 
 @dataclass
@@ -137,6 +138,8 @@ class SQLiteStore:
         self.path = path
         self._mutex = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._read_mutex = threading.Lock()
+        self._read_conn: sqlite3.Connection | None = None
         self._handler: WakeHandler | None = None
         self._closed = False
         self._process: ProcessInfo | None = None
@@ -163,6 +166,19 @@ class SQLiteStore:
 
     def _write_lock(self) -> AbstractContextManager[object]:
         return self._ipc.write_lock()
+
+    def _reader(self) -> tuple[threading.Lock, sqlite3.Connection]:
+        """A second connection, for reads that must not queue behind this process's writer
+        (WAL readers never wait for writers)."""
+        if self._read_conn is None:
+            with self._mutex:
+                self._connection()  # the file and schema exist first
+            with self._read_mutex:
+                if self._read_conn is None:
+                    self._read_conn = sqlite3.connect(
+                        self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+                    )
+        return self._read_mutex, self._read_conn
 
     def _register(self, tx: _Tx) -> ProcessInfo:
         info, wake_addr = self._ipc.start()
@@ -218,9 +234,11 @@ class SQLiteStore:
         # A forked child shares nothing with its parent's connection or identity. The
         # inherited connection is kept, unused and unclosed: closing it could disturb
         # the parent's SQLite locks.
-        _forked_leftovers.append(self._conn)
+        _forked_leftovers.extend((self._conn, self._read_conn))
         self._mutex = threading.Lock()
+        self._read_mutex = threading.Lock()
         self._conn = None
+        self._read_conn = None
         self._process = None
         self._pid = os.getpid()
 
@@ -497,18 +515,20 @@ class SQLiteStore:
                 raise LimitNotFound(missing)
             active = [r for r in sorted(rows.values(), key=lambda r: r.name) if r.active]
             self._check_request(request, active)
+            has_ticket = False
             if seq is not None:  # keep the place the ticket already has
                 ticket = tx.one(
                     "SELECT seq FROM sluice_tickets WHERE id = ?", (request.request_id,)
                 )
+                has_ticket = ticket is not None
                 seq = int(ticket[0]) if ticket is not None else seq
 
             blocked = self._blockers(tx, request.kind, request.occupy, active, seq)
-            # Reclaim what is in the way: expired leases and tickets always; dead
-            # processes (a liveness check per process) unless only other waiters are
-            # ahead of a newcomer: those are checked by whoever they wait behind.
+            # Reclaim what is in the way (expired, or of dead processes), unless only
+            # other waiters are ahead of a newcomer: those are reclaimed by whoever
+            # waits right behind them, woken by their exit or expiry.
             check = seq is not None or any(why != "queue" for _, why in blocked)
-            if blocked and self._reclaim(tx, [r.id for r in active], check):
+            if blocked and check and self._reclaim(tx, [r.id for r in active]):
                 # Something expired or died in the way: look again with fresh numbers.
                 fresh = self._limit_rows(tx, [r.name for r in active])
                 active = [fresh[r.name] for r in active]
@@ -526,7 +546,7 @@ class SQLiteStore:
                 if request.seq is not None and self._drop_ticket(tx, request.request_id):
                     self._unwatch(request.request_id)
                 return self._take(tx, claim, active, missing, record_rate=False)
-            return self._queue(tx, request, active, missing, me, seq, blocked)
+            return self._queue(tx, request, active, missing, me, seq, has_ticket, blocked)
 
     def _peek_grant(self, request: AcquireRequest) -> Granted | None:
         with self._mutex:
@@ -662,22 +682,32 @@ class SQLiteStore:
         missing: tuple[str, ...],
         me: ProcessInfo,
         seq: int | None,
+        has_ticket: bool,
         blocked: list[tuple[_LimitRow, str]],
     ) -> Queued:
         ttl = min(r.lease_ttl for r in active)
         expires = tx.now + ttl
-        if (
+        rows = [(r.id, request.request_id, request.occupy, request.kind.value) for r in active]
+        if has_ticket:
+            assert seq is not None
             tx.run(
-                "UPDATE sluice_tickets SET expires_at = ?, occupy = ? WHERE id = ?",
-                (expires, request.occupy, request.request_id),
+                "UPDATE sluice_tickets SET expires_at = ?, limit_count = ? WHERE id = ?",
+                (expires, len(active), request.request_id),
             )
-            == 0
-        ):
+            # It waits in the queues of exactly the active limits it names, now.
             tx.run(
+                "DELETE FROM sluice_queue WHERE ticket_id = ?"
+                f" AND limit_id NOT IN ({_marks(len(active))})",
+                [request.request_id, *(r.id for r in active)],
+            )
+            verb = "INSERT OR IGNORE"
+        else:
+            seq = tx.conn.execute(
                 "INSERT INTO sluice_tickets (seq, id, process_id, holder, host, pid, occupy, kind,"
-                " lease_ttl, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " limit_count, lease_ttl, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    seq,
+                    seq,  # None: the next in arrival order; else the place it had
                     request.request_id,
                     me.id,
                     request.holder,
@@ -685,25 +715,18 @@ class SQLiteStore:
                     me.pid,
                     request.occupy,
                     request.kind.value,
+                    len(active),
                     ttl,
                     tx.now,
                     expires,
                 ),
-            )
-            row = tx.one("SELECT seq FROM sluice_tickets WHERE id = ?", (request.request_id,))
-            assert row is not None
-            seq = int(row[0])
-        assert seq is not None
-        # The ticket waits in the queue of exactly the active limits it names.
-        tx.run(
-            "DELETE FROM sluice_queue WHERE ticket_id = ?"
-            f" AND limit_id NOT IN ({_marks(len(active))})",
-            [request.request_id, *(r.id for r in active)],
-        )
+            ).lastrowid
+            assert seq is not None
+            verb = "INSERT"
         tx.conn.executemany(
-            "INSERT OR IGNORE INTO sluice_queue (limit_id, seq, ticket_id, occupy, kind)"
+            f"{verb} INTO sluice_queue (limit_id, seq, ticket_id, occupy, kind)"
             " VALUES (?, ?, ?, ?, ?)",
-            [(r.id, seq, request.request_id, request.occupy, request.kind.value) for r in active],
+            [(limit_id, seq, *rest) for limit_id, *rest in rows],
         )
         first, _why = blocked[0]
         position = self._position(tx, first.id, seq)
@@ -850,7 +873,7 @@ class SQLiteStore:
         tx.moved.update(ids)
         return True
 
-    def _reclaim(self, tx: _Tx, limit_ids: Sequence[int], check_processes: bool = True) -> bool:
+    def _reclaim(self, tx: _Tx, limit_ids: Sequence[int]) -> bool:
         """Remove expired leases and tickets, and those of dead local processes, on these limits."""
         if not limit_ids:
             return False
@@ -867,7 +890,7 @@ class SQLiteStore:
         )
         me = self._process.id if self._process is not None else None
         owners = {str(r[2]) for r in (*leases, *tickets)} - {me}
-        dead = self._dead_processes(tx, owners) if owners and check_processes else set()
+        dead = self._dead_processes(tx, owners) if owners else set()
         expired_leases = {str(r[0]) for r in leases if float(r[1]) <= tx.now or r[2] in dead}
         expired_tickets = {str(r[0]) for r in tickets if float(r[1]) <= tx.now or r[2] in dead}
         for process_id in dead:
@@ -915,7 +938,7 @@ class SQLiteStore:
             while True:
                 head = tx.one(
                     "SELECT t.id, t.seq, t.process_id, t.holder, t.host, t.pid, t.occupy, t.kind,"
-                    " l.slots, l.active,"
+                    f" t.limit_count, {_PREFIXED_COLUMNS},"
                     " (SELECT COALESCE(SUM(units), 0) FROM sluice_holdings h"
                     "  WHERE h.limit_id = q.limit_id)"
                     " FROM sluice_queue q JOIN sluice_tickets t ON t.id = q.ticket_id"
@@ -926,18 +949,20 @@ class SQLiteStore:
                 if head is None:
                     break
                 ticket_id, seq, process_id = str(head[0]), int(head[1]), str(head[2])
-                slots, active_here, in_use = head[8], head[9], head[10]
-                if (
-                    active_here
-                    and head[7] == Kind.CONCURRENCY.value
-                    and slots is not None
-                    and in_use + head[6] > slots
-                ):
-                    break  # no room on this limit: the common case, decided in one query
                 claim = _Claim(
                     ticket_id, process_id, head[3], head[4], head[5], head[6], Kind(head[7])
                 )
-                rows = self._ticket_limits(tx, ticket_id)
+                # This limit, whose queue the ticket heads.
+                here = _LimitRow._make((*head[9:17], seq, head[17]))
+                if (
+                    here.active
+                    and claim.kind is Kind.CONCURRENCY
+                    and here.slots is not None
+                    and here.in_use + claim.occupy > here.slots
+                ):
+                    break  # no room on this limit: the common case, decided in one query
+                # A ticket in one queue needs nothing more; one in several, all of them.
+                rows = [here] if head[8] == 1 else self._ticket_limits(tx, ticket_id)
                 active = [r for r in rows if r.active]
                 blocked = self._blockers(tx, claim.kind, claim.occupy, active, seq)
                 if blocked:
@@ -967,9 +992,8 @@ class SQLiteStore:
 
     def _ticket_limits(self, tx: _Tx, ticket_id: str) -> list[_LimitRow]:
         """The limits a ticket waits on, each with its queue head and units in use."""
-        columns = ", ".join(f"l.{c}" for c in _LIMIT_COLUMNS.split(", "))
         rows = tx.all(
-            f"SELECT {columns},"
+            f"SELECT {_PREFIXED_COLUMNS},"
             " (SELECT MIN(seq) FROM sluice_queue q2 WHERE q2.limit_id = l.id),"
             " (SELECT COALESCE(SUM(units), 0) FROM sluice_holdings h WHERE h.limit_id = l.id)"
             " FROM sluice_queue q JOIN sluice_limits l ON l.id = q.limit_id"
@@ -1001,6 +1025,8 @@ class SQLiteStore:
                     pass
             self._close_ipc()
             self._conn.close()
+            if self._read_conn is not None:
+                self._read_conn.close()
         self._closed = True
         self._conn = None
 
