@@ -80,3 +80,10 @@ def test_one_store_per_url_per_process(tmp_path: Path) -> None:
     a.close()
     b.create("still-open", slots=1)  # the store lives while any Limits uses it
     b.close()
+
+
+def test_an_unwritable_sqlite_path_is_a_clear_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError, match="cannot open SQLite store"):
+        Limits(f"sqlite:///{blocker}/sub/x.db").list()

@@ -30,7 +30,14 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, NamedTuple
 
-from sluice.errors import InvalidRequest, LimitBusy, LimitExists, LimitNotFound, StoreError
+from sluice.errors import (
+    InvalidRequest,
+    LimitBusy,
+    LimitExists,
+    LimitNotFound,
+    StoreError,
+    StoreUnavailable,
+)
 from sluice.limits import gcra
 from sluice.limits.model import (
     DEFAULT_LEASE_TTL,
@@ -248,7 +255,13 @@ class SQLiteStore:
         if self._closed:
             raise StoreError(f"store {self.url} is closed")
         if self._conn is None:
-            conn = self._connect()
+            try:
+                conn = self._connect()
+            except OSError as exc:
+                raise StoreUnavailable(
+                    f"cannot open SQLite store {self.url}: {exc.strerror or exc} "
+                    f"({exc.filename or self.path}); check the path and its permissions"
+                ) from exc
             self._conn = conn
             with self._write_lock():
                 conn.execute("BEGIN IMMEDIATE")
