@@ -147,6 +147,7 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self._read_mutex = threading.Lock()
         self._read_conn: sqlite3.Connection | None = None
+        self._register_lock = threading.Lock()
         self._handler: WakeHandler | None = None
         self._closed = False
         self._process: ProcessInfo | None = None
@@ -177,6 +178,8 @@ class SQLiteStore:
     def _reader(self) -> tuple[threading.Lock, sqlite3.Connection]:
         """A second connection, for reads that must not queue behind this process's writer
         (WAL readers never wait for writers)."""
+        if self._pid != os.getpid():
+            self._after_fork()
         if self._read_conn is None:
             with self._mutex:
                 self._connection()  # the file and schema exist first
@@ -244,6 +247,7 @@ class SQLiteStore:
         _forked_leftovers.extend((self._conn, self._read_conn))
         self._mutex = threading.Lock()
         self._read_mutex = threading.Lock()
+        self._register_lock = threading.Lock()
         self._conn = None
         self._read_conn = None
         self._process = None
@@ -312,7 +316,8 @@ class SQLiteStore:
                             targets, local = self._hand_off(tx)
                         conn.execute("COMMIT")
                     except BaseException:
-                        conn.execute("ROLLBACK")
+                        if conn.in_transaction:  # SQLite may have rolled back already
+                            conn.execute("ROLLBACK")
                         raise
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store {self.url} failed: {exc}") from exc
@@ -329,9 +334,13 @@ class SQLiteStore:
     def _me(self) -> ProcessInfo:
         """This process's identity, registered in its own transaction on first use."""
         if self._process is None or self._pid != os.getpid():
-            with self._tx() as tx:
+            if self._pid != os.getpid():
+                self._after_fork()
+            with self._register_lock:
                 if self._process is None:
-                    self._process = self._register(tx)
+                    with self._tx() as tx:
+                        info = self._register(tx)
+                    self._process = info  # once the row is committed: others trust the row
         assert self._process is not None
         return self._process
 
@@ -353,13 +362,6 @@ class SQLiteStore:
         if row is None:
             raise LimitNotFound([name])
         return _LimitRow(*row)
-
-    def _in_use(self, tx: _Tx, limit_id: int) -> int:
-        row = tx.one(
-            "SELECT COALESCE(SUM(units), 0) FROM sluice_holdings WHERE limit_id = ?", (limit_id,)
-        )
-        assert row is not None
-        return int(row[0])
 
     # ------------------------------------------------------------- admin
 
@@ -400,13 +402,23 @@ class SQLiteStore:
         )
 
     def get_limit(self, name: str) -> Limit:
-        with self._tx() as tx:
-            return self._limit_row(tx, name).to_limit()
+        rows = self._read(f"SELECT {_LIMIT_COLUMNS} FROM sluice_limits WHERE name = ?", (name,))
+        if not rows:
+            raise LimitNotFound([name])
+        return _LimitRow(*rows[0]).to_limit()
 
     def list_limits(self) -> list[Limit]:
-        with self._tx() as tx:
-            rows = tx.all(f"SELECT {_LIMIT_COLUMNS} FROM sluice_limits ORDER BY name")
+        rows = self._read(f"SELECT {_LIMIT_COLUMNS} FROM sluice_limits ORDER BY name")
         return [_LimitRow(*r).to_limit() for r in rows]
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        """Rows of one query, read without taking the write lock."""
+        try:
+            lock, conn = self._reader()
+            with lock:
+                return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.url} failed: {exc}") from exc
 
     def update_limit(self, name: str, changes: LimitChanges) -> Limit:
         with self._tx() as tx:
@@ -426,6 +438,7 @@ class SQLiteStore:
                 ),
             )
             tx.touched.add(row.id)
+            tx.moved.add(row.id)  # its head may now be served, or wait for another token
         return new
 
     def set_active(self, name: str, active: bool) -> Limit:
@@ -448,6 +461,7 @@ class SQLiteStore:
                 "UPDATE sluice_limits SET tat = 0, updated_at = ? WHERE id = ?", (tx.now, row.id)
             )
             tx.touched.add(row.id)
+            tx.moved.add(row.id)
             return len(leases)
 
     def delete_limit(self, name: str, force: bool = False) -> None:

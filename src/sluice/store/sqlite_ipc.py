@@ -104,6 +104,7 @@ class ProcessLink:
         self.safety_interval = 30.0 if _HAS_PIDFD else 1.0
         self._lock = threading.Lock()
         self._info: ProcessInfo | None = None
+        self._stored: str | None = None  # the wake-up address as recorded
         self._lock_fd: int | None = None
         self._sock: socket.socket | None = None
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -126,7 +127,9 @@ class ProcessLink:
     # ------------------------------------------------------------- identity
 
     def start(self) -> tuple[ProcessInfo, str]:
-        """Take this process's liveness lock, bind its socket, start its listener."""
+        """Take this process's liveness lock, bind its socket, start its listener (once)."""
+        if self._info is not None and self._stored is not None:
+            return self._info, self._stored
         process_id = uuid.uuid4().hex[:20]
         lock_fd = os.open(self._dir / "procs" / f"{process_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -142,6 +145,7 @@ class ProcessLink:
             target=self._listen, name=f"sluice-listener-{process_id[:8]}", daemon=True
         )
         self._thread.start()
+        self._stored = stored
         return self._info, stored
 
     def is_alive(self, process_id: str) -> bool:
