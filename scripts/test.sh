@@ -14,8 +14,11 @@ fi
 echo "==> installing sluice[dev] into .venv"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 
-echo "==> ruff check src tests benchmarks examples"
-.venv/bin/python -m ruff check src tests benchmarks examples
+echo "==> ruff check src tests benchmarks examples scripts"
+.venv/bin/python -m ruff check src tests benchmarks examples scripts
+
+echo "==> the sync front door is generated from the async one and current"
+.venv/bin/python scripts/unasync.py --check
 
 echo "==> mypy (strict, configured in pyproject.toml)"
 .venv/bin/python -m mypy

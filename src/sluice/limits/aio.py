@@ -10,42 +10,44 @@ a grant that lands after the cancellation is given back.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
 from types import TracebackType
 
-from sluice.errors import LeaseLost
-from sluice.limits.client import Attempt, LeaseState, Session, new_request, session_for
+from sluice.errors import InvalidRequest, LeaseLost
+from sluice.limits.client import (
+    LeaseState,
+    LeaseView,
+    Session,
+    limit_spec,
+    new_request,
+    session_for,
+)
 from sluice.limits.model import (
     DEFAULT_LEASE_TTL,
     UNSET,
-    Granted,
     Kind,
     Limit,
     LimitChanges,
     LimitStatus,
     MissingPolicy,
     Names,
-    Queued,
     validate_missing,
     validate_name,
     validate_timeout,
 )
-from sluice.limits.sync import LeaseView, _raise_if_lost, limit_spec
+from sluice.limits.waiting import (
+    async_store_for,  # unasync: remove
+    close_store_async,
+    default_holder_async,
+    release_lease_async,
+    wait_for_grant_async,
+)
 from sluice.settings import missing_policy, resolve_url
-from sluice.store import acquire_store, release_store
-from sluice.store.base import AsyncStore, Store, ThreadedAsyncStore
+from sluice.store import acquire_store
+from sluice.store.base import AsyncStore, Store
 
 __all__ = ["Lease", "Limits", "concurrency", "default_limits", "rate_limit"]
-
-
-def _async_store(store: Store, session: Session) -> AsyncStore:
-    native = getattr(store, "async_store", None)
-    if callable(native):
-        result: AsyncStore = native()
-        return result
-    return ThreadedAsyncStore(store, session.executor())
 
 
 class Lease(LeaseView):
@@ -58,14 +60,9 @@ class Lease(LeaseView):
 
     async def release(self) -> None:
         """Give the units back; idempotent. Raises LeaseLost if the lease had been lost."""
-        state = self._state
-        if state.released:
-            return
-        state.released = True
-        self._session.keeper.untrack_lease(state.id)
-        # Shielded: a cancellation here must not leave the units held.
-        found = await asyncio.shield(self._astore.release(state.id))
-        _raise_if_lost(state, found)
+        if not self._state.released:
+            self._state.released = True
+            await release_lease_async(self._astore, self._session, self._state)
 
     async def __aenter__(self) -> Lease:
         return self
@@ -107,13 +104,19 @@ class _ConcurrencyBlock:
 
 
 class Limits:
-    """The async client for the limits in one store; see :class:`sluice.Limits`."""
+    """A client for the limits in one store: admin operations and acquisition.
+
+    ``Limits()`` uses ``SLUICE_URL``, else ``sqlite:///~/.sluice/sluice.db``;
+    ``Limits("memory://")`` or ``Limits("sqlite:////path/to.db")`` name a store.
+    Every ``Limits`` on the same URL in a process shares one store connection,
+    wake-up listener and lease keeper.
+    """
 
     def __init__(self, url: str | None = None, *, missing: MissingPolicy | None = None) -> None:
         self._missing = validate_missing(missing) if missing is not None else None
         self._store: Store = acquire_store(resolve_url(url).url)
         self._session = session_for(self._store)
-        self._astore = _async_store(self._store, self._session)
+        self._astore = async_store_for(self._store, self._session)  # unasync: remove
         self._closed = False
 
     @property
@@ -187,8 +190,6 @@ class Limits:
     async def delete(self, name: str, force: bool = False) -> None:
         """Delete a limit; LimitBusy while it has holders unless ``force``."""
         if not isinstance(force, bool):
-            from sluice.errors import InvalidRequest
-
             raise InvalidRequest(f"force must be a bool, got {force!r}")
         await self._astore.delete_limit(validate_name(name), force)
 
@@ -266,48 +267,12 @@ class Limits:
         kind: Kind,
         stacklevel: int,
     ) -> LeaseState | None:
-        if holder is None:
-            task = asyncio.current_task()
-            holder = task.get_name() if task is not None else threading.current_thread().name
-        request = new_request(names, occupy, kind, holder, self._policy(missing))
-        astore, session = self._astore, self._session
-        attempt = Attempt.start(request, timeout, astore.safety_interval)
-        loop = asyncio.get_running_loop()
-        event = asyncio.Event()
-
-        def wake() -> None:
-            with contextlib.suppress(RuntimeError):  # the loop has closed
-                loop.call_soon_threadsafe(event.set)
-
-        session.register(request.request_id, wake)  # before the first attempt: no wake-up lost
-        queued = False
-        step: asyncio.Future[Granted | Queued] | None = None
-        try:
-            while True:
-                event.clear()
-                step = asyncio.ensure_future(astore.acquire(attempt.request))
-                outcome = await asyncio.shield(step)
-                if isinstance(outcome, Granted):
-                    break
-                sleep = attempt.next_sleep(outcome)
-                if not queued:
-                    queued = True
-                    session.keeper.track_ticket(request.request_id, outcome.lease_ttl)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(event.wait(), sleep)
-            state = None
-            if outcome.lease_id is not None:
-                state = LeaseState.from_grant(outcome, request, attempt.waited)
-                session.keeper.track_lease(state)
-        except BaseException:
-            session.keeper.untrack_lease(request.request_id)
-            await _withdraw(astore, request.request_id, step)
-            raise
-        finally:
-            session.unregister(request.request_id)
-            if queued:
-                session.keeper.untrack_ticket(request.request_id)
-        attempt.warn_missing(outcome.missing, stacklevel + 1)
+        label = default_holder_async() if holder is None else holder
+        request = new_request(names, occupy, kind, label, self._policy(missing))
+        grant, state, attempt = await wait_for_grant_async(
+            self._astore, self._session, request, timeout
+        )
+        attempt.warn_missing(grant.missing, stacklevel + 1)
         return state
 
     # ------------------------------------------------------------- lifecycle
@@ -316,11 +281,7 @@ class Limits:
         """Stop using the store; the last Limits on a URL closes its connection."""
         if not self._closed:
             self._closed = True
-            closed = await asyncio.get_running_loop().run_in_executor(
-                self._session.executor(), release_store, self._store
-            )
-            if closed:
-                self._session.close()
+            await close_store_async(self._store, self._session)
 
     async def __aenter__(self) -> Limits:
         return self
@@ -337,28 +298,12 @@ class Limits:
         return f"aio.Limits({self.url!r})"
 
 
-async def _withdraw(
-    astore: AsyncStore, request_id: str, step: asyncio.Future[Granted | Queued] | None
-) -> None:
-    """Leave the queue and give back a late grant, even while being cancelled."""
-
-    async def withdraw() -> None:
-        if step is not None and not step.done():
-            with contextlib.suppress(BaseException):
-                await step  # let the in-flight attempt finish, then undo it
-        await astore.abandon(request_id)
-
-    cleanup = asyncio.ensure_future(withdraw())
-    with contextlib.suppress(BaseException):
-        await asyncio.shield(cleanup)
-
-
 _default: Limits | None = None
 _default_lock = threading.Lock()
 
 
 def default_limits() -> Limits:
-    """The process-wide async Limits used by the module-level helpers."""
+    """The process-wide Limits (from SLUICE_URL) used by the module-level helpers."""
     global _default
     with _default_lock:
         if _default is None:

@@ -27,14 +27,17 @@ import weakref
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from sluice.errors import AcquireTimeout, MissingLimitWarning, StoreError
+from sluice.errors import AcquireTimeout, LeaseLost, MissingLimitWarning, StoreError
 from sluice.limits.model import (
     AcquireRequest,
     Granted,
     Kind,
+    Limit,
     MissingPolicy,
     Queued,
+    utc,
     validate_missing,
     validate_names,
     validate_occupy,
@@ -42,7 +45,17 @@ from sluice.limits.model import (
 )
 from sluice.store.base import Store
 
-__all__ = ["Attempt", "Keeper", "LeaseState", "Session", "new_request", "session_for"]
+__all__ = [
+    "Attempt",
+    "Keeper",
+    "LeaseState",
+    "LeaseView",
+    "Session",
+    "limit_spec",
+    "new_request",
+    "raise_if_lost",
+    "session_for",
+]
 
 log = logging.getLogger("sluice")
 
@@ -293,6 +306,84 @@ class Keeper:
         if renewal.lost_tickets:
             # The ticket lapsed (e.g. a long pause); its waiter re-queues at its old place.
             self._wake(renewal.lost_tickets)
+
+
+def raise_if_lost(state: LeaseState, found: bool) -> None:
+    """After a release: mark the lease lost if the store no longer had it, and say so."""
+    if not found and not state.lost:
+        state.lost = True
+        state.lost_reason = "expired or revoked (reset, forced delete)"
+    if state.lost:
+        raise LeaseLost(state.id, state.names, state.lost_reason)
+
+
+class LeaseView:
+    """The read-only face of a lease, shared by the sync and async Lease classes."""
+
+    _state: LeaseState
+
+    @property
+    def id(self) -> str:
+        """The lease id (as shown by inspect())."""
+        return self._state.id
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Names of the limits acquired (those that exist and are active)."""
+        return self._state.names
+
+    @property
+    def occupy(self) -> int:
+        """Units held on each limit."""
+        return self._state.occupy
+
+    @property
+    def holder(self) -> str:
+        """The holder label recorded with the lease."""
+        return self._state.holder
+
+    @property
+    def waited(self) -> float:
+        """Seconds spent waiting before the grant."""
+        return self._state.waited
+
+    @property
+    def acquired_at(self) -> datetime:
+        """When the store granted the lease (store clock)."""
+        return utc(self._state.acquired_at)
+
+    @property
+    def expires_at(self) -> datetime:
+        """When the lease lapses unless renewed (the keeper renews it while held)."""
+        return utc(self._state.expires_at)
+
+    @property
+    def lost(self) -> bool:
+        """True once the lease was found expired or revoked; final."""
+        return self._state.lost
+
+    @property
+    def released(self) -> bool:
+        """True once release() was called."""
+        return self._state.released
+
+    def __repr__(self) -> str:
+        flag = " lost" if self.lost else (" released" if self.released else "")
+        return f"<{type(self).__name__} {self.id} {list(self.names)} occupy={self.occupy}{flag}>"
+
+
+def limit_spec(
+    name: object,
+    slots: object,
+    rate: object,
+    burst: object,
+    lease_ttl: object,
+    active: object,
+) -> Limit:
+    """Validate create()/ensure() arguments into a Limit."""
+    return Limit.build(
+        name, slots=slots, rate=rate, burst=burst, lease_ttl=lease_ttl, active=active
+    )
 
 
 # --------------------------------------------------------------------------- sessions

@@ -1,108 +1,62 @@
-"""The synchronous front door: :class:`Limits`, :class:`Lease` and module-level helpers."""
+"""The synchronous front door: :class:`Limits`, :class:`Lease` and module-level helpers.
+
+GENERATED from aio.py by scripts/unasync.py: edit aio.py, then run the script.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
-from datetime import datetime
 from types import TracebackType
 
-from sluice.errors import LeaseLost
-from sluice.limits.client import Attempt, LeaseState, Session, new_request, session_for
+from sluice.errors import InvalidRequest, LeaseLost
+from sluice.limits.client import (
+    LeaseState,
+    LeaseView,
+    Session,
+    limit_spec,
+    new_request,
+    session_for,
+)
 from sluice.limits.model import (
     DEFAULT_LEASE_TTL,
     UNSET,
-    Granted,
     Kind,
     Limit,
     LimitChanges,
     LimitStatus,
     MissingPolicy,
     Names,
-    utc,
     validate_missing,
     validate_name,
     validate_timeout,
 )
+from sluice.limits.waiting import (
+    close_store,
+    default_holder,
+    release_lease,
+    wait_for_grant,
+)
 from sluice.settings import missing_policy, resolve_url
-from sluice.store import acquire_store, release_store
+from sluice.store import acquire_store
 from sluice.store.base import Store
 
 __all__ = ["Lease", "Limits", "concurrency", "default_limits", "rate_limit"]
 
 
-class LeaseView:
-    """The read-only face of a lease, shared by the sync and async Lease classes."""
-
-    _state: LeaseState
-
-    @property
-    def id(self) -> str:
-        """The lease id (as shown by inspect())."""
-        return self._state.id
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Names of the limits acquired (those that exist and are active)."""
-        return self._state.names
-
-    @property
-    def occupy(self) -> int:
-        """Units held on each limit."""
-        return self._state.occupy
-
-    @property
-    def holder(self) -> str:
-        """The holder label recorded with the lease."""
-        return self._state.holder
-
-    @property
-    def waited(self) -> float:
-        """Seconds spent waiting before the grant."""
-        return self._state.waited
-
-    @property
-    def acquired_at(self) -> datetime:
-        """When the store granted the lease (store clock)."""
-        return utc(self._state.acquired_at)
-
-    @property
-    def expires_at(self) -> datetime:
-        """When the lease lapses unless renewed (the keeper renews it while held)."""
-        return utc(self._state.expires_at)
-
-    @property
-    def lost(self) -> bool:
-        """True once the lease was found expired or revoked; final."""
-        return self._state.lost
-
-    @property
-    def released(self) -> bool:
-        """True once release() was called."""
-        return self._state.released
-
-    def __repr__(self) -> str:
-        flag = " lost" if self.lost else (" released" if self.released else "")
-        return f"<{type(self).__name__} {self.id} {list(self.names)} occupy={self.occupy}{flag}>"
-
-
 class Lease(LeaseView):
-    """Units held on one or more limits until :meth:`release` (or the ``with`` block ends)."""
+    """Units held until ``lease.release()`` (or the ``with`` block ends)."""
 
-    def __init__(self, state: LeaseState, session: Session) -> None:
+    def __init__(self, state: LeaseState, session: Session, store: Store) -> None:
         self._state = state
         self._session = session
+        self._store = store
 
     def release(self) -> None:
         """Give the units back; idempotent. Raises LeaseLost if the lease had been lost."""
-        state = self._state
-        if state.released:
-            return
-        state.released = True
-        self._session.keeper.untrack_lease(state.id)
-        found = self._session.store.release(state.id)
-        _raise_if_lost(state, found)
+        if not self._state.released:
+            self._state.released = True
+            release_lease(self._store, self._session, self._state)
 
     def __enter__(self) -> Lease:
         return self
@@ -117,41 +71,11 @@ class Lease(LeaseView):
             self.release()
         else:
             with contextlib.suppress(LeaseLost):
-                self.release()  # the body's own error is the one to see
-
-
-def _releaser(signal: threading.Lock) -> Callable[[], None]:
-    def wake() -> None:
-        with contextlib.suppress(RuntimeError):  # already woken
-            signal.release()
-
-    return wake
-
-
-def _raise_if_lost(state: LeaseState, found: bool) -> None:
-    if not found and not state.lost:
-        state.lost = True
-        state.lost_reason = "expired or revoked (reset, forced delete)"
-    if state.lost:
-        raise LeaseLost(state.id, state.names, state.lost_reason)
-
-
-def limit_spec(
-    name: object,
-    slots: object,
-    rate: object,
-    burst: object,
-    lease_ttl: object,
-    active: object,
-) -> Limit:
-    """Validate create()/ensure() arguments into a Limit."""
-    return Limit.build(
-        name, slots=slots, rate=rate, burst=burst, lease_ttl=lease_ttl, active=active
-    )
+                self.release()
 
 
 class _ConcurrencyBlock:
-    """``with limits.concurrency(...) as lease``: acquire on entry, release on exit."""
+    """``with limits.concurrency(...) as lease``."""
 
     def __init__(self, limits: Limits, args: tuple[object, object, object, object, object]) -> None:
         self._limits = limits
@@ -206,7 +130,8 @@ class Limits:
         active: bool = True,
     ) -> Limit:
         """Create a limit; raise LimitExists if the name is taken."""
-        return self._store.create_limit(limit_spec(name, slots, rate, burst, lease_ttl, active))
+        spec = limit_spec(name, slots, rate, burst, lease_ttl, active)
+        return self._store.create_limit(spec)
 
     def ensure(
         self,
@@ -219,7 +144,8 @@ class Limits:
         active: bool = True,
     ) -> Limit:
         """Create a limit if missing, else return the existing one untouched."""
-        return self._store.ensure_limit(limit_spec(name, slots, rate, burst, lease_ttl, active))
+        spec = limit_spec(name, slots, rate, burst, lease_ttl, active)
+        return self._store.ensure_limit(spec)
 
     def get(self, name: str) -> Limit:
         """Return the named limit; raise LimitNotFound if it does not exist."""
@@ -257,8 +183,6 @@ class Limits:
     def delete(self, name: str, force: bool = False) -> None:
         """Delete a limit; LimitBusy while it has holders unless ``force``."""
         if not isinstance(force, bool):
-            from sluice.errors import InvalidRequest
-
             raise InvalidRequest(f"force must be a bool, got {force!r}")
         self._store.delete_limit(validate_name(name), force)
 
@@ -290,7 +214,6 @@ class Limits:
         missing: MissingPolicy | None = None,
     ) -> _ConcurrencyBlock:
         """``with limits.concurrency("db") as lease:`` — hold units for the block."""
-        # Bad arguments fail here, at the call, not later at `with`.
         new_request(names, occupy, Kind.CONCURRENCY, holder, self._policy(missing))
         validate_timeout(timeout)
         return _ConcurrencyBlock(self, (names, occupy, timeout, holder, missing))
@@ -304,7 +227,7 @@ class Limits:
         holder: str | None = None,
         missing: MissingPolicy | None = None,
     ) -> None:
-        """Wait until ``occupy`` rate units of every named limit are granted; nothing to release."""
+        """Wait until ``occupy`` rate units of every named limit are granted."""
         self._acquire(names, occupy, timeout, holder, missing, Kind.RATE, 2)
 
     def _policy(self, missing: object) -> MissingPolicy:
@@ -325,7 +248,7 @@ class Limits:
             names, occupy, timeout, holder, missing, Kind.CONCURRENCY, stacklevel + 1
         )
         assert state is not None
-        return Lease(state, self._session)
+        return Lease(state, self._session, self._store)
 
     def _acquire(
         self,
@@ -337,41 +260,10 @@ class Limits:
         kind: Kind,
         stacklevel: int,
     ) -> LeaseState | None:
-        request = new_request(names, occupy, kind, holder, self._policy(missing))
-        store, session = self._store, self._session
-        attempt = Attempt.start(request, timeout, store.safety_interval)
-        # Listening before the first attempt, so no wake-up can slip by unseen.
-        # A held lock is the cheapest one-shot signal: wake() releases it,
-        # and acquiring it again both waits for and consumes the wake-up.
-        signal = threading.Lock()
-        signal.acquire()
-        session.register(request.request_id, _releaser(signal))
-        queued = False
-        try:
-            outcome = store.acquire(attempt.request)
-            while not isinstance(outcome, Granted):
-                sleep = attempt.next_sleep(outcome)
-                if not queued:
-                    queued = True
-                    session.keeper.track_ticket(request.request_id, outcome.lease_ttl)
-                signal.acquire(timeout=sleep)
-                outcome = store.acquire(attempt.request)
-            state = None
-            if outcome.lease_id is not None:
-                state = LeaseState.from_grant(outcome, request, attempt.waited)
-                session.keeper.track_lease(state)
-        except BaseException:
-            session.keeper.untrack_lease(request.request_id)
-            # Timed out, interrupted or failed: leave the queue, and give back any
-            # grant that landed after all.
-            with contextlib.suppress(Exception):
-                store.abandon(request.request_id)
-            raise
-        finally:
-            session.unregister(request.request_id)
-            if queued:
-                session.keeper.untrack_ticket(request.request_id)
-        attempt.warn_missing(outcome.missing, stacklevel + 1)
+        label = default_holder() if holder is None else holder
+        request = new_request(names, occupy, kind, label, self._policy(missing))
+        grant, state, attempt = wait_for_grant(self._store, self._session, request, timeout)
+        attempt.warn_missing(grant.missing, stacklevel + 1)
         return state
 
     # ------------------------------------------------------------- lifecycle
@@ -380,8 +272,7 @@ class Limits:
         """Stop using the store; the last Limits on a URL closes its connection."""
         if not self._closed:
             self._closed = True
-            if release_store(self._store):
-                self._session.close()
+            close_store(self._store, self._session)
 
     def __enter__(self) -> Limits:
         return self
@@ -403,7 +294,7 @@ _default_lock = threading.Lock()
 
 
 def default_limits() -> Limits:
-    """The process-wide Limits used by the module-level helpers (from SLUICE_URL)."""
+    """The process-wide Limits (from SLUICE_URL) used by the module-level helpers."""
     global _default
     with _default_lock:
         if _default is None:
