@@ -53,6 +53,9 @@ class MemoryStore(SQLiteStore):
     def _dead_processes(self, tx: _Tx, process_ids: Collection[str]) -> set[str]:
         return set()  # every holder and waiter is this process
 
+    def _gone(self, process_id: str, host: str) -> bool:
+        return False
+
     def _watch(self, ticket_id: str, pids: Collection[int]) -> None:
         pass
 

@@ -60,6 +60,7 @@ from sluice.store.sqlite_ipc import ProcessInfo
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 SCHEMA_VERSION = 1
+_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 _forked_leftovers: list[object] = []
 _CHUNK = 400  # stay well under SQLite's bound-parameter limit
 _MAX_WAKE = 256  # most tickets one change wakes per limit
@@ -213,6 +214,10 @@ class SQLiteStore:
             elif host == self._host and not self._ipc.is_alive(pid_):
                 dead.add(pid_)
         return dead
+
+    def _gone(self, process_id: str, host: str) -> bool:
+        """Whether a registered process is known to be gone (only this host's can be)."""
+        return host == self._host and not self._ipc.is_alive(process_id)
 
     def _watch(self, ticket_id: str, pids: Collection[int]) -> None:
         self._ipc.watch(ticket_id, pids)
@@ -693,9 +698,9 @@ class SQLiteStore:
                 expires,
             ),
         )
-        if holdings:
-            tx.conn.executemany(
-                "INSERT INTO sluice_holdings (limit_id, lease_id, units) VALUES (?, ?, ?)", holdings
+        for holding in holdings:
+            tx.run(
+                "INSERT INTO sluice_holdings (limit_id, lease_id, units) VALUES (?, ?, ?)", holding
             )
         if claim.kind is Kind.RATE:
             return Granted(None, names, tx.now, None, None, missing)
@@ -812,12 +817,20 @@ class SQLiteStore:
 
     def release(self, lease_id: str) -> bool:
         with self._tx() as tx:
-            row = tx.one(
-                "SELECT expires_at, limit_ids FROM sluice_leases WHERE id = ?", (lease_id,)
-            )
+            if _HAS_RETURNING:
+                row = tx.one(
+                    "DELETE FROM sluice_leases WHERE id = ? RETURNING expires_at, limit_ids",
+                    (lease_id,),
+                )
+            else:
+                row = tx.one(
+                    "SELECT expires_at, limit_ids FROM sluice_leases WHERE id = ?", (lease_id,)
+                )
+                if row is not None:
+                    tx.run("DELETE FROM sluice_leases WHERE id = ?", (lease_id,))
             if row is None:
                 return False
-            self._delete_lease(tx, lease_id, row[1])
+            self._delete_holdings(tx, lease_id, row[1])
             return float(row[0]) > tx.now
 
     def renew(self, lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> Renewal:
@@ -874,14 +887,17 @@ class SQLiteStore:
                 self._delete_lease(tx, lease_id, limit_ids)
 
     def _delete_lease(self, tx: _Tx, lease_id: str, limit_ids: str) -> None:
-        ids = _ids(limit_ids)
-        if ids:
-            tx.conn.executemany(
-                "DELETE FROM sluice_holdings WHERE limit_id = ? AND lease_id = ?",
-                [(limit_id, lease_id) for limit_id in ids],
-            )
-            tx.touched.update(ids)
+        self._delete_holdings(tx, lease_id, limit_ids)
         tx.run("DELETE FROM sluice_leases WHERE id = ?", (lease_id,))
+
+    def _delete_holdings(self, tx: _Tx, lease_id: str, limit_ids: str) -> None:
+        """Give back the units a lease holds, by primary key, marking the limits touched."""
+        for limit_id in _ids(limit_ids):
+            tx.run(
+                "DELETE FROM sluice_holdings WHERE limit_id = ? AND lease_id = ?",
+                (limit_id, lease_id),
+            )
+            tx.touched.add(limit_id)
 
     def _drop_ticket(self, tx: _Tx, ticket_id: str, limit_ids: list[int] | None = None) -> bool:
         """Withdraw a ticket from every queue it is in; False if there was none."""
@@ -1000,7 +1016,7 @@ class SQLiteStore:
                         wakes[ticket_id] = process_id
                     break
                 if process_id != me and process_id not in tx.alive:
-                    if self._dead_processes(tx, [process_id]):
+                    if self._gone(process_id, claim.host):
                         self._forget_process(tx, process_id)  # never hand units to the dead
                         continue
                     tx.alive.add(process_id)
@@ -1008,6 +1024,17 @@ class SQLiteStore:
                 self._take(tx, claim, active, (), record_rate=True)
                 wakes[ticket_id] = process_id
                 granted_here = True
+                if (
+                    here.active
+                    and here.rate is None
+                    and here.slots is not None
+                    and claim.kind is Kind.CONCURRENCY
+                    and here.in_use + claim.occupy >= here.slots
+                ):
+                    # Full now, and no rate token for a new head to wait on: done here.
+                    work.extend(r.id for r in rows if r.id != limit_id)
+                    done.difference_update(r.id for r in rows if r.id != limit_id)
+                    break
                 work.extend(r.id for r in rows if r.id != limit_id)  # their queues moved too
                 done.difference_update(r.id for r in rows if r.id != limit_id)
         by_process: dict[str, list[str]] = defaultdict(list)
