@@ -66,6 +66,17 @@ _CHUNK = 400  # stay well under SQLite's bound-parameter limit
 _MAX_WAKE = 256  # most tickets one change wakes per limit
 
 
+class _PendingRelease:
+    """A release waiting to be done in a batch, and its outcome."""
+
+    __slots__ = ("done", "found", "lease_id")
+
+    def __init__(self, lease_id: str) -> None:
+        self.lease_id = lease_id
+        self.done = False
+        self.found = False
+
+
 class _Claim(NamedTuple):
     """A request as its lease will record it: whose it is and what it takes."""
 
@@ -149,6 +160,9 @@ class SQLiteStore:
         self._read_mutex = threading.Lock()
         self._read_conn: sqlite3.Connection | None = None
         self._register_lock = threading.Lock()
+        self._release_gate = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: list[_PendingRelease] = []
         self._handler: WakeHandler | None = None
         self._closed = False
         self._process: ProcessInfo | None = None
@@ -253,6 +267,9 @@ class SQLiteStore:
         self._mutex = threading.Lock()
         self._read_mutex = threading.Lock()
         self._register_lock = threading.Lock()
+        self._release_gate = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending = []
         self._conn = None
         self._read_conn = None
         self._process = None
@@ -816,22 +833,46 @@ class SQLiteStore:
     # ------------------------------------------------------------- release & renew
 
     def release(self, lease_id: str) -> bool:
-        with self._tx() as tx:
-            if _HAS_RETURNING:
-                row = tx.one(
-                    "DELETE FROM sluice_leases WHERE id = ? RETURNING expires_at, limit_ids",
-                    (lease_id,),
-                )
-            else:
-                row = tx.one(
-                    "SELECT expires_at, limit_ids FROM sluice_leases WHERE id = ?", (lease_id,)
-                )
-                if row is not None:
-                    tx.run("DELETE FROM sluice_leases WHERE id = ?", (lease_id,))
-            if row is None:
-                return False
-            self._delete_holdings(tx, lease_id, row[1])
-            return float(row[0]) > tx.now
+        # Group commit: releases that arrive while another thread of this process is
+        # releasing are done together in its next transaction, so a burst of releases
+        # costs one write-lock turn, not one each.
+        entry = _PendingRelease(lease_id)
+        with self._pending_lock:
+            self._pending.append(entry)
+        with self._release_gate:
+            if entry.done:
+                return entry.found
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+            try:
+                with self._tx() as tx:
+                    for pending in batch:
+                        pending.found = self._release_one(tx, pending.lease_id)
+            except BaseException:
+                # Nothing was released: the others try again, each in its own turn.
+                with self._pending_lock:
+                    self._pending[:0] = [p for p in batch if p is not entry]
+                raise
+            for pending in batch:
+                pending.done = True
+        return entry.found
+
+    def _release_one(self, tx: _Tx, lease_id: str) -> bool:
+        if _HAS_RETURNING:
+            row = tx.one(
+                "DELETE FROM sluice_leases WHERE id = ? RETURNING expires_at, limit_ids",
+                (lease_id,),
+            )
+        else:
+            row = tx.one(
+                "SELECT expires_at, limit_ids FROM sluice_leases WHERE id = ?", (lease_id,)
+            )
+            if row is not None:
+                tx.run("DELETE FROM sluice_leases WHERE id = ?", (lease_id,))
+        if row is None:
+            return False
+        self._delete_holdings(tx, lease_id, row[1])
+        return float(row[0]) > tx.now
 
     def renew(self, lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> Renewal:
         lost_leases: list[str] = []
