@@ -17,7 +17,8 @@ import uuid
 from collections.abc import Collection
 from contextlib import AbstractContextManager
 
-from sluice.store.sqlite import SQLiteStore, _Tx
+from sluice.store.sqlite import SQLiteStore
+from sluice.store.sqlite_engine import Tx
 from sluice.store.sqlite_ipc import ProcessInfo
 
 __all__ = ["MemoryStore"]
@@ -41,7 +42,7 @@ class MemoryStore(SQLiteStore):
         with self._mutex:
             return self._mutex, self._connection()  # one private database, one connection
 
-    def _register(self, tx: _Tx) -> ProcessInfo:
+    def _register(self, tx: Tx) -> ProcessInfo:
         info = ProcessInfo(uuid.uuid4().hex[:20], os.getpid(), socket.gethostname())
         tx.run(
             "INSERT INTO sluice_processes (id, pid, host, wake_addr, started_at)"
@@ -50,7 +51,7 @@ class MemoryStore(SQLiteStore):
         )
         return info
 
-    def _dead_processes(self, tx: _Tx, process_ids: Collection[str]) -> set[str]:
+    def _dead_processes(self, tx: Tx, process_ids: Collection[str]) -> set[str]:
         return set()  # every holder and waiter is this process
 
     def _gone(self, process_id: str, host: str) -> bool:
