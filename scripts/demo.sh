@@ -2,13 +2,8 @@
 # Create .venv (if absent), install Sluice into it, and run the invoices demo.
 # Usage: bash scripts/demo.sh        (from any directory)
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-
-PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    echo "==> creating .venv with $("$PYTHON" --version 2>&1)"
-    "$PYTHON" -m venv .venv
-fi
+# shellcheck source=scripts/venv.sh
+source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
 
 echo "==> installing sluice into .venv"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .

@@ -3,13 +3,8 @@
 # type-check and run every test. Extra arguments go to pytest.
 # Usage: bash scripts/test.sh [pytest args...]        (from any directory)
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-
-PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    echo "==> creating .venv with $("$PYTHON" --version 2>&1)"
-    "$PYTHON" -m venv .venv
-fi
+# shellcheck source=scripts/venv.sh
+source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
 
 echo "==> installing sluice[dev] into .venv"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
