@@ -284,7 +284,10 @@ class Keeper:
                 ttls = [s.lease_ttl for s in leases.values()] + [self._tickets[t] for t in tickets]
                 self._period = min(ttls) / 3 if ttls else math.inf
             if leases or tickets:
-                self._renew(leases, tickets)
+                try:
+                    self._renew(leases, tickets)
+                except Exception:  # the keeper must outlive any one failure
+                    log.exception("sluice: lease renewal failed on %s", self._store.url)
 
     def _renew(self, leases: dict[str, LeaseState], tickets: list[str]) -> None:
         try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import selectors
 import socket
@@ -37,6 +38,7 @@ from pathlib import Path
 
 __all__ = ["ProcessInfo", "ProcessLink", "prepare_files"]
 
+log = logging.getLogger("sluice")
 _HAS_PIDFD = hasattr(os, "pidfd_open") and sys.platform.startswith("linux")
 _PAYLOAD = 8192  # bytes per wake-up datagram
 
@@ -233,11 +235,19 @@ class ProcessLink:
                             for ticket_id in tickets:
                                 self._watching.get(ticket_id, set()).discard(pid)
                         if tickets:
-                            self._on_wake(tickets)
+                            self._deliver_local(tickets)
         finally:
             for fd in pidfds.values():
                 os.close(fd)
             selector.close()
+
+    def _deliver_local(self, ticket_ids: Collection[str]) -> None:
+        # The listener must outlive any error in a callback: every waiter of the
+        # process depends on it.
+        try:
+            self._on_wake(ticket_ids)
+        except Exception:
+            log.exception("sluice: a wake-up handler failed")
 
     def _drain_socket(self) -> None:
         assert self._sock is not None
@@ -250,7 +260,7 @@ class ProcessLink:
                 return
             ids = [t for t in data.decode("ascii", "replace").split(",") if t]
             if ids:
-                self._on_wake(ids)
+                self._deliver_local(ids)
 
     def _add_watches(self, selector: selectors.BaseSelector, pidfds: dict[int, int]) -> None:
         with self._lock:
@@ -270,7 +280,7 @@ class ProcessLink:
             with self._lock:
                 self._watchers[pid].add(ticket_id)
         if exited:
-            self._on_wake(exited)
+            self._deliver_local(exited)
 
     # ------------------------------------------------------------- shutdown
 
