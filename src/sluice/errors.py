@@ -4,7 +4,7 @@
 
     SluiceError
      ├── InvalidRequest          (also ValueError)  a bad value or type; nothing changed
-     ├── ConfigError             (also ValueError)  a bad setting or store URL
+     │    └── ConfigError                            a bad setting or store URL
      ├── LimitNotFound           (also LookupError) one or more named limits do not exist
      ├── LimitExists                                create() on a name already taken
      ├── LimitBusy                                  delete() of a limit that has holders
@@ -46,7 +46,7 @@ class InvalidRequest(SluiceError, ValueError):
     """A value or type was rejected; the call changed nothing."""
 
 
-class ConfigError(SluiceError, ValueError):
+class ConfigError(InvalidRequest):
     """A setting or store URL is invalid."""
 
 
