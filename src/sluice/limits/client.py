@@ -227,7 +227,7 @@ class Keeper:
         self._leases: dict[str, LeaseState] = {}
         self._tickets: dict[str, float] = {}  # ticket id -> ttl
         self._thread: threading.Thread | None = None
-        self._period = math.inf
+        self._next_round = math.inf  # monotonic time of the next renewal round
         self._stopped = False
 
     def track_lease(self, state: LeaseState) -> None:
@@ -249,12 +249,15 @@ class Keeper:
             self._tickets.pop(ticket_id, None)
 
     def _schedule(self, ttl: float) -> None:
+        # Wake the keeper only if this renewal is due before its next planned round:
+        # a busy acquire/release loop must not cost a thread wake-up per lease.
+        due = time.monotonic() + ttl / 3
         if self._thread is None:
+            self._next_round = due
             self._thread = threading.Thread(target=self._run, name="sluice-keeper", daemon=True)
-            self._period = ttl / 3
             self._thread.start()
-        elif ttl / 3 < self._period:
-            self._period = ttl / 3
+        elif due < self._next_round:
+            self._next_round = due
             self._cond.notify()
 
     def stop(self) -> None:
@@ -265,24 +268,18 @@ class Keeper:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._stopped and not (self._leases or self._tickets):
-                    self._period = math.inf
-                    self._cond.wait()
-                if self._stopped:
-                    return
-                deadline = time.monotonic() + self._period
                 while not self._stopped:
-                    left = deadline - time.monotonic()
+                    left = self._next_round - time.monotonic()
                     if left <= 0:
                         break
-                    self._cond.wait(left)
-                    deadline = min(deadline, time.monotonic() + self._period)
+                    self._cond.wait(None if left == math.inf else left)
                 if self._stopped:
                     return
                 leases = dict(self._leases)
                 tickets = list(self._tickets)
                 ttls = [s.lease_ttl for s in leases.values()] + [self._tickets[t] for t in tickets]
-                self._period = min(ttls) / 3 if ttls else math.inf
+                # Nothing held: sleep until something is (track_* will wake us).
+                self._next_round = time.monotonic() + min(ttls) / 3 if ttls else math.inf
             if leases or tickets:
                 try:
                     self._renew(leases, tickets)
