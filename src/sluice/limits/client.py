@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import random
-import socket
 import threading
 import time
 import uuid
@@ -59,7 +58,6 @@ __all__ = [
 
 log = logging.getLogger("sluice")
 
-HOST = socket.gethostname()
 _MAX_HOLDER = 256
 
 

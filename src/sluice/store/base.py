@@ -191,12 +191,8 @@ class ThreadedAsyncStore:
     async def inspect_limit(self, name: str) -> LimitStatus:
         return await self._run(self.sync.inspect_limit, name)
 
-    def acquire_future(self, request: AcquireRequest) -> asyncio.Future[Granted | Queued]:
-        """Start an acquire step; the future completes even if its awaiter is cancelled."""
-        return self._run(self.sync.acquire, request)
-
     async def acquire(self, request: AcquireRequest) -> Granted | Queued:
-        return await self.acquire_future(request)
+        return await self._run(self.sync.acquire, request)
 
     async def release(self, lease_id: str) -> bool:
         return await self._run(self.sync.release, lease_id)

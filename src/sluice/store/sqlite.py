@@ -82,7 +82,7 @@ class _PendingRelease:
 class SQLiteStore(SQLiteEngine):
     """Limits, leases and FIFO queues in SQLite tables; one transaction per operation."""
 
-    safety_interval = 10.0
+    safety_interval = sqlite_ipc.SAFETY_INTERVAL
 
     def __init__(self, url: str, path: str) -> None:
         self.url = url
@@ -116,7 +116,6 @@ class SQLiteStore(SQLiteEngine):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         self._ipc = sqlite_ipc.ProcessLink(self.path, self._wake_local)
-        self.safety_interval = self._ipc.safety_interval
         return conn
 
     def _write_lock(self) -> AbstractContextManager[object]:

@@ -43,7 +43,6 @@ __all__ = [
 
 HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 _CHUNK = 400  # stay well under SQLite's bound-parameter limit
-_MAX_WAKE = 256  # most tickets one change wakes per limit
 
 
 class Claim(NamedTuple):

@@ -36,11 +36,16 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProcessInfo", "ProcessLink", "prepare_files"]
+__all__ = ["SAFETY_INTERVAL", "ProcessInfo", "ProcessLink", "prepare_files"]
 
 log = logging.getLogger("sluice")
 _HAS_PIDFD = hasattr(os, "pidfd_open") and sys.platform.startswith("linux")
 _PAYLOAD = 8192  # bytes per wake-up datagram
+
+# Wake-ups here are reliable (local datagrams, sent with back-pressure) and exits
+# are watched, so the safety re-check is rare; without pidfd it is how a waiter
+# notices a crashed holder, so it runs every second.
+SAFETY_INTERVAL = 30.0 if _HAS_PIDFD else 1.0
 
 _links: weakref.WeakSet[ProcessLink] = weakref.WeakSet()
 
@@ -100,10 +105,6 @@ class ProcessLink:
         self._on_wake = on_wake
         self._write_fd = os.open(self._dir / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
         self._write_lock = _FileLock(self._write_fd)
-        # Wake-ups here are reliable (local datagrams, sent with back-pressure) and
-        # exits are watched, so the safety re-check is rare; without pidfd it is
-        # how a waiter notices a crashed holder, so it runs every second.
-        self.safety_interval = 30.0 if _HAS_PIDFD else 1.0
         self._lock = threading.Lock()
         self._info: ProcessInfo | None = None
         self._stored: str | None = None  # the wake-up address as recorded
