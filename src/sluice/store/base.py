@@ -17,11 +17,16 @@ Rules every backend follows:
 * **Leases and tickets expire.** Each carries ``expires_at`` on the store's
   clock; expired ones are reclaimed inside the atomic steps (no reaper) and a
   reclaimed lease is gone for good: renewing or releasing it reports it lost.
-* **Push wake-ups.** After every change that may let a waiter through (release,
-  grant, abandon, update, enable, disable, reset, delete, reclaim), the store
-  tells the waiting processes which tickets to re-try — only as many as can now
-  be served, plus the head of each queue — through the handler set with
-  :meth:`Store.set_wake_handler`. It never requires waiters to poll.
+* **Hand-off and push wake-ups.** Every step that may let a waiter through
+  (release, grant, abandon, update, enable, disable, reset, delete, reclaim)
+  ends by granting, inside the same atomic step, the tickets at the head of
+  each changed queue that can now be served — in order, stopping at the first
+  that cannot — and tells their processes, through the handler set with
+  :meth:`Store.set_wake_handler`, which tickets to look at again (also a new
+  head that must learn when its rate token is due). The waiter collects a
+  handed-off grant by calling :meth:`Store.acquire` again with the same
+  request id. No capacity sits idle while its head waiter could use it, and
+  no waiter ever needs to poll.
 * **The store's clock is the clock** for lease expiry and rate tokens.
 * **Errors** are :mod:`sluice.errors` exceptions; driver errors are translated
   (``raise StoreError(...) from exc``).
@@ -99,6 +104,8 @@ class Store(Protocol):
 
     def acquire(self, request: AcquireRequest) -> Granted | Queued:
         """Grant the request now, or queue it (keeping ``request.seq`` if given).
+
+        A retry (``request.seq`` set) first collects a grant already handed to it.
 
         Raises LimitNotFound (listing every missing name) when ``missing`` is
         "raise", and InvalidRequest for an occupy no limit could ever meet or a
