@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "Row",
@@ -55,7 +56,8 @@ class Row:
             self.figure,
             _fmt(self.value, self.unit, self.digits),
             self.baseline,
-            "-" if self.baseline_value is None
+            "-"
+            if self.baseline_value is None
             else _fmt(self.baseline_value, self.unit, self.digits),
             ratio,
             target,
@@ -95,8 +97,10 @@ def print_table(
     for note in notes:
         print(f"  note: {note}")
     missed = [r.figure for r in rows if r.met is False]
-    print(f"  targets: {sum(r.met is True for r in rows)} met, {len(missed)} missed"
-          + (f" ({', '.join(missed)})" if missed else ""))
+    print(
+        f"  targets: {sum(r.met is True for r in rows)} met, {len(missed)} missed"
+        + (f" ({', '.join(missed)})" if missed else "")
+    )
     print(
         f"  machine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
@@ -154,3 +158,13 @@ def raw_sqlite_transaction(path: str) -> Iterator[Callable[[], None]]:
         yield transaction
     finally:
         conn.close()
+
+
+def reap(procs: Sequence[Any], errors: Sequence[str]) -> None:
+    """Join benchmark child processes (killing stragglers), then raise their errors."""
+    for proc in procs:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+    if errors:
+        raise RuntimeError("; ".join(errors))

@@ -31,6 +31,7 @@ from _common import (
     percentile,
     print_table,
     raw_sqlite_transaction,
+    reap,
     temp_sqlite_url,
 )
 from sluice import Limits
@@ -110,12 +111,7 @@ def sluice_handoffs(url: str, rounds: int) -> list[float]:
             else:
                 results[key] = values
     finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-    if errors:
-        raise RuntimeError("; ".join(errors))
+        reap(procs, errors)
     return [b - a for a, b in zip(results["A"], results["B"], strict=True)]
 
 
@@ -191,8 +187,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     c50, c99 = percentile(cond, 50) * ms, percentile(cond, 99) * ms
     t50 = percentile(txns, 50) * ms
     rows = [
-        Row("handoff p50, 2 processes", p50, "ms", "threading.Condition p50", c50,
-            "<= 2 ms", p50 <= 2.0),
+        Row(
+            "handoff p50, 2 processes",
+            p50,
+            "ms",
+            "threading.Condition p50",
+            c50,
+            "<= 2 ms",
+            p50 <= 2.0,
+        ),
         Row("handoff p99, 2 processes", p99, "ms", "threading.Condition p99", c99),
         Row("handoff p50, 2 processes", p50, "ms", "raw SQLite write txn p50", t50),
         Row("handoff max, 2 processes", max(handoffs) * ms, "ms"),

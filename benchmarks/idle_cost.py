@@ -101,13 +101,34 @@ def main(argv: Sequence[str] | None = None) -> None:
         used, used_long = idle_cpu(wait_slot, all_queued, held.release, (SECONDS, LONG_SECONDS))
 
     rows = [
-        Row(f"CPU for {WAITERS} waiters over {SECONDS:g} s", used, "s",
-            "threading.Event waiters", base, "< 0.05 s", used < 0.05, digits=4),
-        Row("CPU per waiter-second", used / (WAITERS * SECONDS) * 1e6, "us",
-            "threading.Event waiters", base / (WAITERS * SECONDS) * 1e6, digits=2),
-        Row(f"CPU per {SECONDS:g} s, averaged over {LONG_SECONDS:g} s", used_long * SECONDS
-            / LONG_SECONDS, "s", "threading.Event waiters", base, "< 0.05 s",
-            used_long * SECONDS / LONG_SECONDS < 0.05, digits=4),
+        Row(
+            f"CPU for {WAITERS} waiters over {SECONDS:g} s",
+            used,
+            "s",
+            "threading.Event waiters",
+            base,
+            "< 0.05 s",
+            used < 0.05,
+            digits=4,
+        ),
+        Row(
+            "CPU per waiter-second",
+            used / (WAITERS * SECONDS) * 1e6,
+            "us",
+            "threading.Event waiters",
+            base / (WAITERS * SECONDS) * 1e6,
+            digits=2,
+        ),
+        Row(
+            f"CPU per {SECONDS:g} s, averaged over {LONG_SECONDS:g} s",
+            used_long * SECONDS / LONG_SECONDS,
+            "s",
+            "threading.Event waiters",
+            base,
+            "< 0.05 s",
+            used_long * SECONDS / LONG_SECONDS < 0.05,
+            digits=4,
+        ),
     ]
     print_table(
         f"Idle cost: {WAITERS} threads blocked on a held limit (slots=1) for {SECONDS:g} s",

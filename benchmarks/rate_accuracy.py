@@ -108,15 +108,43 @@ def main(argv: Sequence[str] | None = None) -> None:
     lease_rate, call_rate = achieved_rate(grants), achieved_rate(calls)
     over, worst = window_excess(grants)
     rows = [
-        Row("achieved rate, acquire() leases", lease_rate, "/s", "configured rate", RATE,
-            ">= 0.98x baseline", lease_rate >= 0.98 * RATE, digits=2),
-        Row("achieved rate, rate_limit()", call_rate, "/s", "configured rate", RATE,
-            ">= 0.98x baseline", call_rate >= 0.98 * RATE, digits=2),
+        Row(
+            "achieved rate, acquire() leases",
+            lease_rate,
+            "/s",
+            "configured rate",
+            RATE,
+            ">= 0.98x baseline",
+            lease_rate >= 0.98 * RATE,
+            digits=2,
+        ),
+        Row(
+            "achieved rate, rate_limit()",
+            call_rate,
+            "/s",
+            "configured rate",
+            RATE,
+            ">= 0.98x baseline",
+            call_rate >= 0.98 * RATE,
+            digits=2,
+        ),
         Row("windows over burst + rate*w", over, "", target="0", met=over == 0, digits=0),
-        Row("largest excess in any window", worst, "units", target="<= 0",
-            met=worst <= EPSILON, digits=4),
-        Row("grants (leases / rate_limit calls)", len(grants), "", "rate_limit() calls",
-            len(calls), digits=0),
+        Row(
+            "largest excess in any window",
+            worst,
+            "units",
+            target="<= 0",
+            met=worst <= EPSILON,
+            digits=4,
+        ),
+        Row(
+            "grants (leases / rate_limit calls)",
+            len(grants),
+            "",
+            "rate_limit() calls",
+            len(calls),
+            digits=0,
+        ),
     ]
     print_table(
         f"Rate accuracy: rate {RATE:g}/s, burst {BURST}, {THREADS} threads for {SECONDS:g} s",

@@ -20,8 +20,13 @@ BENCHMARKS = ["handoff", "throughput", "seed_workload", "rate_accuracy", "idle_c
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
-    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, metavar="NAME",
-                        help=f"run only these: {', '.join(BENCHMARKS)}")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=BENCHMARKS,
+        metavar="NAME",
+        help=f"run only these: {', '.join(BENCHMARKS)}",
+    )
     args = parser.parse_args(argv)
     failed: list[str] = []
     for name in args.only or BENCHMARKS:

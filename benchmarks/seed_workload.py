@@ -23,7 +23,7 @@ from contextlib import AbstractContextManager
 from multiprocessing.synchronize import Barrier as BarrierType
 from typing import Any
 
-from _common import Row, parse_args, print_table, temp_sqlite_url
+from _common import Row, parse_args, print_table, reap, temp_sqlite_url
 from sluice import Limits
 
 LIMIT = "seed"
@@ -116,12 +116,7 @@ def sluice_run(url: str) -> tuple[float, list[Interval]]:
             starts.append(started)
             held.extend(intervals)
     finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-    if errors:
-        raise RuntimeError("; ".join(errors))
+        reap(procs, errors)
     return min(starts), held
 
 
@@ -157,11 +152,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     base_makespan = max(e for _, e in base_held) - base_start
     peak, base_peak = max_overlap(held), max_overlap(base_held)
     rows = [
-        Row("makespan / ideal, 4 processes", makespan / IDEAL, "", "Semaphore(20), 1 process",
-            base_makespan / IDEAL, "<= 1.03", makespan / IDEAL <= 1.03),
+        Row(
+            "makespan / ideal, 4 processes",
+            makespan / IDEAL,
+            "",
+            "Semaphore(20), 1 process",
+            base_makespan / IDEAL,
+            "<= 1.03",
+            makespan / IDEAL <= 1.03,
+        ),
         Row("makespan", makespan, "s", "Semaphore(20), 1 process", base_makespan),
-        Row("max concurrent holders", peak, "", "Semaphore(20), 1 process", base_peak,
-            f"<= {SLOTS}", peak <= SLOTS, digits=0),
+        Row(
+            "max concurrent holders",
+            peak,
+            "",
+            "Semaphore(20), 1 process",
+            base_peak,
+            f"<= {SLOTS}",
+            peak <= SLOTS,
+            digits=0,
+        ),
     ]
     print_table(
         f"Seed workload: {JOBS} jobs x {JOB_SECONDS:g} s, limit {SLOTS}, "

@@ -58,12 +58,25 @@ def main(argv: Sequence[str] | None = None) -> None:
             txns = per_second(transaction)
 
     rows = [
-        Row("acquire+release cycles/s", cycles, "/s", "raw SQLite write txn/s", txns,
-            ">= 0.3x baseline", cycles >= 0.3 * txns, digits=0),
-        Row("with concurrency(): cycles/s", blocks, "/s", "raw SQLite write txn/s", txns,
-            digits=0),
-        Row("acquire+release cycle time", 1e6 / cycles, "us", "raw SQLite write txn",
-            1e6 / txns, digits=1),
+        Row(
+            "acquire+release cycles/s",
+            cycles,
+            "/s",
+            "raw SQLite write txn/s",
+            txns,
+            ">= 0.3x baseline",
+            cycles >= 0.3 * txns,
+            digits=0,
+        ),
+        Row("with concurrency(): cycles/s", blocks, "/s", "raw SQLite write txn/s", txns, digits=0),
+        Row(
+            "acquire+release cycle time",
+            1e6 / cycles,
+            "us",
+            "raw SQLite write txn",
+            1e6 / txns,
+            digits=1,
+        ),
     ]
     print_table(
         "Throughput: uncontended acquire+release on one limit, one thread",
