@@ -508,19 +508,12 @@ class SQLiteStore(SQLiteEngine):
             return self._queue(tx, request, active, missing, me, seq, has_ticket, blocked)
 
     def _peek_grant(self, request: AcquireRequest) -> Granted | None:
-        with self._mutex:
-            try:
-                row = (
-                    self._connection()
-                    .execute(
-                        "SELECT names, acquired_at, expires_at, lease_ttl FROM sluice_leases"
-                        " WHERE id = ? AND kind = 'concurrency'",
-                        (request.request_id,),
-                    )
-                    .fetchone()
-                )
-            except sqlite3.Error as exc:
-                raise StoreError(f"SQLite store {self.url} failed: {exc}") from exc
+        rows = self._read(
+            "SELECT names, acquired_at, expires_at, lease_ttl FROM sluice_leases"
+            " WHERE id = ? AND kind = 'concurrency'",
+            (request.request_id,),
+        )
+        row = rows[0] if rows else None
         if row is None:
             return None
         self._unwatch(request.request_id)
