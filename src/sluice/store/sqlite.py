@@ -318,7 +318,7 @@ class SQLiteStore(SQLiteEngine):
         return limit
 
     def _insert_limit(self, tx: Tx, limit: Limit) -> None:
-        tx.run(
+        limit_id = tx.conn.execute(
             "INSERT INTO sluice_limits (name, slots, rate, burst, active, lease_ttl, tat,"
             " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
             (
@@ -331,7 +331,9 @@ class SQLiteStore(SQLiteEngine):
                 tx.now,
                 tx.now,
             ),
-        )
+        ).lastrowid
+        if limit.active and limit_id is not None:
+            self._join_waiters(tx, limit_id, limit.name)
 
     def get_limit(self, name: str) -> Limit:
         rows = self._read(f"SELECT {LIMIT_COLUMNS} FROM sluice_limits WHERE name = ?", (name,))
@@ -380,6 +382,8 @@ class SQLiteStore(SQLiteEngine):
                 "UPDATE sluice_limits SET active = ?, updated_at = ? WHERE id = ?",
                 (int(active), tx.now, row.id),
             )
+            if active and not row.active:
+                self._join_waiters(tx, row.id, row.name)
             tx.touched.add(row.id)
             tx.moved.add(row.id)
             return row._replace(active=int(active)).to_limit()

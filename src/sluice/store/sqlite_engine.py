@@ -299,8 +299,8 @@ class SQLiteEngine:
         else:
             seq = tx.conn.execute(
                 "INSERT INTO sluice_tickets (seq, id, process_id, holder, host, pid, occupy, kind,"
-                " limit_count, lease_ttl, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " names, limit_count, lease_ttl, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     seq,  # None: the next in arrival order; else the place it had
                     request.request_id,
@@ -310,6 +310,7 @@ class SQLiteEngine:
                     me.pid,
                     request.occupy,
                     request.kind.value,
+                    ",".join(request.names),
                     len(active),
                     ttl,
                     tx.now,
@@ -566,6 +567,29 @@ class SQLiteEngine:
         local = by_process.pop(me, []) if me is not None else []
         targets = self._deliver(tx, by_process) if by_process else []
         return targets, local
+
+    def _join_waiters(self, tx: Tx, limit_id: int, name: str) -> None:
+        """Queue on a limit that now counts (enabled, or created) every waiter naming it.
+
+        They asked for it while it was inactive or missing; from now on they wait
+        for it too, at the place their arrival gives them.
+        """
+        tickets = tx.all(
+            "SELECT id, seq, occupy, kind FROM sluice_tickets"
+            " WHERE instr(',' || names || ',', ',' || ? || ',') > 0",
+            (name,),
+        )
+        for ticket_id, seq, occupy, kind in tickets:
+            if tx.run(
+                "INSERT OR IGNORE INTO sluice_queue (limit_id, seq, ticket_id, occupy, kind)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (limit_id, seq, ticket_id, occupy, kind),
+            ):
+                tx.run(
+                    "UPDATE sluice_tickets SET limit_count = limit_count + 1 WHERE id = ?",
+                    (ticket_id,),
+                )
+                tx.moved.add(limit_id)
 
     def _ticket_limits(self, tx: Tx, ticket_id: str) -> list[LimitRow]:
         """The limits a ticket waits on, each with its queue head and units in use."""

@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS sluice_tickets (
     pid         INTEGER NOT NULL,
     occupy      INTEGER NOT NULL,
     kind        TEXT NOT NULL,
+    names       TEXT NOT NULL,     -- every limit name asked for, comma-separated
     limit_count INTEGER NOT NULL,  -- how many queues it is in
     lease_ttl   REAL NOT NULL,
     created_at  REAL NOT NULL,
