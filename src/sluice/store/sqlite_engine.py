@@ -120,6 +120,17 @@ def chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
         yield items[start : start + _CHUNK]
 
 
+def _impossible(claim: Claim, active: Sequence[LimitRow]) -> bool:
+    """Whether no amount of waiting can serve this claim on these limits as they are now."""
+    for row in active:
+        if claim.kind is Kind.RATE and row.rate is None:
+            return True
+        bound = row.to_limit().max_occupy(claim.kind)
+        if bound is not None and claim.occupy > bound:
+            return True
+    return False
+
+
 class SQLiteEngine:
     """Grant, queue, hand-off and reclaim steps over the SQLite schema, inside a Tx."""
 
@@ -527,16 +538,25 @@ class SQLiteEngine:
                     and here.slots is not None
                     and here.in_use + claim.occupy > here.slots
                 ):
+                    if limit_id in tx.moved and claim.occupy > here.slots:
+                        wakes[ticket_id] = process_id  # slots now below its occupy
                     break  # no room on this limit: the common case, decided in one query
                 # A ticket in one queue needs nothing more; one in several, all of them.
                 rows = [here] if head[8] == 1 else self._ticket_limits(tx, ticket_id)
                 active = [r for r in rows if r.active]
+                if _impossible(claim, active):
+                    wakes[ticket_id] = process_id  # its retry says why, and leaves the queue
+                    break
                 blocked = self._blockers(tx, claim.kind, claim.occupy, active, seq)
                 if blocked:
-                    # A new head waiting for a rate token must learn when it is due;
-                    # one waiting for units is served here when they free up.
+                    # A new head waiting for a rate token must learn when it is due,
+                    # and one that a change made impossible (slots or burst now below
+                    # its occupy, rate removed) must learn it at once and leave the
+                    # queue; one waiting for units is served here when they free up.
                     new_head = granted_here or limit_id in tx.moved
-                    if new_head and any(why == "rate" for _, why in blocked):
+                    if new_head and (
+                        any(why == "rate" for _, why in blocked) or _impossible(claim, active)
+                    ):
                         wakes[ticket_id] = process_id
                     break
                 if process_id != me and process_id not in tx.alive:
