@@ -518,8 +518,8 @@ class SQLiteStore(SQLiteEngine):
             (request.request_id,),
         )
         row = rows[0] if rows else None
-        if row is None:
-            return None
+        if row is None or float(row[2]) <= time.time():
+            return None  # none yet, or lapsed: the transaction path sorts that out
         self._unwatch(request.request_id)
         names = tuple(n for n in str(row[0]).split(",") if n)
         # Which names were missing was already said when the request queued.

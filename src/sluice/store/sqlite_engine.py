@@ -184,6 +184,11 @@ class SQLiteEngine:
         )
         if row is None:
             return None
+        if row[1] == Kind.CONCURRENCY.value and float(row[3]) <= tx.now:
+            # Handed over, but its waiter was away past the lease's TTL: the units
+            # go back and the waiter queues again at its old place.
+            self._revoke(tx, [request_id])
+            return None
         self._unwatch(request_id)
         names = tuple(n for n in str(row[0]).split(",") if n)
         if row[1] == Kind.RATE.value:
