@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from sluice import Limits
+from sluice import Lease, Limits
 
 from . import _workers
 from ._helpers import Attempt, wait_for_waiters
@@ -17,17 +20,30 @@ from ._procs import SPAWN, child, expect, stop_between_store_steps
 pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
 
 
-def test_a_grant_handed_to_a_frozen_waiter_lapses_and_goes_to_the_next(
-    mp_limits: Limits, cross_process_url: str
-) -> None:
-    limits, url = mp_limits, cross_process_url
+@contextlib.contextmanager
+def frozen_waiter_behind_a_holder(
+    limits: Limits, url: str, hold_seconds: float = 0.0
+) -> Iterator[tuple[Any, Lease, Any]]:
+    """A child queued for "db" (lease_ttl 1 s) behind ``held``, then frozen by SIGSTOP.
+
+    Yields (child process, the lease the parent holds, the child's report queue).
+    """
     limits.create("db", slots=1, lease_ttl=1)
     limits.create("probe", slots=1)
     held = limits.acquire("db")
     results = SPAWN.Queue()
-    with child(_workers.acquire_and_report, url, ["db"], 1, 30.0, "frozen", results) as proc:
+    args = (url, ["db"], 1, 30.0, "frozen", results, hold_seconds)
+    with child(_workers.acquire_and_report, *args) as proc:
         wait_for_waiters(limits, "db", 1)
         stop_between_store_steps(proc, limits, "probe")
+        yield proc, held, results
+
+
+def test_a_grant_handed_to_a_frozen_waiter_lapses_and_goes_to_the_next(
+    mp_limits: Limits, cross_process_url: str
+) -> None:
+    limits = mp_limits
+    with frozen_waiter_behind_a_holder(limits, cross_process_url) as (proc, held, results):
         behind = Attempt(limits, "db", timeout=20, holder="behind").start()
         wait_for_waiters(limits, "db", 2)
         released_at = time.monotonic()
@@ -49,15 +65,9 @@ def test_a_grant_handed_to_a_frozen_waiter_lapses_and_goes_to_the_next(
 def test_a_waiter_thawed_after_its_hand_off_lapsed_gets_a_fresh_lease_not_a_dead_one(
     mp_limits: Limits, cross_process_url: str
 ) -> None:
-    limits, url = mp_limits, cross_process_url
-    limits.create("db", slots=1, lease_ttl=1)
-    limits.create("probe", slots=1)
-    held = limits.acquire("db")
-    results = SPAWN.Queue()
-    args = (url, ["db"], 1, 30.0, "frozen", results, 1.5)  # holds 1.5 s: renewals due
-    with child(_workers.acquire_and_report, *args) as proc:
-        wait_for_waiters(limits, "db", 1)
-        stop_between_store_steps(proc, limits, "probe")
+    limits = mp_limits
+    # the child will hold its lease 1.5 s once it has one: renewals fall due
+    with frozen_waiter_behind_a_holder(limits, cross_process_url, 1.5) as (proc, held, results):
         held.release()  # handed to the frozen child
         time.sleep(1.5)  # past the lease TTL, with nobody else asking
         os.kill(proc.pid, signal.SIGCONT)
