@@ -42,6 +42,13 @@ class StoreEntry:
     """Given the test's tmp_path, a context manager yielding a fresh store URL."""
     cross_process: bool
     """Whether several processes on this host share the store (multi-process tests)."""
+    sees_local_deaths: bool = True
+    """Whether the store frees a SIGKILLed local process's leases and tickets at once.
+
+    Stores shared across hosts (Redis, PostgreSQL) cannot tell a dead process
+    from a slow one: they rely on lease expiry alone, so their crash tests use
+    a short lease TTL and allow TTL plus a round trip.
+    """
 
 
 def require_server(host: str, port: int, how_to_start: str) -> None:
@@ -104,10 +111,16 @@ def store_url(store_entry: StoreEntry, tmp_path: Path) -> Iterator[str]:
     params=_CROSS_PROCESS or [pytest.param(None, marks=pytest.mark.skip("no cross-process store"))],
     ids=[entry.id for entry in _CROSS_PROCESS] or ["none"],
 )
-def cross_process_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh store URL for stores that several processes on this host share."""
+def cross_process_entry(request: pytest.FixtureRequest) -> StoreEntry:
+    """The table entry of a store that several processes on this host share."""
     entry: StoreEntry = request.param
-    with entry.make(tmp_path) as url:
+    return entry
+
+
+@pytest.fixture
+def cross_process_url(cross_process_entry: StoreEntry, tmp_path: Path) -> Iterator[str]:
+    """A fresh store URL for stores that several processes on this host share."""
+    with cross_process_entry.make(tmp_path) as url:
         yield url
 
 

@@ -29,6 +29,10 @@ __all__ = [
 _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "memory": ("sluice.store.memory", "from_url", None),
     "sqlite": ("sluice.store.sqlite", "from_url", None),
+    "redis": ("sluice.store.redis", "from_url", "redis"),
+    "rediss": ("sluice.store.redis", "from_url", "redis"),
+    "postgresql": ("sluice.store.postgres", "from_url", "postgres"),
+    "postgres": ("sluice.store.postgres", "from_url", "postgres"),
 }
 
 _lock = threading.Lock()
