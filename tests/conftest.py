@@ -75,9 +75,28 @@ def _sqlite_store(tmp_path: Path) -> Iterator[str]:
     yield f"sqlite:///{path}"
 
 
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_START = 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no'
+
+
+@contextlib.contextmanager
+def _redis_store(tmp_path: Path) -> Iterator[str]:
+    # One key prefix per test keeps tests apart on the shared server; its keys go after.
+    require_server(REDIS_HOST, REDIS_PORT, REDIS_START)
+    prefix = f"sluice-test-{uuid.uuid4().hex[:12]}"
+    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={prefix}"
+    import redis
+
+    with redis.Redis(REDIS_HOST, REDIS_PORT) as client:
+        keys = list(client.scan_iter(match=f"{{{prefix}}}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+
+
 STORES: list[StoreEntry] = [
     StoreEntry("memory", _memory_store, cross_process=False),
     StoreEntry("sqlite", _sqlite_store, cross_process=True),
+    StoreEntry("redis", _redis_store, cross_process=True, sees_local_deaths=False),
 ]
 
 

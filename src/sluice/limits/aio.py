@@ -37,6 +37,7 @@ from sluice.limits.model import (
     validate_timeout,
 )
 from sluice.limits.waiting import (
+    aclose_async_store,  # unasync: remove
     async_store_for,  # unasync: remove
     close_store_async,
     default_holder_async,
@@ -281,6 +282,7 @@ class Limits:
         """Stop using the store; the last Limits on a URL closes its connection."""
         if not self._closed:
             self._closed = True
+            await aclose_async_store(self._astore)  # unasync: remove
             await close_store_async(self._store, self._session)
 
     async def __aenter__(self) -> Limits:

@@ -19,6 +19,7 @@ from sluice.store import release_store
 from sluice.store.base import AsyncStore, Store, ThreadedAsyncStore
 
 __all__ = [
+    "aclose_async_store",
     "async_store_for",
     "close_store",
     "close_store_async",
@@ -38,6 +39,13 @@ def async_store_for(store: Store, session: Session) -> AsyncStore:
         result: AsyncStore = native()
         return result
     return ThreadedAsyncStore(store, session.executor())
+
+
+async def aclose_async_store(astore: AsyncStore) -> None:
+    """Close the connections a native async store holds on the running event loop."""
+    closer = getattr(astore, "aclose", None)
+    if callable(closer):
+        await closer()
 
 
 # --------------------------------------------------------------------------- holder labels

@@ -1,0 +1,802 @@
+"""The Redis store: the same limits shared by every process on every host.
+
+Each operation is one Lua script (``redis_scripts/<step>.lua``, with the shared
+``_lib.lua`` prepended), loaded once and called by SHA; redis-py reloads a
+script transparently after ``SCRIPT FLUSH`` or a server restart. All keys of a
+deployment start with one hash tag, ``{<prefix>}``, so a Redis Cluster keeps
+them on one shard and a multi-limit acquisition stays one atomic script. Time
+comes from the server (``TIME`` inside the scripts), never from this host.
+
+Wake-ups travel by pub/sub: each process subscribes once, on its own channel,
+and a script that hands units over publishes the granted ticket ids to exactly
+the processes that own them. Lease expiry is the only crash detection: a
+killed holder's units come back once its lease TTL runs out, and the waiter
+behind it is told when that is, so it looks again right then.
+
+URL: ``redis://[:password@]host[:port][/db][?prefix=sluice]`` (``rediss://``
+for TLS). Recommended server settings are in the README ("Redis store").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+import socket
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from sluice.errors import (
+    ConfigError,
+    InvalidRequest,
+    LimitBusy,
+    LimitExists,
+    LimitNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from sluice.limits.model import (
+    AcquireRequest,
+    Granted,
+    Holder,
+    Limit,
+    LimitChanges,
+    LimitStatus,
+    Queued,
+    Renewal,
+    Waiter,
+    utc,
+)
+from sluice.store.base import WakeHandler
+
+__all__ = ["SCHEMA_VERSION", "RedisAsyncStore", "RedisStore", "from_url"]
+
+log = logging.getLogger("sluice")
+
+SCHEMA_VERSION = 1
+STEPS = (
+    "acquire",
+    "abandon",
+    "create_limit",
+    "delete_limit",
+    "diagnose",
+    "get_limits",
+    "inspect_limit",
+    "release",
+    "renew",
+    "reset_limit",
+    "set_active",
+    "update_limit",
+)
+_PREFIX = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_ATTEMPTS = 3  # tries of an idempotent step before a connection error is reported
+_BACKOFF_CAP = 2.0  # seconds: the longest pause between reconnection attempts
+_CONFLICT_RETRIES = 20
+
+_Connection = (RedisConnectionError, RedisTimeoutError, OSError)
+_T = TypeVar("_T")
+
+
+def _script_source(step: str) -> str:
+    folder = resources.files("sluice.store").joinpath("redis_scripts")
+    return (
+        folder.joinpath("_lib.lua").read_text() + "\n" + folder.joinpath(f"{step}.lua").read_text()
+    )
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before reconnection attempt ``attempt`` (0-based): doubling, capped, jittered."""
+    return float(min(_BACKOFF_CAP, 0.05 * 2.0**attempt) * random.uniform(0.5, 1.0))
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """What a ``redis://`` URL says: where the server is and which keys are ours."""
+
+    url: str  # masked, for messages
+    connect_url: str  # without Sluice's own query parameters
+    prefix: str
+
+    @property
+    def meta_key(self) -> str:
+        """The deployment's meta hash; every key shares its hash tag."""
+        return f"{{{self.prefix}}}:meta"
+
+    def channel(self, process_id: str) -> str:
+        """The pub/sub channel that wakes one process's waiters."""
+        return f"{{{self.prefix}}}:wake:{process_id}"
+
+    @classmethod
+    def parse(cls, url: str) -> RedisConfig:
+        from sluice.store import redact_url
+
+        masked = redact_url(url)
+        try:
+            parts = urlsplit(url)
+            _ = parts.port  # raises ValueError for a bad port
+        except ValueError as exc:
+            raise ConfigError(f"invalid Redis URL {masked!r}: {exc}") from exc
+        if not parts.hostname:
+            raise ConfigError(
+                f"invalid Redis URL {masked!r}: give a host, e.g. redis://127.0.0.1:6379/0"
+            )
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        prefix = "sluice"
+        rest = []
+        for name, value in query:
+            if name == "prefix":
+                prefix = value
+            else:
+                rest.append((name, value))
+        if not _PREFIX.match(prefix):
+            raise ConfigError(
+                f"invalid prefix {prefix!r} in Redis URL {masked!r}: use 1-64 letters, digits "
+                "and ._:- (no braces)"
+            )
+        db = parts.path.lstrip("/")
+        if db and not db.isdigit():
+            raise ConfigError(
+                f"invalid database {db!r} in Redis URL {masked!r}: use a number, e.g. /0"
+            )
+        connect = urlunsplit(parts._replace(query=urlencode(rest)))
+        return cls(masked, connect, prefix)
+
+
+class _Core:
+    """What the sync and async stores share: identity, epoch, arguments and replies."""
+
+    config: RedisConfig
+
+    def __init__(self, config: RedisConfig) -> None:
+        self.config = config
+        self.url = config.url
+        self._keys = [config.meta_key]
+        self._epoch = ""
+        self._handler: WakeHandler | None = None
+        self._state_lock = threading.Lock()
+        self._waiting: dict[str, Queued] = {}  # request id -> its last queued answer
+        self._failures: dict[str, int] = {}  # request id -> connection failures in a row
+        self._owned: set[str] = set()  # request ids with a ticket or lease of ours
+        self._new_identity()
+
+    def _new_identity(self) -> None:
+        self._pid = os.getpid()
+        self._host = socket.gethostname()
+        self.process_id = f"{self._host}:{self._pid}:{uuid.uuid4().hex[:12]}"
+
+    # ------------------------------------------------------------- arguments
+
+    def _argv(self, args: Sequence[object]) -> list[object]:
+        return [self.process_id, self._epoch, *args]
+
+    def _acquire_args(self, request: AcquireRequest) -> list[object]:
+        return [
+            request.request_id,
+            ",".join(request.names),
+            request.occupy,
+            request.kind.value,
+            request.holder,
+            request.missing,
+            "" if request.seq is None else request.seq,
+            self._host,
+            self._pid,
+        ]
+
+    # ------------------------------------------------------------- replies
+
+    def _decode(self, raw: object) -> dict[str, Any]:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        if not isinstance(text, str):
+            raise StoreError(f"Redis store {self.url} gave an unexpected reply: {raw!r}")
+        reply: dict[str, Any] = json.loads(text)
+        self._epoch = str(reply.get("epoch", self._epoch))
+        wake = reply.get("wake") or []
+        if wake and self._handler is not None:
+            self._handler(wake)
+        return reply
+
+    @staticmethod
+    def _raise_for(reply: dict[str, Any]) -> None:
+        code = reply.get("error")
+        if code is None:
+            return
+        if code == "not_found":
+            raise LimitNotFound(reply["names"])
+        if code == "exists":
+            raise LimitExists(reply["name"])
+        if code == "busy":
+            raise LimitBusy(reply["name"], int(reply["holders"]))
+        if code == "rate_without_rate":
+            raise InvalidRequest(
+                f"rate_limit() on limit {reply['name']!r}, which has no rate; "
+                "give it one with update(rate=...) or use concurrency()"
+            )
+        if code == "occupy_too_big":
+            bound = int(reply["bound"])
+            raise InvalidRequest(
+                f"occupy={reply.get('occupy', '?')} can never be met by limit {reply['name']!r} "
+                f"({reply['what']}={bound}); ask for at most {bound}"
+            )
+        raise StoreError(f"Redis store refused the step: {code}")
+
+    def _outcome(self, request: AcquireRequest, reply: dict[str, Any]) -> Granted | Queued:
+        if reply.get("error") == "occupy_too_big":
+            reply["occupy"] = request.occupy
+        self._raise_for(reply)
+        missing = tuple(reply.get("missing") or ())
+        if reply.get("granted"):
+            with self._state_lock:
+                self._waiting.pop(request.request_id, None)
+                self._failures.pop(request.request_id, None)
+                if reply.get("lease_id") is None:
+                    self._owned.discard(request.request_id)
+                else:
+                    self._owned.add(request.request_id)
+            return Granted(
+                reply.get("lease_id"),
+                tuple(reply["names"]),
+                float(reply["acquired_at"]),
+                None if reply.get("expires_at") is None else float(reply["expires_at"]),
+                None if reply.get("lease_ttl") is None else float(reply["lease_ttl"]),
+                missing,
+            )
+        queued = Queued(
+            request.request_id,
+            int(reply["seq"]),
+            str(reply["blocked_on"]),
+            int(reply["position"]),
+            None if reply.get("retry_in") is None else float(reply["retry_in"]),
+            float(reply["lease_ttl"]),
+            missing,
+        )
+        with self._state_lock:
+            self._waiting[request.request_id] = queued
+            self._failures.pop(request.request_id, None)
+            self._owned.add(request.request_id)
+        return queued
+
+    def _still_waiting(self, request: AcquireRequest, exc: StoreUnavailable) -> Queued:
+        """A waiter whose retry could not reach Redis keeps its place and tries again soon."""
+        with self._state_lock:
+            last = self._waiting.get(request.request_id)
+            failures = self._failures.get(request.request_id, 0)
+            self._failures[request.request_id] = failures + 1
+        if last is None:
+            raise exc
+        log.warning("sluice: %s; waiter %s retries", exc, request.request_id)
+        return Queued(
+            request.request_id,
+            last.seq,
+            last.blocked_on,
+            last.position,
+            _backoff(failures + 3),
+            last.lease_ttl,
+            last.missing,
+        )
+
+    def _forget(self, request_ids: Collection[str]) -> None:
+        with self._state_lock:
+            for request_id in request_ids:
+                self._waiting.pop(request_id, None)
+                self._failures.pop(request_id, None)
+                self._owned.discard(request_id)
+
+    def _wake_all(self) -> None:
+        """After a lost subscription: every local waiter looks again (a wake-up may be lost)."""
+        with self._state_lock:
+            waiting = list(self._waiting)
+        if waiting and self._handler is not None:
+            self._handler(waiting)
+
+    def _error(self, exc: Exception) -> StoreError:
+        if isinstance(exc, _Connection):
+            return StoreUnavailable(
+                f"Redis store {self.url} is unreachable: {exc}; check that the server is "
+                "running and the URL is right"
+            )
+        if isinstance(exc, ResponseError) and "NOSCRIPT" not in str(exc):
+            return StoreError(f"Redis store {self.url} failed: {exc}")
+        return StoreError(f"Redis store {self.url} failed: {exc}")
+
+    # ------------------------------------------------------------- shared conversions
+
+    @staticmethod
+    def _limit_args(limit: Limit) -> list[object]:
+        return [
+            limit.name,
+            "" if limit.slots is None else limit.slots,
+            "" if limit.rate is None else repr(float(limit.rate)),
+            "" if limit.burst is None else limit.burst,
+            "1" if limit.active else "0",
+            repr(float(limit.lease_ttl)),
+        ]
+
+    @staticmethod
+    def _limit(data: dict[str, Any]) -> Limit:
+        return Limit(
+            str(data["name"]),
+            None if data.get("slots") is None else int(data["slots"]),
+            None if data.get("rate") is None else float(data["rate"]),
+            None if data.get("burst") is None else int(data["burst"]),
+            bool(data["active"]),
+            float(data["lease_ttl"]),
+        )
+
+    def _status(self, reply: dict[str, Any]) -> LimitStatus:
+        holders = [
+            Holder(str(h[0]), int(h[1]), str(h[2]), str(h[3]), int(h[4]), utc(h[5]), utc(h[6]))
+            for h in reply["holders"]
+        ]
+        waiters = [
+            Waiter(str(w[0]), int(w[1]), str(w[2]), str(w[3]), int(w[4]), utc(w[5]), i + 1)
+            for i, w in enumerate(reply["waiters"])
+        ]
+        token_in = reply.get("next_token_in")
+        return LimitStatus(
+            limit=self._limit(reply["limit"]),
+            in_use=sum(h.occupy for h in holders),
+            holders=holders,
+            waiters=waiters,
+            next_token_in=None if token_in is None else float(token_in),
+            taken_at=utc(float(reply["now"])),
+        )
+
+    @staticmethod
+    def _update_args(name: str, new: Limit, changes: LimitChanges, version: int) -> list[object]:
+        return [
+            name,
+            "" if new.slots is None else new.slots,
+            "" if new.rate is None else repr(float(new.rate)),
+            "" if new.burst is None else new.burst,
+            repr(float(new.lease_ttl)),
+            "1" if changes.touches_rate() else "0",
+            version,
+        ]
+
+    @staticmethod
+    def _renew_args(lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> list[object]:
+        return [len(lease_ids), *lease_ids, *ticket_ids]
+
+    def _renewal(self, reply: dict[str, Any]) -> Renewal:
+        lost_leases = frozenset(str(i) for i in reply["lost_leases"])
+        lost_tickets = frozenset(str(i) for i in reply["lost_tickets"])
+        self._forget(lost_leases | lost_tickets)
+        expires = reply.get("expires") or {}
+        return Renewal(lost_leases, lost_tickets, {str(k): float(v) for k, v in expires.items()})
+
+
+class _Listener:
+    """One pub/sub subscription per process: delivers wake-ups, re-subscribes after a loss."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+        self._stop = threading.Event()
+        self.ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sluice-redis-listener", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        store = self._store
+        channel = store.config.channel(store.process_id)
+        failures = 0
+        while not self._stop.is_set():
+            pubsub = store.client.pubsub()  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(channel)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        if failures:
+                            store._wake_all()  # wake-ups sent while we were away are lost
+                        failures = 0
+                        self.ready.set()
+                    elif message["type"] == "message":
+                        data = message["data"]
+                        text = data.decode() if isinstance(data, bytes) else str(data)
+                        if store._handler is not None:
+                            store._handler([t for t in text.split(",") if t])
+            except Exception as exc:  # the listener must outlive any one failure
+                if self._stop.is_set():
+                    break
+                failures += 1
+                log.warning("sluice: wake-up subscription on %s lost: %s", store.url, exc)
+                self._stop.wait(_backoff(failures))
+            finally:
+                with contextlib.suppress(Exception):
+                    pubsub.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        store = self._store
+        if self.ready.is_set() and store._client is not None:
+            with contextlib.suppress(Exception):  # an empty message ends its wait at once
+                store._client.publish(store.config.channel(store.process_id), "")
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+
+class RedisStore(_Core):
+    """Limits, leases and FIFO queues in Redis keys; one Lua script per operation."""
+
+    safety_interval = 10.0
+
+    def __init__(self, config: RedisConfig) -> None:
+        super().__init__(config)
+        self._closed = False
+        self._lock = threading.Lock()
+        self._client: redis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+        self._listener: _Listener | None = None
+
+    # ------------------------------------------------------------- plumbing
+
+    @property
+    def client(self) -> redis.Redis:
+        """The connection pool to the server (created on first use)."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        if self._closed:
+            raise StoreError(f"store {self.url} is closed")
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    client = redis.Redis.from_url(
+                        self.config.connect_url,
+                        socket_connect_timeout=5.0,
+                        socket_timeout=30.0,
+                        health_check_interval=15,
+                        retry=Retry(NoBackoff(), 0),
+                        client_name=f"sluice:{self.process_id}",
+                    )
+                    self._scripts = {s: client.register_script(_script_source(s)) for s in STEPS}
+                    self._client = client
+        return self._client
+
+    def _after_fork(self) -> None:
+        # A forked child is a new process: its own identity, connections and listener.
+        self._client = None
+        self._listener = None
+        self._lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._waiting.clear()
+        self._failures.clear()
+        self._owned.clear()
+        self._new_identity()
+
+    def _listen(self) -> None:
+        """Subscribe before the first request that may queue, so no wake-up is missed."""
+        if self._listener is None:
+            with self._lock:
+                if self._listener is None:
+                    self._listener = _Listener(self)
+        if not self._listener.ready.wait(timeout=10.0):
+            raise StoreUnavailable(
+                f"Redis store {self.url}: could not subscribe to wake-ups within 10 s; "
+                "check that the server is reachable"
+            )
+
+    def _step(
+        self, step: str, args: Sequence[object], *, attempts: int = _ATTEMPTS
+    ) -> dict[str, Any]:
+        """Run one step script; idempotent steps are tried again after a connection error."""
+        client = self.client
+        for attempt in range(attempts):
+            try:
+                raw = self._scripts[step](keys=self._keys, args=self._argv(args), client=client)
+            except RedisError as exc:
+                error = self._error(exc)
+                if not isinstance(error, StoreUnavailable) or attempt + 1 == attempts:
+                    raise error from exc
+                time.sleep(_backoff(attempt))
+                continue
+            return self._decode(raw)
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------- admin
+
+    def now(self) -> float:
+        try:
+            seconds, micros = self.client.time()
+        except RedisError as exc:
+            raise self._error(exc) from exc
+        return float(seconds) + float(micros) / 1e6
+
+    def create_limit(self, limit: Limit) -> Limit:
+        reply = self._step("create_limit", [*self._limit_args(limit), "0"], attempts=1)
+        self._raise_for(reply)
+        return self._limit(reply["limit"])
+
+    def ensure_limit(self, limit: Limit) -> Limit:
+        reply = self._step("create_limit", [*self._limit_args(limit), "1"])
+        self._raise_for(reply)
+        return self._limit(reply["limit"])
+
+    def get_limit(self, name: str) -> Limit:
+        reply = self._step("get_limits", [name])
+        if reply["missing"]:
+            raise LimitNotFound([name])
+        return self._limit(reply["limits"][0])
+
+    def list_limits(self) -> list[Limit]:
+        return [self._limit(d) for d in self._step("get_limits", [])["limits"]]
+
+    def update_limit(self, name: str, changes: LimitChanges) -> Limit:
+        for _ in range(_CONFLICT_RETRIES):
+            current = self._step("get_limits", [name])
+            if current["missing"] and name in current["missing"]:
+                raise LimitNotFound([name])
+            data = current["limits"][0]
+            new = changes.apply(self._limit(data))
+            reply = self._step(
+                "update_limit", self._update_args(name, new, changes, int(data["version"]))
+            )
+            if reply.get("error") != "conflict":
+                self._raise_for(reply)
+                return self._limit(reply["limit"])
+        raise StoreError(f"limit {name!r} kept changing while being updated; try again")
+
+    def set_active(self, name: str, active: bool) -> Limit:
+        reply = self._step("set_active", [name, "1" if active else "0"])
+        self._raise_for(reply)
+        return self._limit(reply["limit"])
+
+    def reset_limit(self, name: str) -> int:
+        reply = self._step("reset_limit", [name], attempts=1)
+        self._raise_for(reply)
+        return int(reply["revoked"])
+
+    def delete_limit(self, name: str, force: bool = False) -> None:
+        reply = self._step("delete_limit", [name, "1" if force else "0"], attempts=1)
+        self._raise_for(reply)
+
+    def inspect_limit(self, name: str) -> LimitStatus:
+        reply = self._step("inspect_limit", [name])
+        self._raise_for(reply)
+        return self._status(reply)
+
+    # ------------------------------------------------------------- acquire
+
+    def acquire(self, request: AcquireRequest) -> Granted | Queued:
+        try:
+            self._listen()
+            reply = self._step("acquire", self._acquire_args(request))
+        except StoreUnavailable as exc:
+            if request.seq is None:
+                raise
+            return self._still_waiting(request, exc)
+        return self._outcome(request, reply)
+
+    # ------------------------------------------------------------- release & renew
+
+    def release(self, lease_id: str) -> bool:
+        for attempt in range(_ATTEMPTS):
+            try:
+                reply = self._step("release", [lease_id], attempts=1)
+            except StoreUnavailable:
+                if attempt + 1 == _ATTEMPTS:
+                    raise
+                time.sleep(_backoff(attempt))
+                continue
+            self._forget([lease_id])
+            # After a lost reply the first try may have released it: that counts.
+            return bool(reply["found"][0]) or attempt > 0
+        raise AssertionError("unreachable")
+
+    def renew(self, lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> Renewal:
+        return self._renewal(self._step("renew", self._renew_args(lease_ids, ticket_ids)))
+
+    def abandon(self, request_id: str) -> None:
+        self._step("abandon", [request_id])
+        self._forget([request_id])
+
+    # ------------------------------------------------------------- lifecycle
+
+    def async_store(self) -> RedisAsyncStore:
+        """A coroutine twin on redis.asyncio, sharing this store's scripts and identity."""
+        return RedisAsyncStore(self)
+
+    @property
+    def closed(self) -> bool:
+        """Whether close() has been called."""
+        return self._closed
+
+    def set_wake_handler(self, handler: WakeHandler) -> None:
+        self._handler = handler
+
+    def close(self) -> None:
+        """Withdraw this process's leases and tickets, then close connections."""
+        if self._closed:
+            return
+        if self._pid == os.getpid() and self._client is not None:
+            with self._state_lock:
+                owned = sorted(self._owned)
+            if owned:
+                with contextlib.suppress(StoreError):
+                    self._step("abandon", owned, attempts=1)
+            if self._listener is not None:
+                self._listener.stop()
+            self._client.close()
+        self._closed = True
+        self._client = None
+
+
+class RedisAsyncStore:
+    """The coroutine twin of :class:`RedisStore`: the same scripts over redis.asyncio.
+
+    redis.asyncio connections belong to one event loop, so each loop that uses
+    the store gets its own client; :meth:`aclose` closes the running loop's.
+    """
+
+    def __init__(self, store: RedisStore) -> None:
+        self.sync = store
+        self.url = store.url
+        self.safety_interval = store.safety_interval
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[aioredis.Redis, dict[str, Any]]
+        ] = weakref.WeakKeyDictionary()
+
+    def _client(self) -> tuple[aioredis.Redis, dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        entry = self._clients.get(loop)
+        if entry is None:
+            store = self.sync
+            client = aioredis.Redis.from_url(
+                store.config.connect_url,
+                socket_connect_timeout=5.0,
+                socket_timeout=30.0,
+                health_check_interval=15,
+                retry=AsyncRetry(NoBackoff(), 0),
+                client_name=f"sluice:{store.process_id}",
+            )
+            scripts = {s: client.register_script(_script_source(s)) for s in STEPS}
+            entry = (client, scripts)
+            self._clients[loop] = entry
+        return entry
+
+    async def _step(
+        self, step: str, args: Sequence[object], *, attempts: int = _ATTEMPTS
+    ) -> dict[str, Any]:
+        store = self.sync
+        if store.closed:
+            raise StoreError(f"store {self.url} is closed")
+        client, scripts = self._client()
+        for attempt in range(attempts):
+            try:
+                raw = await scripts[step](keys=store._keys, args=store._argv(args), client=client)
+            except RedisError as exc:
+                error = store._error(exc)
+                if not isinstance(error, StoreUnavailable) or attempt + 1 == attempts:
+                    raise error from exc
+                await asyncio.sleep(_backoff(attempt))
+                continue
+            return store._decode(raw)
+        raise AssertionError("unreachable")
+
+    async def _off_loop(self, fn: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(None, fn)
+
+    async def now(self) -> float:
+        client, _ = self._client()
+        try:
+            seconds, micros = await client.time()
+        except RedisError as exc:
+            raise self.sync._error(exc) from exc
+        return float(seconds) + float(micros) / 1e6
+
+    async def create_limit(self, limit: Limit) -> Limit:
+        reply = await self._step("create_limit", [*_Core._limit_args(limit), "0"], attempts=1)
+        _Core._raise_for(reply)
+        return _Core._limit(reply["limit"])
+
+    async def ensure_limit(self, limit: Limit) -> Limit:
+        reply = await self._step("create_limit", [*_Core._limit_args(limit), "1"])
+        _Core._raise_for(reply)
+        return _Core._limit(reply["limit"])
+
+    async def get_limit(self, name: str) -> Limit:
+        reply = await self._step("get_limits", [name])
+        if reply["missing"]:
+            raise LimitNotFound([name])
+        return _Core._limit(reply["limits"][0])
+
+    async def list_limits(self) -> list[Limit]:
+        return [_Core._limit(d) for d in (await self._step("get_limits", []))["limits"]]
+
+    async def update_limit(self, name: str, changes: LimitChanges) -> Limit:
+        for _ in range(_CONFLICT_RETRIES):
+            current = await self._step("get_limits", [name])
+            if current["missing"] and name in current["missing"]:
+                raise LimitNotFound([name])
+            data = current["limits"][0]
+            new = changes.apply(_Core._limit(data))
+            reply = await self._step(
+                "update_limit", _Core._update_args(name, new, changes, int(data["version"]))
+            )
+            if reply.get("error") != "conflict":
+                _Core._raise_for(reply)
+                return _Core._limit(reply["limit"])
+        raise StoreError(f"limit {name!r} kept changing while being updated; try again")
+
+    async def set_active(self, name: str, active: bool) -> Limit:
+        reply = await self._step("set_active", [name, "1" if active else "0"])
+        _Core._raise_for(reply)
+        return _Core._limit(reply["limit"])
+
+    async def reset_limit(self, name: str) -> int:
+        reply = await self._step("reset_limit", [name], attempts=1)
+        _Core._raise_for(reply)
+        return int(reply["revoked"])
+
+    async def delete_limit(self, name: str, force: bool = False) -> None:
+        reply = await self._step("delete_limit", [name, "1" if force else "0"], attempts=1)
+        _Core._raise_for(reply)
+
+    async def inspect_limit(self, name: str) -> LimitStatus:
+        reply = await self._step("inspect_limit", [name])
+        _Core._raise_for(reply)
+        return self.sync._status(reply)
+
+    async def acquire(self, request: AcquireRequest) -> Granted | Queued:
+        store = self.sync
+        try:
+            if store._listener is None or not store._listener.ready.is_set():
+                await self._off_loop(store._listen)
+            reply = await self._step("acquire", store._acquire_args(request))
+        except StoreUnavailable as exc:
+            if request.seq is None:
+                raise
+            return store._still_waiting(request, exc)
+        return store._outcome(request, reply)
+
+    async def release(self, lease_id: str) -> bool:
+        for attempt in range(_ATTEMPTS):
+            try:
+                reply = await self._step("release", [lease_id], attempts=1)
+            except StoreUnavailable:
+                if attempt + 1 == _ATTEMPTS:
+                    raise
+                await asyncio.sleep(_backoff(attempt))
+                continue
+            self.sync._forget([lease_id])
+            return bool(reply["found"][0]) or attempt > 0
+        raise AssertionError("unreachable")
+
+    async def abandon(self, request_id: str) -> None:
+        await self._step("abandon", [request_id])
+        self.sync._forget([request_id])
+
+    async def aclose(self) -> None:
+        """Close the running event loop's connections (others reconnect on next use)."""
+        with contextlib.suppress(RuntimeError):
+            loop = asyncio.get_running_loop()
+            entry = self._clients.pop(loop, None)
+            if entry is not None:
+                with contextlib.suppress(Exception):
+                    await entry[0].aclose()
+
+
+def from_url(url: str) -> RedisStore:
+    """Open the store of a ``redis://`` or ``rediss://`` URL."""
+    return RedisStore(RedisConfig.parse(url))

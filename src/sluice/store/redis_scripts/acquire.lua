@@ -1,0 +1,137 @@
+-- acquire: grant a request now, or queue it; a retry first collects a handed-off grant.
+-- KEYS[1]  P:meta
+-- ARGV[1]  caller process id        ARGV[2]  known epoch ('' if none)
+-- ARGV[3]  request id               ARGV[4]  limit names, comma-separated (as asked)
+-- ARGV[5]  occupy                   ARGV[6]  kind: 'concurrency' or 'rate'
+-- ARGV[7]  holder label             ARGV[8]  missing policy: raise, warn or ignore
+-- ARGV[9]  seq of the request's ticket ('' on a first attempt)
+-- ARGV[10] host                     ARGV[11] pid
+-- Reply: {granted, names, acquired_at, lease_id, expires_at, lease_ttl, missing}
+--     or {queued, seq, blocked_on, position, retry_in, lease_ttl, missing}
+--     or {error = 'not_found', names} / {error = 'rate_without_rate' | 'occupy_too_big', ...}
+
+local request_id = ARGV[3]
+local names = split(ARGV[4])
+local occupy = tonumber(ARGV[5])
+local kind = ARGV[6]
+local holder = ARGV[7]
+local policy = ARGV[8]
+local seq = tonumber(ARGV[9])
+if STALE_EPOCH then seq = nil end -- the data it was queued in is gone
+
+local rows, missing = {}, {}
+for _, name in ipairs(names) do
+  local l = load_limit(name)
+  if l then rows[#rows + 1] = l else missing[#missing + 1] = name end
+end
+
+-- A retry: perhaps a release already handed this request its units.
+if seq then
+  local v = redis.call('HMGET', key('lease', request_id), 'kind', 'names', 'acquired_at',
+    'expires_at', 'lease_ttl')
+  if v[1] then
+    local expires = tonumber(v[4])
+    if v[1] == 'concurrency' and expires <= NOW then
+      -- Handed over, but its waiter was away past the lease's TTL: the units go
+      -- back and the waiter queues again at its old place.
+      revoke(request_id)
+    elseif v[1] == 'rate' then
+      redis.call('DEL', key('lease', request_id))
+      return reply({granted = true, names = list(split(v[2])), acquired_at = tonumber(v[3]),
+                    missing = list(missing)})
+    else
+      return reply({granted = true, names = list(split(v[2])), acquired_at = tonumber(v[3]),
+                    lease_id = request_id, expires_at = expires, lease_ttl = tonumber(v[5]),
+                    missing = list(missing)})
+    end
+  end
+end
+
+if #missing > 0 and policy == 'raise' then
+  return fail('not_found', {names = missing})
+end
+
+table.sort(rows, function(a, b) return a.name < b.name end)
+local active = {}
+for _, l in ipairs(rows) do if l.active then active[#active + 1] = l end end
+for _, l in ipairs(active) do
+  if kind == 'rate' and not l.rate then return fail('rate_without_rate', {name = l.name}) end
+  local bound = max_occupy(l, kind)
+  if bound and occupy > bound then
+    return fail('occupy_too_big', {name = l.name, bound = bound,
+                                   what = (bound == l.slots and kind == 'concurrency') and 'slots' or 'burst'})
+  end
+end
+
+local has_ticket = false
+if seq then
+  local own = redis.call('HGET', key('t', request_id), 'seq')
+  if own then has_ticket = true; seq = tonumber(own) end
+end
+
+local active_names = {}
+for _, l in ipairs(active) do active_names[#active_names + 1] = l.name end
+if reclaim(active_names) then
+  for i, l in ipairs(active) do active[i] = load_limit(l.name) end
+end
+
+local blocked = blockers(kind, occupy, active, seq)
+local claim = {id = request_id, process_id = ME, holder = holder, host = ARGV[10],
+               pid = tonumber(ARGV[11]), occupy = occupy, kind = kind}
+if #blocked == 0 then
+  if seq then drop_ticket(request_id) end
+  local granted = take(claim, active, false)
+  granted.missing = list(missing)
+  return reply(granted)
+end
+
+-- Queue: in exactly the queues of the active limits it names, at its place.
+local ttl = nil
+for _, l in ipairs(active) do if not ttl or l.lease_ttl < ttl then ttl = l.lease_ttl end end
+local expires = NOW + ttl
+local tkey = key('t', request_id)
+if has_ticket then
+  local keep = {}
+  for _, n in ipairs(active_names) do keep[n] = true end
+  for _, n in ipairs(split(redis.call('HGET', tkey, 'queues'))) do
+    if not keep[n] then
+      redis.call('ZREM', key('q', n), request_id)
+      redis.call('ZREM', key('qe', n), request_id)
+      touched[n] = true
+      moved[n] = true
+    end
+  end
+  redis.call('HSET', tkey, 'expires_at', fmt(expires), 'queues', join(active_names))
+else
+  if not seq then seq = redis.call('HINCRBY', META, 'seq', 1) end
+  redis.call('HSET', tkey, 'seq', seq, 'process_id', ME, 'holder', holder, 'host', ARGV[10],
+    'pid', ARGV[11], 'occupy', occupy, 'kind', kind, 'names', ARGV[4],
+    'queues', join(active_names), 'lease_ttl', fmt(ttl), 'created_at', fmt(NOW),
+    'expires_at', fmt(expires))
+  for _, n in ipairs(names) do redis.call('SADD', key('n', n), request_id) end
+end
+redis.call('PEXPIREAT', tkey, math.floor((expires + GRACE) * 1000))
+for _, n in ipairs(active_names) do
+  redis.call('ZADD', key('q', n), 'NX', seq, request_id)
+  redis.call('ZADD', key('qe', n), fmt(expires), request_id)
+end
+
+-- When something that sends no wake-up (a rate token, an expiry) may let it in.
+local first = blocked[1][1]
+local position = redis.call('ZCOUNT', key('q', first.name), '-inf', '(' .. seq) + 1
+local soonest = nil
+for _, b in ipairs(blocked) do
+  local l, why = b[1], b[2]
+  local at = nil
+  if why == 'rate' then
+    at = allow_at(l.tat, l.rate, l.burst, occupy)
+  else
+    local z = redis.call('ZRANGE', key(why == 'queue' and 'qe' or 'he', l.name), 0, 0, 'WITHSCORES')
+    if z[2] then at = tonumber(z[2]) end
+  end
+  if at and (not soonest or at < soonest) then soonest = at end
+end
+local retry_in = nil
+if soonest then retry_in = math.max(0.001, soonest - NOW) end
+return reply({queued = true, seq = seq, blocked_on = first.name, position = position,
+              retry_in = retry_in, lease_ttl = ttl, missing = list(missing)})

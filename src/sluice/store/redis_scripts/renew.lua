@@ -1,0 +1,44 @@
+-- renew: extend leases and tickets by their TTL; report those that are gone.
+-- KEYS[1]  P:meta
+-- ARGV[1]  caller process id        ARGV[2]  known epoch
+-- ARGV[3]  number of lease ids L    ARGV[4..3+L] lease ids    ARGV[4+L..] ticket ids
+-- Reply: {lost_leases = [...], lost_tickets = [...], expires = {lease id: expires_at}}
+
+local count = tonumber(ARGV[3])
+local lost_leases, lost_tickets, expires = {}, {}, {}
+for i = 4, 3 + count do
+  local id = ARGV[i]
+  local lkey = key('lease', id)
+  local v = redis.call('HMGET', lkey, 'expires_at', 'lease_ttl', 'holds')
+  if not v[1] or tonumber(v[1]) <= NOW then
+    -- Expired but not yet reclaimed is lost too, and final: reclaim it now.
+    lost_leases[#lost_leases + 1] = id
+    revoke(id)
+  else
+    local at = NOW + tonumber(v[2])
+    redis.call('HSET', lkey, 'expires_at', fmt(at))
+    redis.call('PEXPIREAT', lkey, math.floor((at + GRACE) * 1000))
+    for _, name in ipairs(split(v[3])) do
+      redis.call('ZADD', key('he', name), 'XX', fmt(at), id)
+    end
+    expires[id] = at
+  end
+end
+for i = 4 + count, #ARGV do
+  local id = ARGV[i]
+  local tkey = key('t', id)
+  local v = redis.call('HMGET', tkey, 'expires_at', 'lease_ttl', 'queues')
+  if not v[1] or tonumber(v[1]) <= NOW then
+    lost_tickets[#lost_tickets + 1] = id
+    drop_ticket(id)
+  else
+    local at = NOW + tonumber(v[2])
+    redis.call('HSET', tkey, 'expires_at', fmt(at))
+    redis.call('PEXPIREAT', tkey, math.floor((at + GRACE) * 1000))
+    for _, name in ipairs(split(v[3])) do
+      redis.call('ZADD', key('qe', name), 'XX', fmt(at), id)
+    end
+  end
+end
+return reply({lost_leases = list(lost_leases), lost_tickets = list(lost_tickets),
+              expires = expires})
