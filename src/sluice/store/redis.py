@@ -92,6 +92,7 @@ _PREFIX = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _ATTEMPTS = 3  # tries of an idempotent step before a connection error is reported
 _BACKOFF_CAP = 2.0  # seconds: the longest pause between reconnection attempts
 _CONFLICT_RETRIES = 20
+_LISTEN_POLL = 5.0  # seconds the listener blocks per read (stop() wakes it at once)
 
 _Connection = (RedisConnectionError, RedisTimeoutError, OSError)
 _T = TypeVar("_T")
@@ -175,6 +176,7 @@ class _Core:
         self._handler: WakeHandler | None = None
         self._state_lock = threading.Lock()
         self._waiting: dict[str, Queued] = {}  # request id -> its last queued answer
+        self._queued_in: dict[str, str] = {}  # request id -> epoch its ticket was queued in
         self._failures: dict[str, int] = {}  # request id -> connection failures in a row
         self._owned: set[str] = set()  # request ids with a ticket or lease of ours
         self._new_identity()
@@ -186,8 +188,15 @@ class _Core:
 
     # ------------------------------------------------------------- arguments
 
-    def _argv(self, args: Sequence[object]) -> list[object]:
-        return [self.process_id, self._epoch, *args]
+    def _argv(self, args: Sequence[object], epoch: str | None = None) -> list[object]:
+        return [self.process_id, self._epoch if epoch is None else epoch, *args]
+
+    def _acquire_epoch(self, request: AcquireRequest) -> str:
+        """The epoch a retry's seq belongs to: a seq from before lost data means nothing."""
+        if request.seq is None:
+            return self._epoch
+        with self._state_lock:
+            return self._queued_in.get(request.request_id, "")
 
     def _acquire_args(self, request: AcquireRequest) -> list[object]:
         return [
@@ -247,6 +256,7 @@ class _Core:
         if reply.get("granted"):
             with self._state_lock:
                 self._waiting.pop(request.request_id, None)
+                self._queued_in.pop(request.request_id, None)
                 self._failures.pop(request.request_id, None)
                 if reply.get("lease_id") is None:
                     self._owned.discard(request.request_id)
@@ -271,6 +281,7 @@ class _Core:
         )
         with self._state_lock:
             self._waiting[request.request_id] = queued
+            self._queued_in[request.request_id] = str(reply["epoch"])
             self._failures.pop(request.request_id, None)
             self._owned.add(request.request_id)
         return queued
@@ -298,6 +309,7 @@ class _Core:
         with self._state_lock:
             for request_id in request_ids:
                 self._waiting.pop(request_id, None)
+                self._queued_in.pop(request_id, None)
                 self._failures.pop(request_id, None)
                 self._owned.discard(request_id)
 
@@ -404,7 +416,7 @@ class _Listener:
             try:
                 pubsub.subscribe(channel)
                 while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=0.5)
+                    message = pubsub.get_message(timeout=_LISTEN_POLL)
                     if message is None:
                         continue
                     if message["type"] == "subscribe":
@@ -481,6 +493,7 @@ class RedisStore(_Core):
         self._lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._waiting.clear()
+        self._queued_in.clear()
         self._failures.clear()
         self._owned.clear()
         self._new_identity()
@@ -498,13 +511,19 @@ class RedisStore(_Core):
             )
 
     def _step(
-        self, step: str, args: Sequence[object], *, attempts: int = _ATTEMPTS
+        self,
+        step: str,
+        args: Sequence[object],
+        *,
+        attempts: int = _ATTEMPTS,
+        epoch: str | None = None,
     ) -> dict[str, Any]:
         """Run one step script; idempotent steps are tried again after a connection error."""
         client = self.client
         for attempt in range(attempts):
             try:
-                raw = self._scripts[step](keys=self._keys, args=self._argv(args), client=client)
+                argv = self._argv(args, epoch)
+                raw = self._scripts[step](keys=self._keys, args=argv, client=client)
             except RedisError as exc:
                 error = self._error(exc)
                 if not isinstance(error, StoreUnavailable) or attempt + 1 == attempts:
@@ -581,7 +600,9 @@ class RedisStore(_Core):
     def acquire(self, request: AcquireRequest) -> Granted | Queued:
         try:
             self._listen()
-            reply = self._step("acquire", self._acquire_args(request))
+            reply = self._step(
+                "acquire", self._acquire_args(request), epoch=self._acquire_epoch(request)
+            )
         except StoreUnavailable as exc:
             if request.seq is None:
                 raise
@@ -676,7 +697,12 @@ class RedisAsyncStore:
         return entry
 
     async def _step(
-        self, step: str, args: Sequence[object], *, attempts: int = _ATTEMPTS
+        self,
+        step: str,
+        args: Sequence[object],
+        *,
+        attempts: int = _ATTEMPTS,
+        epoch: str | None = None,
     ) -> dict[str, Any]:
         store = self.sync
         if store.closed:
@@ -684,7 +710,8 @@ class RedisAsyncStore:
         client, scripts = self._client()
         for attempt in range(attempts):
             try:
-                raw = await scripts[step](keys=store._keys, args=store._argv(args), client=client)
+                argv = store._argv(args, epoch)
+                raw = await scripts[step](keys=store._keys, args=argv, client=client)
             except RedisError as exc:
                 error = store._error(exc)
                 if not isinstance(error, StoreUnavailable) or attempt + 1 == attempts:
@@ -763,7 +790,9 @@ class RedisAsyncStore:
         try:
             if store._listener is None or not store._listener.ready.is_set():
                 await self._off_loop(store._listen)
-            reply = await self._step("acquire", store._acquire_args(request))
+            reply = await self._step(
+                "acquire", store._acquire_args(request), epoch=store._acquire_epoch(request)
+            )
         except StoreUnavailable as exc:
             if request.seq is None:
                 raise

@@ -326,6 +326,8 @@ local function hand_off()
         local t = load_ticket(ticket_id)
         if not t then
           drop_orphan(name, ticket_id)
+        elseif t.expires_at <= NOW then
+          drop_ticket(ticket_id) -- its waiter stopped renewing: never hand units to the dead
         else
           local here = load_limit(name)
           if not here then break end

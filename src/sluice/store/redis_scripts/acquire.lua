@@ -17,7 +17,7 @@ local kind = ARGV[6]
 local holder = ARGV[7]
 local policy = ARGV[8]
 local seq = tonumber(ARGV[9])
-if STALE_EPOCH then seq = nil end -- the data it was queued in is gone
+if STALE_EPOCH then seq = nil end -- queued before the data was lost: that place means nothing
 
 local rows, missing = {}, {}
 for _, name in ipairs(names) do
@@ -25,8 +25,10 @@ for _, name in ipairs(names) do
   if l then rows[#rows + 1] = l else missing[#missing + 1] = name end
 end
 
--- A retry: perhaps a release already handed this request its units.
-if seq then
+-- A retry (or a first attempt sent again after a lost reply): perhaps this
+-- request already holds its units, handed over by a release or granted by
+-- the attempt whose reply was lost.
+do
   local v = redis.call('HMGET', key('lease', request_id), 'kind', 'names', 'acquired_at',
     'expires_at', 'lease_ttl')
   if v[1] then
@@ -64,7 +66,7 @@ for _, l in ipairs(active) do
 end
 
 local has_ticket = false
-if seq then
+do
   local own = redis.call('HGET', key('t', request_id), 'seq')
   if own then has_ticket = true; seq = tonumber(own) end
 end
@@ -79,7 +81,7 @@ local blocked = blockers(kind, occupy, active, seq)
 local claim = {id = request_id, process_id = ME, holder = holder, host = ARGV[10],
                pid = tonumber(ARGV[11]), occupy = occupy, kind = kind}
 if #blocked == 0 then
-  if seq then drop_ticket(request_id) end
+  if has_ticket then drop_ticket(request_id) end
   local granted = take(claim, active, false)
   granted.missing = list(missing)
   return reply(granted)
@@ -118,7 +120,7 @@ end
 
 -- When something that sends no wake-up (a rate token, an expiry) may let it in.
 local first = blocked[1][1]
-local position = redis.call('ZCOUNT', key('q', first.name), '-inf', '(' .. seq) + 1
+local position = redis.call('ZCOUNT', key('q', first.name), '-inf', '(' .. string.format('%d', seq)) + 1
 local soonest = nil
 for _, b in ipairs(blocked) do
   local l, why = b[1], b[2]
