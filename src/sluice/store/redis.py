@@ -500,6 +500,8 @@ class RedisStore(_Core):
 
     def _listen(self) -> None:
         """Subscribe before the first request that may queue, so no wake-up is missed."""
+        if self._pid != os.getpid():
+            self._after_fork()
         if self._listener is None:
             with self._lock:
                 if self._listener is None:
@@ -598,6 +600,8 @@ class RedisStore(_Core):
     # ------------------------------------------------------------- acquire
 
     def acquire(self, request: AcquireRequest) -> Granted | Queued:
+        if self._pid != os.getpid():
+            self._after_fork()
         try:
             self._listen()
             reply = self._step(
