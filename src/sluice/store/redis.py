@@ -356,11 +356,19 @@ class _Core:
 
     def _status(self, reply: dict[str, Any]) -> LimitStatus:
         holders = [
-            Holder(str(h[0]), int(h[1]), str(h[2]), str(h[3]), int(h[4]), utc(h[5]), utc(h[6]))
+            Holder(
+                str(h[0]),
+                int(h[1]),
+                str(h[2]),
+                str(h[3]),
+                int(h[4]),
+                utc(float(h[5])),
+                utc(float(h[6])),
+            )
             for h in reply["holders"]
         ]
         waiters = [
-            Waiter(str(w[0]), int(w[1]), str(w[2]), str(w[3]), int(w[4]), utc(w[5]), i + 1)
+            Waiter(str(w[0]), int(w[1]), str(w[2]), str(w[3]), int(w[4]), utc(float(w[5])), i + 1)
             for i, w in enumerate(reply["waiters"])
         ]
         token_in = reply.get("next_token_in")

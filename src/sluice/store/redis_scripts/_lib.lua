@@ -7,8 +7,7 @@
 --   ARGV[1]  the calling process's id (wake-ups for it are returned, not published)
 --   ARGV[2]  the store epoch the caller knows ('' if none yet)
 -- and answers one JSON document (see `reply`). Times are seconds since the
--- epoch on the Redis server's clock (TIME), formatted with 17 significant
--- digits so nothing is lost between Lua and Python.
+-- epoch on the Redis server's clock (TIME).
 --
 -- Keys (P is the prefix):
 --   P:meta          hash   epoch, seq (ticket arrival counter), schema
@@ -51,42 +50,8 @@ end
 
 local function join(list) return table.concat(list, ',') end
 
--- JSON with full-precision numbers (cjson keeps only 14 digits).
-local function is_array(t)
-  local n = 0
-  for _ in pairs(t) do n = n + 1 end
-  for i = 1, n do if t[i] == nil then return false end end
-  return true
-end
-
-local ARRAY = {} -- marker: encode an empty table as []
-
-local function enc(v)
-  local kind = type(v)
-  if v == nil then return 'null' end
-  if kind == 'number' then
-    if v ~= v or v == math.huge or v == -math.huge then return 'null' end
-    if v == math.floor(v) and math.abs(v) < 1e15 then return string.format('%d', v) end
-    return fmt(v)
-  elseif kind == 'string' then return cjson.encode(v)
-  elseif kind == 'boolean' then return v and 'true' or 'false'
-  elseif kind == 'table' then
-    if v == ARRAY then return '[]' end
-    local parts = {}
-    if next(v) == nil then return '{}' end
-    if is_array(v) then
-      for i = 1, #v do parts[i] = enc(v[i]) end
-      return '[' .. table.concat(parts, ',') .. ']'
-    end
-    for k, x in pairs(v) do
-      parts[#parts + 1] = cjson.encode(tostring(k)) .. ':' .. enc(x)
-    end
-    return '{' .. table.concat(parts, ',') .. '}'
-  end
-  return 'null'
-end
-
-local function list(t) if #t == 0 then return ARRAY end return t end
+-- Replies are JSON (cjson). cjson keeps only 14 significant digits, so times and
+-- other fractional numbers travel as strings formatted by fmt(); Python parses them.
 
 -- The epoch names this incarnation of the data: a server that restarted
 -- without persistence starts a new one, and seqs of the old one mean nothing.
@@ -115,8 +80,8 @@ local function load_limit(name)
 end
 
 local function limit_reply(l)
-  return {name = l.name, slots = l.slots, rate = l.rate, burst = l.burst,
-          active = l.active, lease_ttl = l.lease_ttl, version = l.version}
+  return {name = l.name, slots = l.slots, rate = l.rate and fmt(l.rate), burst = l.burst,
+          active = l.active, lease_ttl = fmt(l.lease_ttl), version = l.version}
 end
 
 local function head_seq(name)
@@ -196,7 +161,7 @@ local function take(claim, active, record_rate)
     end
   end
   ttl = ttl or DEFAULT_TTL
-  local granted = {granted = true, names = list(names), acquired_at = NOW}
+  local granted = {granted = true, names = names, acquired_at = fmt(NOW)}
   if claim.kind == 'rate' and not record_rate then return granted end
   local expires = NOW + ttl
   local holds = {}
@@ -219,8 +184,8 @@ local function take(claim, active, record_rate)
   redis.call('PEXPIREAT', lkey, math.floor((expires + GRACE) * 1000))
   if claim.kind == 'rate' then return granted end
   granted.lease_id = claim.id
-  granted.expires_at = expires
-  granted.lease_ttl = ttl
+  granted.expires_at = fmt(expires)
+  granted.lease_ttl = fmt(ttl)
   return granted
 end
 
@@ -395,10 +360,10 @@ local function reply(result)
   for process_id, ids in pairs(by_process) do
     redis.call('PUBLISH', P .. ':wake:' .. process_id, join(ids))
   end
-  result.wake = list(mine)
+  result.wake = mine
   result.epoch = EPOCH
-  result.now = NOW
-  return enc(result)
+  result.now = fmt(NOW)
+  return cjson.encode(result)
 end
 
 local function fail(code, detail)

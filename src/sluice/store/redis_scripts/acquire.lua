@@ -39,12 +39,11 @@ do
       revoke(request_id)
     elseif v[1] == 'rate' then
       redis.call('DEL', key('lease', request_id))
-      return reply({granted = true, names = list(split(v[2])), acquired_at = tonumber(v[3]),
-                    missing = list(missing)})
+      return reply({granted = true, names = split(v[2]), acquired_at = v[3], missing = missing})
     else
-      return reply({granted = true, names = list(split(v[2])), acquired_at = tonumber(v[3]),
-                    lease_id = request_id, expires_at = expires, lease_ttl = tonumber(v[5]),
-                    missing = list(missing)})
+      return reply({granted = true, names = split(v[2]), acquired_at = v[3],
+                    lease_id = request_id, expires_at = v[4], lease_ttl = v[5],
+                    missing = missing})
     end
   end
 end
@@ -73,17 +72,18 @@ end
 
 local active_names = {}
 for _, l in ipairs(active) do active_names[#active_names + 1] = l.name end
-if reclaim(active_names) then
-  for i, l in ipairs(active) do active[i] = load_limit(l.name) end
-end
-
 local blocked = blockers(kind, occupy, active, seq)
+if #blocked > 0 and reclaim(active_names) then
+  -- Something expired in the way: look again with fresh numbers.
+  for i, l in ipairs(active) do active[i] = load_limit(l.name) end
+  blocked = blockers(kind, occupy, active, seq)
+end
 local claim = {id = request_id, process_id = ME, holder = holder, host = ARGV[10],
                pid = tonumber(ARGV[11]), occupy = occupy, kind = kind}
 if #blocked == 0 then
   if has_ticket then drop_ticket(request_id) end
   local granted = take(claim, active, false)
-  granted.missing = list(missing)
+  granted.missing = missing
   return reply(granted)
 end
 
@@ -134,6 +134,6 @@ for _, b in ipairs(blocked) do
   if at and (not soonest or at < soonest) then soonest = at end
 end
 local retry_in = nil
-if soonest then retry_in = math.max(0.001, soonest - NOW) end
+if soonest then retry_in = fmt(math.max(0.001, soonest - NOW)) end
 return reply({queued = true, seq = seq, blocked_on = first.name, position = position,
-              retry_in = retry_in, lease_ttl = ttl, missing = list(missing)})
+              retry_in = retry_in, lease_ttl = fmt(ttl), missing = missing})

@@ -18,22 +18,22 @@ for i = 1, #held, 2 do
   local v = redis.call('HMGET', key('lease', id), 'holder', 'host', 'pid', 'acquired_at',
     'expires_at')
   if v[4] then
-    holders[#holders + 1] = {id, tonumber(held[i + 1]), v[1], v[2], tonumber(v[3]),
-                             tonumber(v[4]), tonumber(v[5])}
+    holders[#holders + 1] = {id, tonumber(held[i + 1]), v[1], v[2], tonumber(v[3]), v[4], v[5]}
   end
 end
 table.sort(holders, function(a, b)
-  if a[6] ~= b[6] then return a[6] < b[6] end
+  local x, y = tonumber(a[6]), tonumber(b[6])
+  if x ~= y then return x < y end
   return a[1] < b[1]
 end)
 local waiters = {}
 for _, id in ipairs(redis.call('ZRANGE', key('q', name), 0, -1)) do
   local v = redis.call('HMGET', key('t', id), 'occupy', 'holder', 'host', 'pid', 'created_at')
   if v[1] then
-    waiters[#waiters + 1] = {id, tonumber(v[1]), v[2], v[3], tonumber(v[4]), tonumber(v[5])}
+    waiters[#waiters + 1] = {id, tonumber(v[1]), v[2], v[3], tonumber(v[4]), v[5]}
   end
 end
 local token_in = nil
-if l.rate and l.burst then token_in = math.max(0, allow_at(l.tat, l.rate, l.burst, 1) - NOW) end
-return reply({limit = limit_reply(l), holders = list(holders), waiters = list(waiters),
+if l.rate and l.burst then token_in = fmt(math.max(0, allow_at(l.tat, l.rate, l.burst, 1) - NOW)) end
+return reply({limit = limit_reply(l), holders = holders, waiters = waiters,
               next_token_in = token_in})

@@ -9,4 +9,4 @@ for i = 3, #ARGV do
   local expires = revoke(ARGV[i])
   found[#found + 1] = expires ~= nil and expires > NOW
 end
-return reply({found = list(found)})
+return reply({found = found})

@@ -21,7 +21,7 @@ for i = 4, 3 + count do
     for _, name in ipairs(split(v[3])) do
       redis.call('ZADD', key('he', name), 'XX', fmt(at), id)
     end
-    expires[id] = at
+    expires[id] = fmt(at)
   end
 end
 for i = 4 + count, #ARGV do
@@ -40,5 +40,5 @@ for i = 4 + count, #ARGV do
     end
   end
 end
-return reply({lost_leases = list(lost_leases), lost_tickets = list(lost_tickets),
+return reply({lost_leases = lost_leases, lost_tickets = lost_tickets,
               expires = expires})
