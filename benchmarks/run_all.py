@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["handoff", "throughput", "seed_workload", "rate_accuracy", "idle_cost"]
+BENCHMARKS = [
+    "handoff",
+    "throughput",
+    "seed_workload",
+    "rate_accuracy",
+    "idle_cost",
+    "commands_per_grant",
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
