@@ -24,7 +24,14 @@ import pytest
 from conformance._helpers import Attempt, wait_for_waiters, wait_until
 from conftest import REDIS_HOST, REDIS_PORT, REDIS_START, require_server
 from sluice import Limits, aio
-from sluice.errors import ConfigError, LeaseLost, LimitNotFound, StoreError, StoreUnavailable
+from sluice.errors import (
+    AcquireTimeout,
+    ConfigError,
+    LeaseLost,
+    LimitNotFound,
+    StoreError,
+    StoreUnavailable,
+)
 from sluice.store import acquire_store, release_store
 
 redis = pytest.importorskip("redis", reason="the Redis store needs: pip install 'sluice[redis]'")
@@ -336,6 +343,23 @@ def test_a_restart_with_persistence_keeps_holders_and_waiters(own_redis: OwnRedi
         handed = waiter.result(timeout=15)
         assert holder_side.inspect("db").in_use == 1
         handed.release()
+
+
+def test_a_waiters_timeout_still_holds_while_redis_is_down(own_redis: OwnRedis) -> None:
+    url = f"redis://127.0.0.1:{own_redis.port}/0"
+    with Limits(url) as holder_side, Limits(url.replace("127.0.0.1", "localhost")) as waiter_side:
+        holder_side.create("db", slots=1)
+        held = holder_side.acquire("db")
+        waiter = Attempt(waiter_side, "db", timeout=2.0).start()
+        wait_for_waiters(holder_side, "db", 1)
+        own_redis.kill()
+        assert waiter.done.wait(10), "the waiter outlived its timeout"
+        assert isinstance(waiter.error, AcquireTimeout), repr(waiter.error)
+        assert waiter.finished_at is not None and waiter.started_at is not None
+        assert waiter.finished_at - waiter.started_at < 4.0
+        own_redis.start()
+        with pytest.raises(LeaseLost):  # the restarted server has no data
+            held.release()
 
 
 def test_waiters_in_threads_survive_an_outage_without_exceeding_the_limit(
