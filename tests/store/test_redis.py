@@ -237,6 +237,34 @@ def test_killed_command_connections_are_reopened_transparently(prefix: str) -> N
         assert holder_side.inspect("db").in_use == 0
 
 
+def test_an_acquire_sent_again_after_a_lost_reply_takes_nothing_twice(prefix: str) -> None:
+    # What a resend after a connection error looks like to the server: the same
+    # request id, marked as resent. It must find the grant the first one made.
+    from sluice.limits.model import AcquireRequest, Granted
+
+    with Limits(_url(prefix)) as limits:
+        limits.create("db", slots=3)
+        store = limits._store
+        request = AcquireRequest("lost-reply-1", ("db",), occupy=2)
+        first = store.acquire(request)
+        assert isinstance(first, Granted)
+        again = store._step("acquire", [*store._acquire_args(request), "resent"])  # type: ignore[attr-defined]
+        assert again["lease_id"] == "lost-reply-1"
+        assert limits.inspect("db").in_use == 2
+        queued = store.acquire(AcquireRequest("lost-reply-2", ("db",), occupy=2))
+        assert not isinstance(queued, Granted)
+        store._step(
+            "acquire",
+            [*store._acquire_args(AcquireRequest("lost-reply-2", ("db",), occupy=2)), "resent"],
+        )  # type: ignore[attr-defined]
+        status = limits.inspect("db")
+        assert [w.ticket_id for w in status.waiters] == ["lost-reply-2"]  # one place, not two
+        assert store.release("lost-reply-1")
+        assert [h.lease_id for h in limits.inspect("db").holders] == ["lost-reply-2"]
+        assert store.release("lost-reply-2")
+        assert limits.inspect("db").in_use == 0
+
+
 # --------------------------------------------------------------------------- restarts
 
 
