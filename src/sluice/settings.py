@@ -22,6 +22,7 @@ naming the file, the table and the key.
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from collections.abc import Mapping
@@ -46,6 +47,7 @@ __all__ = [
     "load_config",
     "missing_policy",
     "resolve_url",
+    "unknown_key",
 ]
 
 Source = Literal["argument", "env", "file", "default"]
@@ -129,15 +131,20 @@ def load_config(path: Path | str) -> ConfigFile:
 def _check(config: ConfigFile) -> None:
     for key, value in config.settings.items():
         if key not in CONFIG_KEYS:
-            raise ConfigError(
-                f"{config.where()}: unknown key {key!r}; known keys: {', '.join(CONFIG_KEYS)}"
-            )
+            raise ConfigError(f"{config.where()}: {unknown_key(key, CONFIG_KEYS)}")
         if key == "url" and (not isinstance(value, str) or not value.strip()):
             raise ConfigError(f"{config.where()}: url must be a non-empty string, got {value!r}")
         if key == "limits" and not isinstance(value, dict):
             raise ConfigError(
                 f"{config.where()}: limits must be a table of [limits.NAME] tables, got {value!r}"
             )
+
+
+def unknown_key(key: str, known: tuple[str, ...]) -> str:
+    """``unknown key 'slot' (did you mean 'slots'?); known keys: ...``."""
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown key {key!r}{hint}; known keys: {', '.join(known)}"
 
 
 def find_config(start: Path | str | None = None) -> ConfigFile | None:
