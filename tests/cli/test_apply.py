@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sluice import Limit, Limits
+from sluice import LeaseLost, Limit, Limits
 
 from ._run import sluice
 
@@ -156,7 +156,7 @@ def test_prune_refuses_held_limits_and_changes_nothing(toml: Path, limits: Limit
     deletes = [a for a in ran.json()["actions"] if a["action"] == "delete"]
     assert [(a["name"], a["holders"]) for a in deletes] == [("idle", 0), ("old", 1)]
     assert _names(limits) == ["api", "client:invoices", "db"]
-    with pytest.raises(Exception, match="lost"):
+    with pytest.raises(LeaseLost):
         lease.release()
 
 

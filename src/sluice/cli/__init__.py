@@ -26,6 +26,9 @@ def cli() -> None:
 
     The store is chosen by --url, else $SLUICE_URL, else `url` in sluice.toml
     (or [tool.sluice] in pyproject.toml), else sqlite:///~/.sluice/sluice.db.
+
+    Exit codes: 0 success, 1 other error, 2 usage error, 3 limit not found,
+    4 limit exists or is busy, 5 store unreachable. Reference: docs/cli.md.
     """
 
 

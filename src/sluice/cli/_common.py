@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -114,17 +116,24 @@ def echo_json(value: object) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=False))
 
 
+def _secret(url: str) -> str | None:
+    """The password in a URL, also in one too malformed for urlsplit to find it."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        return password
+    match = re.search(r":([^:/@]+)@", url)
+    return match.group(1) if match else None
+
+
 def _scrub(message: str, urls: list[str | None]) -> str:
-    """The message with any password of these URLs masked, wherever it appears."""
+    """The message with the password of any of these URLs masked, wherever it appears."""
     for url in urls:
-        if not url:
-            continue
-        try:
-            password = urlsplit(url).password
-        except ValueError:
-            continue
-        if password:
-            message = message.replace(f":{password}@", ":***@").replace(url, redact_url(url))
+        secret = _secret(url) if url else None
+        if secret:
+            message = message.replace(f":{secret}@", ":***@")
     return message
 
 
@@ -176,4 +185,6 @@ class SluiceGroup(click.Group):
             )
         state = ctx.find_object(State)
         urls = [state.url if state else None, os.environ.get("SLUICE_URL")]
+        with contextlib.suppress(Exception):  # the configuration file's URL, if that is used
+            urls.append(resolve_url(state.url if state else None).url)
         raise CLIError(_scrub(error.message, urls), error.exit_code)
