@@ -36,6 +36,7 @@ __all__ = [
     "CLIError",
     "SluiceGroup",
     "echo_json",
+    "mask_passwords",
     "open_limits",
     "redacted",
     "resolved_url",
@@ -137,6 +138,17 @@ def _scrub(message: str, urls: list[str | None]) -> str:
     return message
 
 
+def mask_passwords(message: str, ctx: click.Context | None = None) -> str:
+    """The message with the password of this invocation's store URL masked (from the flag,
+    the environment or the configuration file), wherever it appears."""
+    ctx = ctx or click.get_current_context()
+    flag = ctx.ensure_object(State).url
+    urls = [flag, os.environ.get("SLUICE_URL")]
+    with contextlib.suppress(Exception):  # the configuration file's URL, if that is used
+        urls.append(resolve_url(flag).url)
+    return _scrub(message, urls)
+
+
 def translate(exc: SluiceError) -> CLIError:
     """The one-line message and exit code for a library error."""
     if isinstance(exc, LimitNotFound):
@@ -171,6 +183,8 @@ class SluiceGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except CLIError as exc:
+            error = exc
         except (click.exceptions.Exit, click.Abort, click.ClickException):
             raise
         except SluiceError as exc:
@@ -183,8 +197,4 @@ class SluiceGroup(click.Group):
                 "and please report it",
                 EXIT_ERROR,
             )
-        state = ctx.find_object(State)
-        urls = [state.url if state else None, os.environ.get("SLUICE_URL")]
-        with contextlib.suppress(Exception):  # the configuration file's URL, if that is used
-            urls.append(resolve_url(state.url if state else None).url)
-        raise CLIError(_scrub(error.message, urls), error.exit_code)
+        raise CLIError(mask_passwords(error.message, ctx), error.exit_code) from None

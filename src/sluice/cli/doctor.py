@@ -12,6 +12,7 @@ from sluice.cli._common import (
     EXIT_UNAVAILABLE,
     CLIError,
     echo_json,
+    mask_passwords,
     redacted,
     resolved_url,
     url_option,
@@ -138,8 +139,8 @@ def doctor(as_json: bool) -> None:
     try:
         _diagnose(resolved, report)
     except StoreUnavailable as exc:
-        report["error"] = str(exc)
-        failure = CLIError(str(exc), EXIT_UNAVAILABLE)
+        report["error"] = mask_passwords(str(exc))
+        failure = CLIError(report["error"], EXIT_UNAVAILABLE)
     if (
         report["reachable"]
         and report["schema_version"] is not None
