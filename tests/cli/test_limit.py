@@ -437,3 +437,21 @@ def test_a_store_error_exits_1(tmp_path: Path) -> None:
     ran = sluice("limit", "ls", "--url", f"sqlite:///{tmp_path / 'junk.db'}")
     assert ran.exit_code == 1
     assert "file is not a database" in ran.error
+
+
+def test_an_unexpected_failure_is_one_line_exiting_1(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: Limits) -> list[Limit]:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(Limits, "list", broken)
+    ran = sluice("limit", "ls", "--url", db_url)
+    assert ran.exit_code == 1
+    assert ran.stderr == (
+        "Error: unexpected RuntimeError: disk on fire; set SLUICE_DEBUG=1 for a traceback "
+        "and please report it\n"
+    )
+    monkeypatch.setenv("SLUICE_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        sluice("limit", "ls", "--url", db_url)
