@@ -12,11 +12,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from sluice.errors import ConfigError
-from sluice.store.base import AsyncStore, Store, ThreadedAsyncStore, WakeHandler
+from sluice.store.base import AsyncStore, Store, StoreDiagnosis, ThreadedAsyncStore, WakeHandler
 
 __all__ = [
     "AsyncStore",
     "Store",
+    "StoreDiagnosis",
     "ThreadedAsyncStore",
     "WakeHandler",
     "acquire_store",
