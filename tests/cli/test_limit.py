@@ -402,8 +402,8 @@ def test_a_url_the_library_rejects_is_a_usage_error(url: str) -> None:
 @pytest.mark.parametrize(
     "url",
     [
-        "redis://:s3cret-pw@127.0.0.1:6379/0",
-        "postgresql://me:s3cret-pw@127.0.0.1/db",
+        "mongodb://:s3cret-pw@127.0.0.1:27017/0",  # a scheme Sluice has no store for
+        "mysql://me:s3cret-pw@127.0.0.1/db",
         "me:s3cret-pw@127.0.0.1",  # no scheme: not even a URL, still masked
         "redis//:s3cret-pw@127.0.0.1:6379",
     ],

@@ -68,7 +68,7 @@ from sluice.limits.model import (
     Waiter,
     utc,
 )
-from sluice.store.base import WakeHandler
+from sluice.store.base import StoreDiagnosis, WakeHandler
 
 __all__ = ["SCHEMA_VERSION", "RedisAsyncStore", "RedisStore", "from_url"]
 
@@ -89,6 +89,7 @@ STEPS = (
     "set_active",
     "update_limit",
 )
+_STANDALONE = frozenset({"diagnose"})  # read-only scripts that run without _lib.lua
 _PREFIX = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _ATTEMPTS = 3  # tries of an idempotent step before a connection error is reported
 _BACKOFF_CAP = 2.0  # seconds: the longest pause between reconnection attempts
@@ -111,7 +112,9 @@ class _Scripts:
             folder = resources.files("sluice.store").joinpath("redis_scripts")
             lib = folder.joinpath("_lib.lua").read_text()
             for name in STEPS:
-                source = lib + "\n" + folder.joinpath(f"{name}.lua").read_text()
+                source = folder.joinpath(f"{name}.lua").read_text()
+                if name not in _STANDALONE:
+                    source = lib + "\n" + source
                 cls._sources[name] = source
                 cls._shas[name] = hashlib.sha1(source.encode()).hexdigest()
         return cls._shas[step]
@@ -630,6 +633,33 @@ class RedisStore(_Core):
         reply = self._step("inspect_limit", [name])
         self._raise_for(reply)
         return self._status(reply)
+
+    def diagnose(self) -> StoreDiagnosis:
+        """Read the schema version and expired leases; changes nothing."""
+        client = self.client
+        try:
+            sha = _Scripts.sha("diagnose")
+            try:
+                raw = client.evalsha(sha, 1, self._meta)
+            except NoScriptError:
+                client.script_load(_Scripts.source("diagnose"))
+                raw = client.evalsha(sha, 1, self._meta)
+            server = client.info("server")
+            persistence = client.info("persistence")
+        except RedisError as exc:
+            raise self._error(exc) from exc
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        reply = json.loads(text)
+        schema = reply.get("schema")
+        version = None if schema is None else int(schema)
+        aof = "AOF on" if str(persistence.get("aof_enabled", 0)) == "1" else "AOF off"
+        detail = (
+            f"Redis {server.get('redis_version', '?')}, {aof}, "
+            f"keys under {{{self.config.prefix}}}, {int(reply['limits'])} limits"
+        )
+        return StoreDiagnosis(
+            "redis", detail, version, version == SCHEMA_VERSION, int(reply["expired_leases"])
+        )
 
     # ------------------------------------------------------------- acquire
 
