@@ -10,8 +10,10 @@
      ├── LimitBusy                                  delete() of a limit that has holders
      ├── AcquireTimeout          (also TimeoutError) a wait ran past its timeout
      ├── LeaseLost                                  a lease expired or was revoked while held
-     └── StoreError                                 the store failed or cannot be reached
-          └── StoreUnavailable
+     ├── StoreError                                 the store failed or cannot be reached
+     │    └── StoreUnavailable
+     ├── RunNotFound             (also LookupError) no flow run has this id in the run history
+     └── TaskTimeoutError        (also TimeoutError) a task or flow ran past its timeout_seconds
 
     MissingLimitWarning (UserWarning)  acquiring a missing limit with missing="warn"
 
@@ -32,9 +34,11 @@ __all__ = [
     "LimitExists",
     "LimitNotFound",
     "MissingLimitWarning",
+    "RunNotFound",
     "SluiceError",
     "StoreError",
     "StoreUnavailable",
+    "TaskTimeoutError",
 ]
 
 
@@ -153,6 +157,35 @@ class StoreError(SluiceError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached."""
+
+
+class RunNotFound(SluiceError, LookupError):
+    """No flow run with this id is in the run history (never recorded, or pruned)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"no flow run with id {run_id!r} in the run history; list recent runs with "
+            "`sluice run ls` (old runs are pruned past SLUICE_HISTORY_KEEP)"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.run_id,))
+
+
+class TaskTimeoutError(SluiceError, TimeoutError):
+    """A task or flow ran longer than its ``timeout_seconds``."""
+
+    def __init__(self, name: str, timeout: float, kind: str = "task") -> None:
+        self.name = name
+        self.timeout = timeout
+        self.kind = kind
+        super().__init__(
+            f"{kind} {name!r} timed out after {timeout:g}s (timeout_seconds={timeout:g})"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.name, self.timeout, self.kind))
 
 
 class MissingLimitWarning(UserWarning):

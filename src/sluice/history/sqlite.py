@@ -1,0 +1,372 @@
+"""Run history in SQLite: the same database file as the limits, in its own tables.
+
+The tables (``sluice_history_*``) are created on first use by this module's own
+connection; the limits tables and their schema version are never touched.
+Writes take the database's writer lock file (``<db>.sluice/write.lock``), the
+one the limits store takes, so a history batch queues fairly with limit steps
+instead of making them sleep in SQLite's busy handler. Reads never wait (WAL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from sluice.errors import ConfigError, InvalidRequest, RunNotFound, StoreError
+from sluice.history.base import (
+    FlowRunDetail,
+    FlowRunRecord,
+    HistoryRecord,
+    StateRecord,
+    TaskRunDetail,
+    TaskRunRecord,
+)
+
+__all__ = ["SQLiteHistory", "from_url"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sluice_history_flow_runs (
+    id TEXT PRIMARY KEY,
+    flow TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL,
+    message TEXT NOT NULL DEFAULT '',
+    parent_id TEXT,
+    host TEXT NOT NULL DEFAULT '',
+    pid INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS sluice_history_flow_runs_created
+    ON sluice_history_flow_runs (created_at);
+CREATE TABLE IF NOT EXISTS sluice_history_task_runs (
+    id TEXT PRIMARY KEY,
+    flow_run_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL,
+    message TEXT NOT NULL DEFAULT '',
+    limits TEXT NOT NULL DEFAULT '[]',
+    occupy INTEGER NOT NULL DEFAULT 1,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    tags TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS sluice_history_task_runs_flow
+    ON sluice_history_task_runs (flow_run_id);
+CREATE TABLE IF NOT EXISTS sluice_history_states (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    flow_run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    timestamp REAL NOT NULL,
+    message TEXT NOT NULL DEFAULT '',
+    limit_name TEXT,
+    position INTEGER,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sluice_history_states_flow
+    ON sluice_history_states (flow_run_id);
+"""
+
+_FLOW_COLUMNS = "id, flow, state, created_at, started_at, ended_at, message, parent_id, host, pid"
+_TASK_COLUMNS = (
+    "id, flow_run_id, task, state, created_at, started_at, ended_at, message, limits,"
+    " occupy, attempts, tags"
+)
+_STATE_COLUMNS = "run_id, flow_run_id, seq, name, timestamp, message, limit_name, position"
+
+
+class _FileLock:
+    """An exclusive flock on the database's writer lock file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def __enter__(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+class SQLiteHistory:
+    """Flow runs, task runs and states in ``sluice_history_*`` tables of a SQLite file."""
+
+    def __init__(self, url: str, path: str) -> None:
+        self.url = url
+        self.path = path
+        self._mutex = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._file_lock: _FileLock | None = None
+        self._pid = os.getpid()
+        self._closed = False
+
+    # ------------------------------------------------------------- plumbing
+
+    def _connect(self) -> sqlite3.Connection:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def _write_lock(self) -> AbstractContextManager[object]:
+        if self._file_lock is None:
+            self._file_lock = _FileLock(Path(self.path + ".sluice") / "write.lock")
+        return self._file_lock
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():  # a forked child opens its own connection
+            self._pid, self._conn, self._file_lock = os.getpid(), None, None
+        if self._closed:
+            raise StoreError(f"run history on {self.url} is closed")
+        if self._conn is None:
+            conn = self._connect()
+            with self._write_lock():
+                conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with self._mutex:
+                conn = self._connection()
+                with self._write_lock():
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield conn
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"run history on {self.url} failed: {exc}") from exc
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        try:
+            with self._mutex:
+                return self._connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"run history on {self.url} failed: {exc}") from exc
+
+    # ------------------------------------------------------------- the protocol
+
+    def write(self, batch: Sequence[HistoryRecord]) -> None:
+        """Upsert runs and insert states, in one transaction."""
+        flows: dict[str, tuple[object, ...]] = {}
+        tasks: dict[str, tuple[object, ...]] = {}
+        states: list[tuple[object, ...]] = []
+        for record in batch:
+            if isinstance(record, StateRecord):
+                states.append(
+                    (
+                        record.run_id,
+                        record.flow_run_id,
+                        record.seq,
+                        record.name,
+                        record.timestamp,
+                        record.message,
+                        record.limit,
+                        record.position,
+                    )
+                )
+            elif isinstance(record, TaskRunRecord):
+                tasks.pop(record.id, None)  # keep the last one, in arrival order
+                tasks[record.id] = (
+                    record.id,
+                    record.flow_run_id,
+                    record.task,
+                    record.state,
+                    record.created_at,
+                    record.started_at,
+                    record.ended_at,
+                    record.message,
+                    json.dumps(list(record.limits)),
+                    record.occupy,
+                    record.attempts,
+                    json.dumps(list(record.tags)),
+                )
+            elif isinstance(record, FlowRunRecord):
+                flows.pop(record.id, None)
+                flows[record.id] = (
+                    record.id,
+                    record.flow,
+                    record.state,
+                    record.created_at,
+                    record.started_at,
+                    record.ended_at,
+                    record.message,
+                    record.parent_id,
+                    record.host,
+                    record.pid,
+                )
+            else:
+                raise InvalidRequest(f"not a history record: {record!r}")
+        if not (flows or tasks or states):
+            return
+        with self._tx() as conn:
+            if flows:
+                conn.executemany(
+                    f"INSERT OR REPLACE INTO sluice_history_flow_runs ({_FLOW_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    list(flows.values()),
+                )
+            if tasks:
+                conn.executemany(
+                    f"INSERT OR REPLACE INTO sluice_history_task_runs ({_TASK_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    list(tasks.values()),
+                )
+            if states:
+                conn.executemany(
+                    f"INSERT OR IGNORE INTO sluice_history_states ({_STATE_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    states,
+                )
+
+    def list_flow_runs(self, limit: int = 20) -> list[FlowRunRecord]:
+        """The newest flow runs first."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidRequest(f"limit must be an int >= 1, got {limit!r}")
+        rows = self._read(
+            f"SELECT {_FLOW_COLUMNS} FROM sluice_history_flow_runs"
+            " ORDER BY created_at DESC, id DESC LIMIT ?",
+            (limit,),
+        )
+        return [_flow(r) for r in rows]
+
+    def get_flow_run(self, run_id: str) -> FlowRunDetail:
+        """One flow run with its states and task runs."""
+        if not isinstance(run_id, str) or not run_id:
+            raise InvalidRequest(f"run_id must be a non-empty str, got {run_id!r}")
+        try:
+            with self._mutex:
+                conn = self._connection()
+                conn.execute("BEGIN")  # one consistent snapshot for the three reads
+                try:
+                    row = conn.execute(
+                        f"SELECT {_FLOW_COLUMNS} FROM sluice_history_flow_runs WHERE id = ?",
+                        (run_id,),
+                    ).fetchone()
+                    task_rows = conn.execute(
+                        f"SELECT {_TASK_COLUMNS} FROM sluice_history_task_runs"
+                        " WHERE flow_run_id = ? ORDER BY created_at, id",
+                        (run_id,),
+                    ).fetchall()
+                    state_rows = conn.execute(
+                        f"SELECT {_STATE_COLUMNS} FROM sluice_history_states"
+                        " WHERE flow_run_id = ? ORDER BY run_id, seq",
+                        (run_id,),
+                    ).fetchall()
+                finally:
+                    conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"run history on {self.url} failed: {exc}") from exc
+        if row is None:
+            raise RunNotFound(run_id)
+        by_run: dict[str, list[StateRecord]] = {}
+        for s in state_rows:
+            by_run.setdefault(s[0], []).append(
+                StateRecord(s[0], s[1], int(s[2]), s[3], float(s[4]), s[5], s[6], s[7])
+            )
+        tasks = tuple(TaskRunDetail(_task(t), tuple(by_run.get(t[0], ()))) for t in task_rows)
+        return FlowRunDetail(_flow(row), tuple(by_run.get(run_id, ())), tasks)
+
+    def prune(self, keep_runs: int, max_age_seconds: float | None = None) -> int:
+        """Delete old ended flow runs with their task runs and states."""
+        if isinstance(keep_runs, bool) or not isinstance(keep_runs, int) or keep_runs < 0:
+            raise InvalidRequest(f"keep_runs must be an int >= 0, got {keep_runs!r}")
+        if max_age_seconds is not None and not (
+            isinstance(max_age_seconds, (int, float)) and max_age_seconds >= 0
+        ):
+            raise InvalidRequest(
+                f"max_age_seconds must be None or a number >= 0, got {max_age_seconds!r}"
+            )
+        cutoff = time.time() - max_age_seconds if max_age_seconds is not None else None
+        with self._tx() as conn:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM sluice_history_flow_runs WHERE ended_at IS NOT NULL AND ("
+                    " id NOT IN (SELECT id FROM sluice_history_flow_runs"
+                    "  ORDER BY created_at DESC, id DESC LIMIT ?)"
+                    " OR (? IS NOT NULL AND created_at < ?))",
+                    (keep_runs, cutoff, cutoff),
+                ).fetchall()
+            ]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                conn.execute(
+                    f"DELETE FROM sluice_history_states WHERE flow_run_id IN ({marks})", chunk
+                )
+                conn.execute(
+                    f"DELETE FROM sluice_history_task_runs WHERE flow_run_id IN ({marks})", chunk
+                )
+                conn.execute(f"DELETE FROM sluice_history_flow_runs WHERE id IN ({marks})", chunk)
+        return len(ids)
+
+    def close(self) -> None:
+        """Close the connection and the lock file."""
+        with self._mutex:
+            self._closed = True
+            if self._conn is not None and self._pid == os.getpid():
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.close()
+            self._conn = None
+            if self._file_lock is not None:
+                self._file_lock.close()
+                self._file_lock = None
+
+
+def _flow(r: Sequence[Any]) -> FlowRunRecord:
+    return FlowRunRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], int(r[9]))
+
+
+def _task(r: Sequence[Any]) -> TaskRunRecord:
+    return TaskRunRecord(
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+        r[6],
+        r[7],
+        tuple(json.loads(r[8])),
+        int(r[9]),
+        int(r[10]),
+        tuple(json.loads(r[11])),
+    )
+
+
+def from_url(url: str) -> SQLiteHistory:
+    """Open the history kept in the database file of ``sqlite:///path.db``."""
+    rest = url[len("sqlite://") :]
+    if not rest.startswith("/") or rest in ("/", "/:memory:"):
+        raise ConfigError(
+            f"invalid SQLite URL {url!r}: use sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db"
+        )
+    path = str(Path(rest[1:]).expanduser().resolve())
+    return SQLiteHistory(f"sqlite:///{path}", path)
