@@ -35,7 +35,7 @@ import weakref
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -98,6 +98,16 @@ _LISTEN_POLL = 5.0  # seconds the listener blocks per read (stop() wakes it at o
 
 _Connection = (RedisConnectionError, RedisTimeoutError, OSError)
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class _Call(Generic[_T]):
+    """One step to run and how to read its reply: the same for the sync and async twins."""
+
+    step: str
+    args: Sequence[object]
+    finish: Callable[[dict[str, Any]], _T]
+    attempts: int = _ATTEMPTS
 
 
 class _Scripts:
@@ -401,9 +411,46 @@ class _Core:
             taken_at=utc(float(reply["now"])),
         )
 
-    @staticmethod
-    def _update_args(name: str, new: Limit, changes: LimitChanges, version: int) -> list[object]:
-        return [
+    # ------------------------------------------------------------- calls shared by both twins
+
+    def _create_call(self, limit: Limit, *, ensure: bool) -> _Call[Limit]:
+        def finish(reply: dict[str, Any]) -> Limit:
+            self._raise_for(reply)
+            return self._limit(reply["limit"])
+
+        # Creating again after a lost reply would say "exists": only ensure is resent.
+        args = [*self._limit_args(limit), "1" if ensure else "0"]
+        return _Call("create_limit", args, finish, _ATTEMPTS if ensure else 1)
+
+    def _get_call(self, name: str) -> _Call[Limit]:
+        return _Call("get_limits", [name], lambda reply: self._found(name, reply)[0])
+
+    def _versioned_call(self, name: str) -> _Call[tuple[Limit, int]]:
+        """The limit and the version an update must find unchanged."""
+        return _Call("get_limits", [name], lambda reply: self._found(name, reply))
+
+    def _found(self, name: str, reply: dict[str, Any]) -> tuple[Limit, int]:
+        if reply["missing"]:
+            raise LimitNotFound([name])
+        data = reply["limits"][0]
+        return self._limit(data), int(data["version"])
+
+    def _list_call(self) -> _Call[list[Limit]]:
+        return _Call("get_limits", [], lambda reply: [self._limit(d) for d in reply["limits"]])
+
+    def _update_call(
+        self, name: str, changes: LimitChanges, current: Limit, version: int
+    ) -> _Call[Limit | None]:
+        """Write ``changes`` over ``current``; the call answers None if it changed meanwhile."""
+        new = changes.apply(current)
+
+        def finish(reply: dict[str, Any]) -> Limit | None:
+            if reply.get("error") == "conflict":
+                return None
+            self._raise_for(reply)
+            return self._limit(reply["limit"])
+
+        args = [
             name,
             "" if new.slots is None else new.slots,
             "" if new.rate is None else repr(float(new.rate)),
@@ -412,17 +459,58 @@ class _Core:
             "1" if changes.touches_rate() else "0",
             version,
         ]
+        return _Call("update_limit", args, finish)
 
     @staticmethod
-    def _renew_args(lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> list[object]:
-        return [len(lease_ids), *lease_ids, *ticket_ids]
+    def _conflict(name: str) -> StoreError:
+        return StoreError(f"limit {name!r} kept changing while being updated; try again")
 
-    def _renewal(self, reply: dict[str, Any]) -> Renewal:
-        lost_leases = frozenset(str(i) for i in reply["lost_leases"])
-        lost_tickets = frozenset(str(i) for i in reply["lost_tickets"])
-        self._forget(lost_leases | lost_tickets)
-        expires = reply.get("expires") or {}
-        return Renewal(lost_leases, lost_tickets, {str(k): float(v) for k, v in expires.items()})
+    def _set_active_call(self, name: str, active: bool) -> _Call[Limit]:
+        def finish(reply: dict[str, Any]) -> Limit:
+            self._raise_for(reply)
+            return self._limit(reply["limit"])
+
+        return _Call("set_active", [name, "1" if active else "0"], finish)
+
+    def _reset_call(self, name: str) -> _Call[int]:
+        def finish(reply: dict[str, Any]) -> int:
+            self._raise_for(reply)
+            return int(reply["revoked"])
+
+        return _Call("reset_limit", [name], finish, attempts=1)
+
+    def _delete_call(self, name: str, force: bool) -> _Call[None]:
+        return _Call("delete_limit", [name, "1" if force else "0"], self._raise_for, attempts=1)
+
+    def _inspect_call(self, name: str) -> _Call[LimitStatus]:
+        def finish(reply: dict[str, Any]) -> LimitStatus:
+            self._raise_for(reply)
+            return self._status(reply)
+
+        return _Call("inspect_limit", [name], finish)
+
+    def _renew_call(self, lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> _Call[Renewal]:
+        def finish(reply: dict[str, Any]) -> Renewal:
+            lost_leases = frozenset(str(i) for i in reply["lost_leases"])
+            lost_tickets = frozenset(str(i) for i in reply["lost_tickets"])
+            self._forget(lost_leases | lost_tickets)
+            expires = reply.get("expires") or {}
+            return Renewal(
+                lost_leases, lost_tickets, {str(k): float(v) for k, v in expires.items()}
+            )
+
+        return _Call("renew", [len(lease_ids), *lease_ids, *ticket_ids], finish)
+
+    def _abandon_call(self, request_id: str) -> _Call[None]:
+        def finish(reply: dict[str, Any]) -> None:
+            self._forget([request_id])
+
+        return _Call("abandon", [request_id], finish)
+
+    def _released(self, lease_id: str, reply: dict[str, Any], attempt: int) -> bool:
+        self._forget([lease_id])
+        # After a lost reply the first try may have released it: that counts.
+        return bool(reply["found"][0]) or attempt > 0
 
 
 class _Listener:
@@ -581,58 +669,40 @@ class RedisStore(_Core):
             raise self._error(exc) from exc
         return float(seconds) + float(micros) / 1e6
 
+    def _do(self, call: _Call[_T]) -> _T:
+        return call.finish(self._step(call.step, call.args, attempts=call.attempts))
+
     def create_limit(self, limit: Limit) -> Limit:
-        reply = self._step("create_limit", [*self._limit_args(limit), "0"], attempts=1)
-        self._raise_for(reply)
-        return self._limit(reply["limit"])
+        return self._do(self._create_call(limit, ensure=False))
 
     def ensure_limit(self, limit: Limit) -> Limit:
-        reply = self._step("create_limit", [*self._limit_args(limit), "1"])
-        self._raise_for(reply)
-        return self._limit(reply["limit"])
+        return self._do(self._create_call(limit, ensure=True))
 
     def get_limit(self, name: str) -> Limit:
-        reply = self._step("get_limits", [name])
-        if reply["missing"]:
-            raise LimitNotFound([name])
-        return self._limit(reply["limits"][0])
+        return self._do(self._get_call(name))
 
     def list_limits(self) -> list[Limit]:
-        return [self._limit(d) for d in self._step("get_limits", [])["limits"]]
+        return self._do(self._list_call())
 
     def update_limit(self, name: str, changes: LimitChanges) -> Limit:
         for _ in range(_CONFLICT_RETRIES):
-            current = self._step("get_limits", [name])
-            if current["missing"] and name in current["missing"]:
-                raise LimitNotFound([name])
-            data = current["limits"][0]
-            new = changes.apply(self._limit(data))
-            reply = self._step(
-                "update_limit", self._update_args(name, new, changes, int(data["version"]))
-            )
-            if reply.get("error") != "conflict":
-                self._raise_for(reply)
-                return self._limit(reply["limit"])
-        raise StoreError(f"limit {name!r} kept changing while being updated; try again")
+            current = self._do(self._versioned_call(name))
+            updated = self._do(self._update_call(name, changes, *current))
+            if updated is not None:
+                return updated
+        raise self._conflict(name)
 
     def set_active(self, name: str, active: bool) -> Limit:
-        reply = self._step("set_active", [name, "1" if active else "0"])
-        self._raise_for(reply)
-        return self._limit(reply["limit"])
+        return self._do(self._set_active_call(name, active))
 
     def reset_limit(self, name: str) -> int:
-        reply = self._step("reset_limit", [name], attempts=1)
-        self._raise_for(reply)
-        return int(reply["revoked"])
+        return self._do(self._reset_call(name))
 
     def delete_limit(self, name: str, force: bool = False) -> None:
-        reply = self._step("delete_limit", [name, "1" if force else "0"], attempts=1)
-        self._raise_for(reply)
+        self._do(self._delete_call(name, force))
 
     def inspect_limit(self, name: str) -> LimitStatus:
-        reply = self._step("inspect_limit", [name])
-        self._raise_for(reply)
-        return self._status(reply)
+        return self._do(self._inspect_call(name))
 
     def diagnose(self) -> StoreDiagnosis:
         """Read the schema version and expired leases; changes nothing."""
@@ -691,17 +761,14 @@ class RedisStore(_Core):
                     raise
                 time.sleep(_backoff(attempt))
                 continue
-            self._forget([lease_id])
-            # After a lost reply the first try may have released it: that counts.
-            return bool(reply["found"][0]) or attempt > 0
+            return self._released(lease_id, reply, attempt)
         raise AssertionError("unreachable")
 
     def renew(self, lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> Renewal:
-        return self._renewal(self._step("renew", self._renew_args(lease_ids, ticket_ids)))
+        return self._do(self._renew_call(lease_ids, ticket_ids))
 
     def abandon(self, request_id: str) -> None:
-        self._step("abandon", [request_id])
-        self._forget([request_id])
+        self._do(self._abandon_call(request_id))
 
     # ------------------------------------------------------------- lifecycle
 
@@ -810,58 +877,41 @@ class RedisAsyncStore:
             raise self.sync._error(exc) from exc
         return float(seconds) + float(micros) / 1e6
 
+    async def _do(self, call: _Call[_T]) -> _T:
+        return call.finish(await self._step(call.step, call.args, attempts=call.attempts))
+
     async def create_limit(self, limit: Limit) -> Limit:
-        reply = await self._step("create_limit", [*_Core._limit_args(limit), "0"], attempts=1)
-        _Core._raise_for(reply)
-        return _Core._limit(reply["limit"])
+        return await self._do(self.sync._create_call(limit, ensure=False))
 
     async def ensure_limit(self, limit: Limit) -> Limit:
-        reply = await self._step("create_limit", [*_Core._limit_args(limit), "1"])
-        _Core._raise_for(reply)
-        return _Core._limit(reply["limit"])
+        return await self._do(self.sync._create_call(limit, ensure=True))
 
     async def get_limit(self, name: str) -> Limit:
-        reply = await self._step("get_limits", [name])
-        if reply["missing"]:
-            raise LimitNotFound([name])
-        return _Core._limit(reply["limits"][0])
+        return await self._do(self.sync._get_call(name))
 
     async def list_limits(self) -> list[Limit]:
-        return [_Core._limit(d) for d in (await self._step("get_limits", []))["limits"]]
+        return await self._do(self.sync._list_call())
 
     async def update_limit(self, name: str, changes: LimitChanges) -> Limit:
+        store = self.sync
         for _ in range(_CONFLICT_RETRIES):
-            current = await self._step("get_limits", [name])
-            if current["missing"] and name in current["missing"]:
-                raise LimitNotFound([name])
-            data = current["limits"][0]
-            new = changes.apply(_Core._limit(data))
-            reply = await self._step(
-                "update_limit", _Core._update_args(name, new, changes, int(data["version"]))
-            )
-            if reply.get("error") != "conflict":
-                _Core._raise_for(reply)
-                return _Core._limit(reply["limit"])
-        raise StoreError(f"limit {name!r} kept changing while being updated; try again")
+            current = await self._do(store._versioned_call(name))
+            updated = await self._do(store._update_call(name, changes, *current))
+            if updated is not None:
+                return updated
+        raise store._conflict(name)
 
     async def set_active(self, name: str, active: bool) -> Limit:
-        reply = await self._step("set_active", [name, "1" if active else "0"])
-        _Core._raise_for(reply)
-        return _Core._limit(reply["limit"])
+        return await self._do(self.sync._set_active_call(name, active))
 
     async def reset_limit(self, name: str) -> int:
-        reply = await self._step("reset_limit", [name], attempts=1)
-        _Core._raise_for(reply)
-        return int(reply["revoked"])
+        return await self._do(self.sync._reset_call(name))
 
     async def delete_limit(self, name: str, force: bool = False) -> None:
-        reply = await self._step("delete_limit", [name, "1" if force else "0"], attempts=1)
-        _Core._raise_for(reply)
+        await self._do(self.sync._delete_call(name, force))
 
     async def inspect_limit(self, name: str) -> LimitStatus:
-        reply = await self._step("inspect_limit", [name])
-        _Core._raise_for(reply)
-        return self.sync._status(reply)
+        return await self._do(self.sync._inspect_call(name))
 
     async def acquire(self, request: AcquireRequest) -> Granted | Queued:
         store = self.sync
@@ -889,13 +939,11 @@ class RedisAsyncStore:
                     raise
                 await asyncio.sleep(_backoff(attempt))
                 continue
-            self.sync._forget([lease_id])
-            return bool(reply["found"][0]) or attempt > 0
+            return self.sync._released(lease_id, reply, attempt)
         raise AssertionError("unreachable")
 
     async def abandon(self, request_id: str) -> None:
-        await self._step("abandon", [request_id])
-        self.sync._forget([request_id])
+        await self._do(self.sync._abandon_call(request_id))
 
     async def aclose(self) -> None:
         """Close the running event loop's connections (others reconnect on next use)."""
