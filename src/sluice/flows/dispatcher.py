@@ -293,96 +293,130 @@ async def _drive(
     attempt = 0
     while True:
         run.attempts += 1
+        lease: sluice.aio.Lease | None = None
         try:
-            outcome = await _attempt(dispatcher, task, run, args, kwargs, executor)
+            if task.limits:
+                lease = await dispatcher.limits().acquire(
+                    list(task.limits), task.occupy, holder=run.holder, on_wait=_on_wait(run)
+                )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # admission failed: no such limit, bad occupy, store down
             run.set_state(State(StateName.FAILED, message=_describe(exc)))
             future._set_exception(exc)
             return
-        if outcome.kind == "ok":
-            run.set_state(State(StateName.COMPLETED))
-            future._set_result(outcome.value)
+        try:
+            outcome = await _run_body(task, run, args, kwargs, executor)
+            # The body's end is recorded before the lease is released, so a Running
+            # interval in the history always lies inside the lease.
+            retry_in = _record_end(task, run, outcome, attempt)
+        finally:
+            if lease is not None:
+                await _release(lease, run)
+        if retry_in is None:
+            _settle(future, run, outcome)
             return
-        if outcome.kind == "crashed":
-            run.set_state(State(StateName.CRASHED, message=str(outcome.value)))
-            future._set_exception(_crash_error(run, str(outcome.value)))
-            return
-        error = outcome.value
-        assert isinstance(error, BaseException)
-        if attempt < task.retries and isinstance(error, Exception):
-            delay = _retry_delay(task, attempt)
-            attempt += 1
-            run.set_state(
-                State(
-                    StateName.RETRYING,
-                    message=f"retry {attempt} of {task.retries} in {delay:g}s after "
-                    f"{_describe(error)}",
-                )
-            )
-            log.warning(
-                "task run %s (%s) failed, retrying in %gs: %s",
-                run.name,
-                run.id,
-                delay,
-                _describe(error),
-                extra=_extra(run),
-            )
-            await asyncio.sleep(delay)
-            continue
-        final = StateName.TIMED_OUT if isinstance(error, TaskTimeoutError) else StateName.FAILED
-        run.set_state(State(final, message=_describe(error)))
-        log.error(
-            "task run %s (%s) %s: %s",
-            run.name,
-            run.id,
-            final.value,
-            _describe(error),
-            extra=_extra(run),
-        )
-        future._set_exception(error)
-        return
+        attempt += 1
+        await asyncio.sleep(retry_in)
 
 
-async def _attempt(
-    dispatcher: Dispatcher,
+async def _run_body(
     task: Task[Any, Any],
     run: TaskRun,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     executor: Executor,
 ) -> Outcome:
-    """One attempt: acquire, run (with its timeout), release whatever happens."""
-    lease = None
-    if task.limits:
-        lease = await dispatcher.limits().acquire(
-            list(task.limits), task.occupy, holder=run.holder, on_wait=_on_wait(run)
-        )
-    job = Job(task.fn, args, kwargs, task.is_async, run)
+    """Run the body once on the executor, enforcing the task's timeout."""
+    job = Job(task.fn, args, kwargs, task.is_async, run, task)
     try:
         await executor.execute(job)
         return await _outcome(job, task)
     except BaseException:
         job.interrupt()  # cancelled: stop the body as far as it can be
         raise
-    finally:
-        if lease is not None:
-            try:
-                await lease.release()
-            except LeaseLost as exc:
-                log.warning("sluice: %s", exc, extra=_extra(run))
+
+
+async def _release(lease: sluice.aio.Lease, run: TaskRun) -> None:
+    try:
+        await lease.release()
+    except LeaseLost as exc:
+        log.warning("sluice: %s", exc, extra=_extra(run))
+
+
+def _record_end(task: Task[Any, Any], run: TaskRun, outcome: Outcome, attempt: int) -> float | None:
+    """Record how the attempt ended; return the retry delay if the task runs again."""
+    if outcome.kind == "ok":
+        run.set_state(State(StateName.COMPLETED))
+        return None
+    if outcome.kind == "crashed":
+        run.set_state(State(StateName.CRASHED, message=str(outcome.value)))
+        log.error(
+            "task run %s (%s) crashed: %s", run.name, run.id, outcome.value, extra=_extra(run)
+        )
+        return None
+    error = outcome.value
+    assert isinstance(error, BaseException)
+    if attempt < task.retries and isinstance(error, Exception):
+        delay = _retry_delay(task, attempt)
+        run.set_state(
+            State(
+                StateName.RETRYING,
+                message=f"retry {attempt + 1} of {task.retries} in {delay:g}s after "
+                f"{_describe(error)}",
+            )
+        )
+        log.warning(
+            "task run %s (%s) failed, retrying in %gs: %s",
+            run.name,
+            run.id,
+            delay,
+            _describe(error),
+            extra=_extra(run),
+        )
+        return delay
+    final = StateName.TIMED_OUT if isinstance(error, TaskTimeoutError) else StateName.FAILED
+    run.set_state(State(final, message=_describe(error)))
+    log.error(
+        "task run %s (%s) %s: %s",
+        run.name,
+        run.id,
+        final.value,
+        _describe(error),
+        extra=_extra(run),
+    )
+    return None
+
+
+def _settle(future: SluiceFuture[Any], run: TaskRun, outcome: Outcome) -> None:
+    """Give the future its result or exception, once the lease is back."""
+    if outcome.kind == "ok":
+        future._set_result(outcome.value)
+    elif outcome.kind == "crashed":
+        future._set_exception(_crash_error(run, str(outcome.value)))
+    else:
+        future._set_exception(outcome.value)
 
 
 async def _outcome(job: Job, task: Task[Any, Any]) -> Outcome:
     waiter: Awaitable[Outcome] = asyncio.wrap_future(job.outcome)
-    if task.timeout_seconds is None:
-        return await waiter
-    try:
-        return await asyncio.wait_for(asyncio.shield(waiter), task.timeout_seconds)
-    except asyncio.TimeoutError:
-        job.interrupt()
-        return Outcome("error", TaskTimeoutError(task.name, task.timeout_seconds))
+    timeout = task.timeout_seconds
+    if timeout is None:
+        outcome = await waiter
+    else:
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except asyncio.TimeoutError:
+            job.interrupt()
+            return Outcome("error", TaskTimeoutError(task.name, timeout))
+    if outcome.kind == "interrupted":  # stopped by us, yet it reported before we moved on
+        error: BaseException = (
+            TaskTimeoutError(task.name, timeout)
+            if timeout is not None
+            else asyncio.CancelledError(f"task run {job.task_run.id} was interrupted")
+        )
+        return Outcome("error", error)
+    return outcome
 
 
 def _crash_error(run: TaskRun, message: str) -> BaseException:

@@ -47,6 +47,8 @@ class Job:
     kwargs: dict[str, Any]
     is_async: bool
     task_run: TaskRun
+    task: Any = None
+    """The Task the body belongs to (pickled by reference for worker processes)."""
     outcome: cf.Future[Outcome] = field(default_factory=cf.Future)
     lock: threading.Lock = field(default_factory=threading.Lock)
     thread_id: int | None = None

@@ -121,7 +121,8 @@ def _child_main(conn: multiprocessing.connection.Connection) -> None:
             return
         if message is None:
             return
-        fn, args, kwargs, is_async, ids = message
+        target, args, kwargs, is_async, ids = message
+        fn = getattr(target, "fn", target)  # a Task, or a plain function
         tokens = context.enter_remote(ids)
         try:
             value = asyncio.run(fn(*args, **kwargs)) if is_async else fn(*args, **kwargs)
@@ -172,7 +173,8 @@ class _Worker:
         run = job.task_run
         ids = context.remote_ids(run)
         try:
-            payload = pickle.dumps((job.fn, job.args, job.kwargs, job.is_async, ids))
+            target = job.task if job.task is not None else job.fn
+            payload = pickle.dumps((target, job.args, job.kwargs, job.is_async, ids))
         except Exception as exc:
             job.finish(
                 Outcome(
