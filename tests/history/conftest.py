@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import _memory_store, _sqlite_store
+from conftest import _memory_store, _redis_store, _sqlite_store
 from sluice.history import HistoryStore, open_history
 
 
@@ -35,6 +35,7 @@ class HistoryEntry:
 HISTORY_STORES: list[HistoryEntry] = [
     HistoryEntry("memory", _memory_store),
     HistoryEntry("sqlite", _sqlite_store),
+    HistoryEntry("redis", _redis_store),
 ]
 
 

@@ -24,7 +24,14 @@ import pytest
 from conformance._helpers import Attempt, wait_for_waiters, wait_until
 from conftest import REDIS_HOST, REDIS_PORT, REDIS_START, require_server
 from sluice import Limits, aio
-from sluice.errors import ConfigError, LeaseLost, LimitNotFound, StoreError, StoreUnavailable
+from sluice.errors import (
+    AcquireTimeout,
+    ConfigError,
+    LeaseLost,
+    LimitNotFound,
+    StoreError,
+    StoreUnavailable,
+)
 from sluice.store import acquire_store, release_store
 
 redis = pytest.importorskip("redis", reason="the Redis store needs: pip install 'sluice[redis]'")
@@ -230,6 +237,34 @@ def test_killed_command_connections_are_reopened_transparently(prefix: str) -> N
         assert holder_side.inspect("db").in_use == 0
 
 
+def test_an_acquire_sent_again_after_a_lost_reply_takes_nothing_twice(prefix: str) -> None:
+    # What a resend after a connection error looks like to the server: the same
+    # request id, marked as resent. It must find the grant the first one made.
+    from sluice.limits.model import AcquireRequest, Granted
+
+    with Limits(_url(prefix)) as limits:
+        limits.create("db", slots=3)
+        store = limits._store
+        request = AcquireRequest("lost-reply-1", ("db",), occupy=2)
+        first = store.acquire(request)
+        assert isinstance(first, Granted)
+        again = store._step("acquire", [*store._acquire_args(request), "resent"])  # type: ignore[attr-defined]
+        assert again["lease_id"] == "lost-reply-1"
+        assert limits.inspect("db").in_use == 2
+        queued = store.acquire(AcquireRequest("lost-reply-2", ("db",), occupy=2))
+        assert not isinstance(queued, Granted)
+        store._step(
+            "acquire",
+            [*store._acquire_args(AcquireRequest("lost-reply-2", ("db",), occupy=2)), "resent"],
+        )  # type: ignore[attr-defined]
+        status = limits.inspect("db")
+        assert [w.ticket_id for w in status.waiters] == ["lost-reply-2"]  # one place, not two
+        assert store.release("lost-reply-1")
+        assert [h.lease_id for h in limits.inspect("db").holders] == ["lost-reply-2"]
+        assert store.release("lost-reply-2")
+        assert limits.inspect("db").in_use == 0
+
+
 # --------------------------------------------------------------------------- restarts
 
 
@@ -336,6 +371,23 @@ def test_a_restart_with_persistence_keeps_holders_and_waiters(own_redis: OwnRedi
         handed = waiter.result(timeout=15)
         assert holder_side.inspect("db").in_use == 1
         handed.release()
+
+
+def test_a_waiters_timeout_still_holds_while_redis_is_down(own_redis: OwnRedis) -> None:
+    url = f"redis://127.0.0.1:{own_redis.port}/0"
+    with Limits(url) as holder_side, Limits(url.replace("127.0.0.1", "localhost")) as waiter_side:
+        holder_side.create("db", slots=1)
+        held = holder_side.acquire("db")
+        waiter = Attempt(waiter_side, "db", timeout=2.0).start()
+        wait_for_waiters(holder_side, "db", 1)
+        own_redis.kill()
+        assert waiter.done.wait(10), "the waiter outlived its timeout"
+        assert isinstance(waiter.error, AcquireTimeout), repr(waiter.error)
+        assert waiter.finished_at is not None and waiter.started_at is not None
+        assert waiter.finished_at - waiter.started_at < 4.0
+        own_redis.start()
+        with pytest.raises(LeaseLost):  # the restarted server has no data
+            held.release()
 
 
 def test_waiters_in_threads_survive_an_outage_without_exceeding_the_limit(

@@ -42,6 +42,8 @@ __all__ = [
 _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "memory": ("sluice.history.memory", "from_url", None),
     "sqlite": ("sluice.history.sqlite", "from_url", None),
+    "redis": ("sluice.history.redis", "from_url", "redis"),
+    "rediss": ("sluice.history.redis", "from_url", "redis"),
 }
 
 _lock = threading.Lock()

@@ -12,11 +12,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from sluice.errors import ConfigError
-from sluice.store.base import AsyncStore, Store, ThreadedAsyncStore, WakeHandler
+from sluice.store.base import AsyncStore, Store, StoreDiagnosis, ThreadedAsyncStore, WakeHandler
 
 __all__ = [
     "AsyncStore",
     "Store",
+    "StoreDiagnosis",
     "ThreadedAsyncStore",
     "WakeHandler",
     "acquire_store",
@@ -93,7 +94,9 @@ def _factory(url: str) -> Callable[[str], Store]:
         module = importlib.import_module(module_name)
     except ImportError as exc:  # pragma: no cover - depends on optional drivers
         hint = f"; install it with: pip install 'sluice[{extra}]'" if extra else ""
-        raise ConfigError(f"the {scheme}:// store needs a driver that is missing{hint}") from exc
+        raise ConfigError(
+            f"the {scheme}:// store ({redact_url(url)}) needs a driver that is missing{hint}"
+        ) from exc
     factory: Callable[[str], Store] = getattr(module, attr)
     return factory
 

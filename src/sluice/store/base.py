@@ -38,6 +38,7 @@ import asyncio
 import functools
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from sluice.limits.model import (
@@ -50,12 +51,28 @@ from sluice.limits.model import (
     Renewal,
 )
 
-__all__ = ["AsyncStore", "Store", "ThreadedAsyncStore", "WakeHandler"]
+__all__ = ["AsyncStore", "Store", "StoreDiagnosis", "ThreadedAsyncStore", "WakeHandler"]
 
 WakeHandler = Callable[[Collection[str]], None]
 """Called (from any thread) with ticket ids whose waiters should try again."""
 
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class StoreDiagnosis:
+    """Facts about a store for ``sluice doctor``, beyond what the limits themselves show."""
+
+    backend: str
+    """The kind of store, as its URL scheme names it: "sqlite", "memory", "redis" ..."""
+    detail: str
+    """One line for a person: server or library version, mode, where the data lives."""
+    schema_version: int | None
+    """The version of Sluice's data layout found in the store; None if it has none yet."""
+    schema_current: bool
+    """Whether that version is the one this Sluice writes (False when there is none)."""
+    expired_leases: int
+    """Leases past their expiry that no operation has reclaimed yet."""
 
 
 @runtime_checkable
@@ -123,6 +140,15 @@ class Store(Protocol):
 
     def set_wake_handler(self, handler: WakeHandler) -> None:
         """Deliver this process's wake-ups (ticket ids) to ``handler``."""
+
+    def diagnose(self) -> StoreDiagnosis:
+        """Report facts about the store (see :class:`StoreDiagnosis`) without changing it.
+
+        Read-only: reclaims nothing, creates no schema, registers no process; a
+        store not yet used reports ``schema_version=None``. Raises
+        StoreUnavailable if the store cannot be reached, and StoreError if what
+        it holds cannot be read.
+        """
 
     def close(self) -> None:
         """Release connections, listeners and files this process holds."""

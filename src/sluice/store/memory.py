@@ -13,11 +13,13 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Collection
 from contextlib import AbstractContextManager
 
-from sluice.store.sqlite import SQLiteStore
+from sluice.store.base import StoreDiagnosis
+from sluice.store.sqlite import SCHEMA_VERSION, SQLiteStore, read_diagnosis
 from sluice.store.sqlite_engine import Tx
 from sluice.store.sqlite_ipc import ProcessInfo
 
@@ -68,6 +70,15 @@ class MemoryStore(SQLiteStore):
 
     def _close_ipc(self) -> None:
         pass
+
+    def diagnose(self) -> StoreDiagnosis:
+        """Read the schema version and expired leases of this process's private database."""
+        detail = f"in-process store {self.url} (SQLite {sqlite3.sqlite_version}), this process only"
+        with self._mutex:
+            if self._conn is None:  # not used yet: no schema to report
+                return StoreDiagnosis("memory", detail, None, False, 0)
+            version, expired = read_diagnosis(self._conn, time.time())
+        return StoreDiagnosis("memory", detail, version, version == SCHEMA_VERSION, expired)
 
 
 def from_url(url: str) -> MemoryStore:

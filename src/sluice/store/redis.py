@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -67,7 +68,7 @@ from sluice.limits.model import (
     Waiter,
     utc,
 )
-from sluice.store.base import WakeHandler
+from sluice.store.base import StoreDiagnosis, WakeHandler
 
 __all__ = ["SCHEMA_VERSION", "RedisAsyncStore", "RedisStore", "from_url"]
 
@@ -88,6 +89,7 @@ STEPS = (
     "set_active",
     "update_limit",
 )
+_STANDALONE = frozenset({"diagnose"})  # read-only scripts that run without _lib.lua
 _PREFIX = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _ATTEMPTS = 3  # tries of an idempotent step before a connection error is reported
 _BACKOFF_CAP = 2.0  # seconds: the longest pause between reconnection attempts
@@ -98,11 +100,29 @@ _Connection = (RedisConnectionError, RedisTimeoutError, OSError)
 _T = TypeVar("_T")
 
 
-def _script_source(step: str) -> str:
-    folder = resources.files("sluice.store").joinpath("redis_scripts")
-    return (
-        folder.joinpath("_lib.lua").read_text() + "\n" + folder.joinpath(f"{step}.lua").read_text()
-    )
+class _Scripts:
+    """The step scripts' sources and SHA1s, read from the package once."""
+
+    _sources: dict[str, str] = {}
+    _shas: dict[str, str] = {}
+
+    @classmethod
+    def sha(cls, step: str) -> str:
+        if not cls._shas:
+            folder = resources.files("sluice.store").joinpath("redis_scripts")
+            lib = folder.joinpath("_lib.lua").read_text()
+            for name in STEPS:
+                source = folder.joinpath(f"{name}.lua").read_text()
+                if name not in _STANDALONE:
+                    source = lib + "\n" + source
+                cls._sources[name] = source
+                cls._shas[name] = hashlib.sha1(source.encode()).hexdigest()
+        return cls._shas[step]
+
+    @classmethod
+    def source(cls, step: str) -> str:
+        cls.sha(step)
+        return cls._sources[step]
 
 
 def _backoff(attempt: int) -> float:
@@ -171,7 +191,7 @@ class _Core:
     def __init__(self, config: RedisConfig) -> None:
         self.config = config
         self.url = config.url
-        self._keys = [config.meta_key]
+        self._meta = config.meta_key
         self._epoch = ""
         self._handler: WakeHandler | None = None
         self._state_lock = threading.Lock()
@@ -188,7 +208,7 @@ class _Core:
 
     # ------------------------------------------------------------- arguments
 
-    def _argv(self, args: Sequence[object], epoch: str | None = None) -> list[object]:
+    def _argv(self, args: Sequence[object], epoch: str | None = None) -> list[Any]:
         return [self.process_id, self._epoch if epoch is None else epoch, *args]
 
     def _acquire_epoch(self, request: AcquireRequest) -> str:
@@ -467,7 +487,6 @@ class RedisStore(_Core):
         self._closed = False
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
-        self._scripts: dict[str, Any] = {}
         self._listener: _Listener | None = None
 
     # ------------------------------------------------------------- plumbing
@@ -486,11 +505,10 @@ class RedisStore(_Core):
                         self.config.connect_url,
                         socket_connect_timeout=5.0,
                         socket_timeout=30.0,
-                        health_check_interval=15,
+                        socket_keepalive=True,
                         retry=Retry(NoBackoff(), 0),
                         client_name=f"sluice:{self.process_id}",
                     )
-                    self._scripts = {s: client.register_script(_script_source(s)) for s in STEPS}
                     self._client = client
         return self._client
 
@@ -527,13 +545,24 @@ class RedisStore(_Core):
         *,
         attempts: int = _ATTEMPTS,
         epoch: str | None = None,
+        resent: str | None = None,
     ) -> dict[str, Any]:
-        """Run one step script; idempotent steps are tried again after a connection error."""
+        """Run one step script; idempotent steps are tried again after a connection error.
+
+        A resent step has ``resent`` appended to its arguments, so it can tell.
+        """
         client = self.client
+        sha = _Scripts.sha(step)
         for attempt in range(attempts):
+            argv = self._argv(args, epoch)
+            if resent is not None and attempt > 0:
+                argv.append(resent)
             try:
-                argv = self._argv(args, epoch)
-                raw = self._scripts[step](keys=self._keys, args=argv, client=client)
+                try:
+                    raw = client.evalsha(sha, 1, self._meta, *argv)
+                except NoScriptError:  # after SCRIPT FLUSH or a restart: load it again
+                    client.script_load(_Scripts.source(step))
+                    raw = client.evalsha(sha, 1, self._meta, *argv)
             except RedisError as exc:
                 error = self._error(exc)
                 if not isinstance(error, StoreUnavailable) or attempt + 1 == attempts:
@@ -605,6 +634,33 @@ class RedisStore(_Core):
         self._raise_for(reply)
         return self._status(reply)
 
+    def diagnose(self) -> StoreDiagnosis:
+        """Read the schema version and expired leases; changes nothing."""
+        client = self.client
+        try:
+            sha = _Scripts.sha("diagnose")
+            try:
+                raw = client.evalsha(sha, 1, self._meta)
+            except NoScriptError:
+                client.script_load(_Scripts.source("diagnose"))
+                raw = client.evalsha(sha, 1, self._meta)
+            server = client.info("server")
+            persistence = client.info("persistence")
+        except RedisError as exc:
+            raise self._error(exc) from exc
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        reply = json.loads(text)
+        schema = reply.get("schema")
+        version = None if schema is None else int(schema)
+        aof = "AOF on" if str(persistence.get("aof_enabled", 0)) == "1" else "AOF off"
+        detail = (
+            f"Redis {server.get('redis_version', '?')}, {aof}, "
+            f"keys under {{{self.config.prefix}}}, {int(reply['limits'])} limits"
+        )
+        return StoreDiagnosis(
+            "redis", detail, version, version == SCHEMA_VERSION, int(reply["expired_leases"])
+        )
+
     # ------------------------------------------------------------- acquire
 
     def acquire(self, request: AcquireRequest) -> Granted | Queued:
@@ -613,7 +669,10 @@ class RedisStore(_Core):
         try:
             self._listen()
             reply = self._step(
-                "acquire", self._acquire_args(request), epoch=self._acquire_epoch(request)
+                "acquire",
+                self._acquire_args(request),
+                epoch=self._acquire_epoch(request),
+                resent="resent",
             )
         except StoreUnavailable as exc:
             if request.seq is None:
@@ -686,27 +745,25 @@ class RedisAsyncStore:
         self.sync = store
         self.url = store.url
         self.safety_interval = store.safety_interval
-        self._clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[aioredis.Redis, dict[str, Any]]
-        ] = weakref.WeakKeyDictionary()
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
+            weakref.WeakKeyDictionary()
+        )
 
-    def _client(self) -> tuple[aioredis.Redis, dict[str, Any]]:
+    def _client(self) -> aioredis.Redis:
         loop = asyncio.get_running_loop()
-        entry = self._clients.get(loop)
-        if entry is None:
+        client = self._clients.get(loop)
+        if client is None:
             store = self.sync
             client = aioredis.Redis.from_url(
                 store.config.connect_url,
                 socket_connect_timeout=5.0,
                 socket_timeout=30.0,
-                health_check_interval=15,
+                socket_keepalive=True,
                 retry=AsyncRetry(NoBackoff(), 0),
                 client_name=f"sluice:{store.process_id}",
             )
-            scripts = {s: client.register_script(_script_source(s)) for s in STEPS}
-            entry = (client, scripts)
-            self._clients[loop] = entry
-        return entry
+            self._clients[loop] = client
+        return client
 
     async def _step(
         self,
@@ -715,15 +772,24 @@ class RedisAsyncStore:
         *,
         attempts: int = _ATTEMPTS,
         epoch: str | None = None,
+        resent: str | None = None,
     ) -> dict[str, Any]:
+        """The coroutine twin of RedisStore._step."""
         store = self.sync
         if store.closed:
             raise StoreError(f"store {self.url} is closed")
-        client, scripts = self._client()
+        client = self._client()
+        sha = _Scripts.sha(step)
         for attempt in range(attempts):
+            argv = store._argv(args, epoch)
+            if resent is not None and attempt > 0:
+                argv.append(resent)
             try:
-                argv = store._argv(args, epoch)
-                raw = await scripts[step](keys=store._keys, args=argv, client=client)
+                try:
+                    raw = await client.evalsha(sha, 1, store._meta, *argv)
+                except NoScriptError:  # after SCRIPT FLUSH or a restart: load it again
+                    await client.script_load(_Scripts.source(step))
+                    raw = await client.evalsha(sha, 1, store._meta, *argv)
             except RedisError as exc:
                 error = store._error(exc)
                 if not isinstance(error, StoreUnavailable) or attempt + 1 == attempts:
@@ -737,7 +803,7 @@ class RedisAsyncStore:
         return await asyncio.get_running_loop().run_in_executor(None, fn)
 
     async def now(self) -> float:
-        client, _ = self._client()
+        client = self._client()
         try:
             seconds, micros = await client.time()
         except RedisError as exc:
@@ -803,7 +869,10 @@ class RedisAsyncStore:
             if store._listener is None or not store._listener.ready.is_set():
                 await self._off_loop(store._listen)
             reply = await self._step(
-                "acquire", store._acquire_args(request), epoch=store._acquire_epoch(request)
+                "acquire",
+                store._acquire_args(request),
+                epoch=store._acquire_epoch(request),
+                resent="resent",
             )
         except StoreUnavailable as exc:
             if request.seq is None:
@@ -832,10 +901,10 @@ class RedisAsyncStore:
         """Close the running event loop's connections (others reconnect on next use)."""
         with contextlib.suppress(RuntimeError):
             loop = asyncio.get_running_loop()
-            entry = self._clients.pop(loop, None)
-            if entry is not None:
+            client = self._clients.pop(loop, None)
+            if client is not None:
                 with contextlib.suppress(Exception):
-                    await entry[0].aclose()
+                    await client.aclose()
 
 
 def from_url(url: str) -> RedisStore:

@@ -50,7 +50,7 @@ from sluice.limits.model import (
     utc,
 )
 from sluice.store import sqlite_ipc
-from sluice.store.base import WakeHandler
+from sluice.store.base import StoreDiagnosis, WakeHandler
 from sluice.store.sqlite_engine import (
     LIMIT_COLUMNS,
     Claim,
@@ -587,6 +587,42 @@ class SQLiteStore(SQLiteEngine):
             self._revoke(tx, [request_id])
         self._unwatch(request_id)
 
+    # ------------------------------------------------------------- diagnosis
+
+    def diagnose(self) -> StoreDiagnosis:
+        """Read the schema version and expired leases on a private, query-only connection."""
+        if not os.path.exists(self.path):
+            _check_creatable(self.url, self.path)
+            return StoreDiagnosis(
+                "sqlite",
+                f"SQLite {sqlite3.sqlite_version}, no database yet at {self.path} "
+                "(created on first use)",
+                None,
+                False,
+                0,
+            )
+        try:
+            conn = sqlite3.connect(self.path, timeout=30.0)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(
+                f"cannot open SQLite store {self.url}: {exc}; check the path and its permissions"
+            ) from exc
+        try:
+            conn.execute("PRAGMA query_only=1")
+            mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).upper()
+            version, expired = read_diagnosis(conn, time.time())
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read SQLite store {self.url}: {exc}") from exc
+        finally:
+            conn.close()
+        return StoreDiagnosis(
+            "sqlite",
+            f"SQLite {sqlite3.sqlite_version}, {mode}, {self.path}",
+            version,
+            version == SCHEMA_VERSION,
+            expired,
+        )
+
     # ------------------------------------------------------------- lifecycle
 
     @property
@@ -614,6 +650,36 @@ class SQLiteStore(SQLiteEngine):
                 self._read_conn.close()
         self._closed = True
         self._conn = None
+
+
+def read_diagnosis(conn: sqlite3.Connection, now: float) -> tuple[int | None, int]:
+    """(schema version or None, leases expired by ``now``) of a Sluice database."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "sluice_meta" not in tables:
+        return None, 0
+    row = conn.execute("SELECT value FROM sluice_meta WHERE key='schema_version'").fetchone()
+    version = int(row[0]) if row is not None else None
+    expired = 0
+    if "sluice_leases" in tables:
+        expired = int(
+            conn.execute(
+                "SELECT COUNT(*) FROM sluice_leases WHERE expires_at <= ?",
+                (now,),
+            ).fetchone()[0]
+        )
+    return version, expired
+
+
+def _check_creatable(url: str, path: str) -> None:
+    """Raise StoreUnavailable unless the database file could be created at ``path``."""
+    ancestor = os.path.dirname(path)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise StoreUnavailable(
+            f"cannot create SQLite store {url}: {ancestor} is not a writable directory; "
+            "check the path and its permissions"
+        )
 
 
 def from_url(url: str) -> SQLiteStore:

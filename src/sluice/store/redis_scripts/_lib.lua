@@ -181,7 +181,10 @@ local function take(claim, active, record_rate)
     'process_id', claim.process_id, 'holder', claim.holder, 'host', claim.host,
     'pid', claim.pid, 'occupy', claim.occupy, 'lease_ttl', fmt(ttl),
     'acquired_at', fmt(NOW), 'expires_at', fmt(expires))
-  redis.call('PEXPIREAT', lkey, math.floor((expires + GRACE) * 1000))
+  if #holds == 0 then
+    -- Nothing indexes a lease without holdings by expiry: Redis drops it once lapsed.
+    redis.call('PEXPIREAT', lkey, math.floor((expires + GRACE) * 1000))
+  end
   if claim.kind == 'rate' then return granted end
   granted.lease_id = claim.id
   granted.expires_at = fmt(expires)

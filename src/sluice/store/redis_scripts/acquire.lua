@@ -6,6 +6,7 @@
 -- ARGV[7]  holder label             ARGV[8]  missing policy: raise, warn or ignore
 -- ARGV[9]  seq of the request's ticket ('' on a first attempt)
 -- ARGV[10] host                     ARGV[11] pid
+-- ARGV[12] 'resent' when the client sends this attempt again after a lost reply
 -- Reply: {granted, names, acquired_at, lease_id, expires_at, lease_ttl, missing}
 --     or {queued, seq, blocked_on, position, retry_in, lease_ttl, missing}
 --     or {error = 'not_found', names} / {error = 'rate_without_rate' | 'occupy_too_big', ...}
@@ -17,6 +18,7 @@ local kind = ARGV[6]
 local holder = ARGV[7]
 local policy = ARGV[8]
 local seq = tonumber(ARGV[9])
+local resent = ARGV[12] == 'resent'
 if STALE_EPOCH then seq = nil end -- queued before the data was lost: that place means nothing
 
 local rows, missing = {}, {}
@@ -25,10 +27,10 @@ for _, name in ipairs(names) do
   if l then rows[#rows + 1] = l else missing[#missing + 1] = name end
 end
 
--- A retry (or a first attempt sent again after a lost reply): perhaps this
--- request already holds its units, handed over by a release or granted by
--- the attempt whose reply was lost.
-do
+-- A retry (or an attempt sent again after a lost reply): perhaps this request
+-- already holds its units, handed over by a release or granted by the attempt
+-- whose reply was lost.
+if seq or resent then
   local v = redis.call('HMGET', key('lease', request_id), 'kind', 'names', 'acquired_at',
     'expires_at', 'lease_ttl')
   if v[1] then
@@ -65,7 +67,7 @@ for _, l in ipairs(active) do
 end
 
 local has_ticket = false
-do
+if seq or resent then
   local own = redis.call('HGET', key('t', request_id), 'seq')
   if own then has_ticket = true; seq = tonumber(own) end
 end

@@ -17,8 +17,9 @@ for i = 4, 3 + count do
   else
     local at = NOW + tonumber(v[2])
     redis.call('HSET', lkey, 'expires_at', fmt(at))
-    redis.call('PEXPIREAT', lkey, math.floor((at + GRACE) * 1000))
-    for _, name in ipairs(split(v[3])) do
+    local holds = split(v[3])
+    if #holds == 0 then redis.call('PEXPIREAT', lkey, math.floor((at + GRACE) * 1000)) end
+    for _, name in ipairs(holds) do
       redis.call('ZADD', key('he', name), 'XX', fmt(at), id)
     end
     expires[id] = fmt(at)

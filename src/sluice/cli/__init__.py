@@ -1,0 +1,41 @@
+"""The ``sluice`` command: manage limits from a shell and from version-controlled files.
+
+Split by noun: :mod:`sluice.cli.limit` (``sluice limit ...``) and
+:mod:`sluice.cli.doctor` (``sluice doctor``). Every command takes ``--url``;
+exit codes: 0 success, 1 other error, 2 usage, 3 not found, 4 exists or busy,
+5 store unreachable (see docs/cli.md).
+"""
+
+from __future__ import annotations
+
+import click
+
+from sluice import __version__
+from sluice.cli._common import SluiceGroup, url_option
+from sluice.cli.doctor import doctor
+from sluice.cli.limit import limit
+
+__all__ = ["cli", "main"]
+
+
+@click.group(cls=SluiceGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sluice")
+@url_option
+def cli() -> None:
+    """Sluice: global concurrency and rate limits, shared by every process.
+
+    The store is chosen by --url, else $SLUICE_URL, else `url` in sluice.toml
+    (or [tool.sluice] in pyproject.toml), else sqlite:///~/.sluice/sluice.db.
+
+    Exit codes: 0 success, 1 other error, 2 usage error, 3 limit not found,
+    4 limit exists or is busy, 5 store unreachable. Reference: docs/cli.md.
+    """
+
+
+cli.add_command(limit)
+cli.add_command(doctor)
+
+
+def main() -> None:
+    """Run the ``sluice`` command (the console script and ``python -m sluice``)."""
+    cli(prog_name="sluice")
