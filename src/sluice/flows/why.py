@@ -35,7 +35,7 @@ from typing import Any
 
 from sluice.history import FlowRunDetail, StateRecord
 
-__all__ = ["Cause", "WhyReport", "explain"]
+__all__ = ["Cause", "WhyReport", "explain", "task_times"]
 
 _FINAL = {"Completed", "Failed", "Crashed", "Cancelled", "TimedOut"}
 _ORDER = {"running": 0, "limit": 1, "worker": 2, "retry": 3, "pending": 4, "flow": 5}
@@ -201,3 +201,20 @@ def explain(detail: FlowRunDetail) -> WhyReport:
     return WhyReport(
         flow.id, flow.flow, flow.state, max(end - start, 0.0), len(detail.task_runs), tuple(causes)
     )
+
+
+def task_times(states: tuple[StateRecord, ...], end: float | None = None) -> tuple[float, float]:
+    """(waited, ran) seconds of one task run: Pending, Waiting and Retrying intervals, and
+    Running intervals; a run that has not ended counts up to ``end`` (default: now)."""
+    waited = ran = 0.0
+    for i, state in enumerate(states):
+        cause = _cause_of(state)
+        if cause is None:
+            continue
+        until = states[i + 1].timestamp if i + 1 < len(states) else (end or time.time())
+        span = max(until - state.timestamp, 0.0)
+        if cause[0] == "running":
+            ran += span
+        else:
+            waited += span
+    return waited, ran
