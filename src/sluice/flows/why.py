@@ -5,7 +5,7 @@ Each task run's states cut its life into intervals, each with one cause:
 ==========================  ===========================================================
 state                       cause
 ==========================  ===========================================================
-Pending                     ``pending``: waiting for upstream futures and dispatch
+Pending                     ``pending``: upstream futures, then the first acquire step
 Waiting, ``limit`` = X      ``limit``: waiting on limit X (queued behind its holders)
 Waiting, no limit           ``worker``: granted, waiting for a free worker of the runner
 Running                     ``running``
@@ -62,7 +62,7 @@ class Cause:
             "limit": f"waiting on limit {self.limit!r}",
             "worker": "waiting for a free worker",
             "retry": "retry delays",
-            "pending": "pending (upstream futures, dispatch)",
+            "pending": "pending (upstream futures, admission)",
             "flow": "flow code, no task run active",
         }[self.kind]
 
