@@ -21,6 +21,8 @@ BENCHMARKS = [
     "rate_accuracy",
     "idle_cost",
     "commands_per_grant",
+    "flows_seed",
+    "flows_overhead",
 ]
 
 

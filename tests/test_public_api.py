@@ -24,12 +24,21 @@ def test_top_level_exports_are_exactly_the_curated_list() -> None:
             "Limit",
             "Limits",
             "MissingLimitWarning",
+            "RunNotFound",
             "SluiceError",
+            "State",
+            "StateName",
+            "TaskTimeoutError",
             "Waiter",
             "__version__",
+            "as_completed",
             "concurrency",
             "errors",
+            "flow",
+            "get_run_logger",
             "rate_limit",
+            "task",
+            "wait",
         ]
     )
     for name in sluice.__all__:
@@ -75,6 +84,30 @@ def test_every_error_is_a_sluice_error_and_value_errors_are_value_errors() -> No
     assert issubclass(sluice.InvalidRequest, ValueError)
     assert issubclass(sluice.AcquireTimeout, TimeoutError)
     assert issubclass(sluice.LimitNotFound, LookupError)
+    assert issubclass(sluice.TaskTimeoutError, TimeoutError)
+    assert issubclass(sluice.RunNotFound, LookupError)
+
+
+def test_flow_modules_export_their_contract() -> None:
+    import sluice.runners
+    import sluice.runs
+    import sluice.runtime
+
+    assert {"ThreadPoolTaskRunner", "ProcessPoolTaskRunner"} <= set(sluice.runners.__all__)
+    assert {"list", "get", "why"} <= set(sluice.runs.__all__)
+    assert sluice.runtime.flow_run.id is None
+    assert sluice.runtime.task_run.id is None
+    assert {s.value for s in sluice.StateName} == {
+        "Pending",
+        "Waiting",
+        "Running",
+        "Retrying",
+        "Completed",
+        "Failed",
+        "Crashed",
+        "Cancelled",
+        "TimedOut",
+    }
 
 
 def test_public_callables_have_docstrings() -> None:

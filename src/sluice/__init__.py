@@ -21,7 +21,18 @@ from sluice.errors import (
     LimitExists,
     LimitNotFound,
     MissingLimitWarning,
+    RunNotFound,
     SluiceError,
+    TaskTimeoutError,
+)
+from sluice.flows import (
+    State,
+    StateName,
+    as_completed,
+    flow,
+    get_run_logger,
+    task,
+    wait,
 )
 from sluice.limits.model import Holder, Limit, LimitStatus, Waiter
 from sluice.limits.sync import Lease, Limits, concurrency, rate_limit
@@ -41,10 +52,19 @@ __all__ = [
     "LimitStatus",
     "Limits",
     "MissingLimitWarning",
+    "RunNotFound",
     "SluiceError",
+    "State",
+    "StateName",
+    "TaskTimeoutError",
     "Waiter",
     "__version__",
+    "as_completed",
     "concurrency",
     "errors",
+    "flow",
+    "get_run_logger",
     "rate_limit",
+    "task",
+    "wait",
 ]

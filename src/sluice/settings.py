@@ -5,6 +5,10 @@ variable, configuration file, default.
   file; ``sqlite:///<home>/sluice.db``.
 * home directory: ``SLUICE_HOME``; ``~/.sluice``.
 * missing-limit policy: ``missing=``; ``SLUICE_MISSING_LIMIT``; ``raise``.
+* run history of flows on/off: ``SLUICE_HISTORY``; ``1`` (``0`` turns it off).
+* flow runs kept in the history: ``SLUICE_HISTORY_KEEP``; ``1000``.
+* age past which flow runs are pruned: ``SLUICE_HISTORY_MAX_AGE`` (seconds); none.
+* progress bar while a flow runs on a terminal: ``SLUICE_PROGRESS``; ``1`` (``0``: never).
 
 The configuration file is the nearest ``sluice.toml`` (its top level), or
 ``pyproject.toml`` with a ``[tool.sluice]`` table, in the current directory or one of
@@ -28,10 +32,12 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from sluice.errors import ConfigError
-from sluice.limits.model import MissingPolicy
+
+if TYPE_CHECKING:  # a runtime import would make sluice.flows -> settings -> limits circular
+    from sluice.limits.model import MissingPolicy
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,9 +49,13 @@ __all__ = [
     "ConfigFile",
     "ResolvedURL",
     "find_config",
+    "history_enabled",
+    "history_keep",
+    "history_max_age",
     "home_dir",
     "load_config",
     "missing_policy",
+    "progress_enabled",
     "resolve_url",
     "unknown_key",
 ]
@@ -188,3 +198,52 @@ def missing_policy(explicit: str | None = None) -> MissingPolicy:
             f"SLUICE_MISSING_LIMIT / missing= must be 'raise', 'warn' or 'ignore', got {value!r}"
         )
     return value  # type: ignore[return-value]
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0 (true/false, yes/no, on/off), got {raw!r}")
+
+
+def history_enabled() -> bool:
+    """Whether flows record run history: ``SLUICE_HISTORY`` (default 1; 0 turns it off)."""
+    return _flag("SLUICE_HISTORY", True)
+
+
+def history_keep() -> int:
+    """Flow runs kept in the history: ``SLUICE_HISTORY_KEEP`` (default 1000)."""
+    raw = os.environ.get("SLUICE_HISTORY_KEEP", "").strip()
+    if not raw:
+        return 1000
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 1:
+        raise ConfigError(f"SLUICE_HISTORY_KEEP must be an int >= 1 (runs to keep), got {raw!r}")
+    return value
+
+
+def history_max_age() -> float | None:
+    """Age in seconds past which runs are pruned: ``SLUICE_HISTORY_MAX_AGE`` (default none)."""
+    raw = os.environ.get("SLUICE_HISTORY_MAX_AGE", "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"SLUICE_HISTORY_MAX_AGE must be seconds > 0, got {raw!r}")
+    return value
+
+
+def progress_enabled() -> bool:
+    """Whether flows may show a progress bar on a terminal: ``SLUICE_PROGRESS`` (default 1)."""
+    return _flag("SLUICE_PROGRESS", True)

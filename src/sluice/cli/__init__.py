@@ -1,7 +1,8 @@
 """The ``sluice`` command: manage limits from a shell and from version-controlled files.
 
-Split by noun: :mod:`sluice.cli.limit` (``sluice limit ...``) and
-:mod:`sluice.cli.doctor` (``sluice doctor``). Every command takes ``--url``;
+Split by noun: :mod:`sluice.cli.limit` (``sluice limit ...``),
+:mod:`sluice.cli.doctor` (``sluice doctor``) and :mod:`sluice.cli.run`
+(``sluice run ...``, the flow run history). Every command takes ``--url``;
 exit codes: 0 success, 1 other error, 2 usage, 3 not found, 4 exists or busy,
 5 store unreachable (see docs/cli.md).
 """
@@ -14,6 +15,7 @@ from sluice import __version__
 from sluice.cli._common import SluiceGroup, url_option
 from sluice.cli.doctor import doctor
 from sluice.cli.limit import limit
+from sluice.cli.run import run
 
 __all__ = ["cli", "main"]
 
@@ -27,13 +29,14 @@ def cli() -> None:
     The store is chosen by --url, else $SLUICE_URL, else `url` in sluice.toml
     (or [tool.sluice] in pyproject.toml), else sqlite:///~/.sluice/sluice.db.
 
-    Exit codes: 0 success, 1 other error, 2 usage error, 3 limit not found,
+    Exit codes: 0 success, 1 other error, 2 usage error, 3 limit or run not found,
     4 limit exists or is busy, 5 store unreachable. Reference: docs/cli.md.
     """
 
 
 cli.add_command(limit)
 cli.add_command(doctor)
+cli.add_command(run)
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ Knows nothing of flows or tasks; usable on its own.
 
 from __future__ import annotations
 
-from sluice.limits.model import Holder, Limit, LimitStatus, Waiter
+from sluice.limits.model import Holder, Limit, LimitStatus, Waiter, WaitInfo
 from sluice.limits.sync import Lease, Limits, concurrency, rate_limit
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Limit",
     "LimitStatus",
     "Limits",
+    "WaitInfo",
     "Waiter",
     "concurrency",
     "rate_limit",

@@ -36,6 +36,7 @@ from sluice.limits.model import (
     Limit,
     MissingPolicy,
     Queued,
+    WaitInfo,
     utc,
     validate_missing,
     validate_names,
@@ -149,6 +150,10 @@ class Attempt:
                 )
             sleep = min(sleep, left)
         return max(sleep, 0.0)
+
+    def wait_info(self, outcome: Queued) -> WaitInfo:
+        """What an ``on_wait`` callback is told after a queued answer."""
+        return WaitInfo(self.request.names, outcome.blocked_on, outcome.position, self.waited)
 
     def warn_missing(self, missing: tuple[str, ...], stacklevel: int) -> None:
         """Warn once about names that do not exist, if the policy says "warn"."""

@@ -33,6 +33,7 @@ __all__ = [
     "Names",
     "Queued",
     "Renewal",
+    "WaitInfo",
     "Waiter",
     "default_burst",
     "validate_missing",
@@ -329,6 +330,20 @@ class Waiter:
     pid: int
     since: datetime
     position: int
+
+
+@dataclass(frozen=True)
+class WaitInfo:
+    """Where a queued acquire stands, as told to an ``on_wait`` callback."""
+
+    names: tuple[str, ...]
+    """Every limit the request asks for."""
+    blocked_on: str
+    """The limit the request is queued behind right now."""
+    position: int
+    """The request's 1-based place in that limit's queue (1: next in line)."""
+    waited: float
+    """Seconds waited so far."""
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from types import TracebackType
 
 from sluice.errors import InvalidRequest, LeaseLost
@@ -27,6 +28,7 @@ from sluice.limits.model import (
     LimitStatus,
     MissingPolicy,
     Names,
+    WaitInfo,
     validate_missing,
     validate_name,
     validate_timeout,
@@ -200,9 +202,18 @@ class Limits:
         *,
         holder: str | None = None,
         missing: MissingPolicy | None = None,
+        on_wait: Callable[[WaitInfo], None] | None = None,
     ) -> Lease:
-        """Take ``occupy`` units of every named limit, all or nothing, waiting in line."""
-        return self._lease(names, occupy, timeout, holder, missing, 2)
+        """Take ``occupy`` units of every named limit, all or nothing, waiting in line.
+
+        ``on_wait``, if given, is called with a :class:`WaitInfo` (the limit blocking
+        the request and its queue position) after each answer that leaves the request
+        queued, from the waiting thread or task; it must return quickly, and an error
+        it raises withdraws the request and propagates.
+        """
+        if on_wait is not None and not callable(on_wait):
+            raise InvalidRequest(f"on_wait must be None or a callable, got {on_wait!r}")
+        return self._lease(names, occupy, timeout, holder, missing, 2, on_wait)
 
     def concurrency(
         self,
@@ -243,9 +254,10 @@ class Limits:
         holder: object,
         missing: object,
         stacklevel: int,
+        on_wait: Callable[[WaitInfo], None] | None = None,
     ) -> Lease:
         state = self._acquire(
-            names, occupy, timeout, holder, missing, Kind.CONCURRENCY, stacklevel + 1
+            names, occupy, timeout, holder, missing, Kind.CONCURRENCY, stacklevel + 1, on_wait
         )
         assert state is not None
         return Lease(state, self._session, self._store)
@@ -259,10 +271,13 @@ class Limits:
         missing: object,
         kind: Kind,
         stacklevel: int,
+        on_wait: Callable[[WaitInfo], None] | None = None,
     ) -> LeaseState | None:
         label = default_holder() if holder is None else holder
         request = new_request(names, occupy, kind, label, self._policy(missing))
-        grant, state, attempt = wait_for_grant(self._store, self._session, request, timeout)
+        grant, state, attempt = wait_for_grant(
+            self._store, self._session, request, timeout, on_wait
+        )
         attempt.warn_missing(grant.missing, stacklevel + 1)
         return state
 

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 
 from sluice.limits.client import Attempt, LeaseState, Session, raise_if_lost
-from sluice.limits.model import AcquireRequest, Granted, Queued
+from sluice.limits.model import AcquireRequest, Granted, Queued, WaitInfo
 from sluice.store import release_store
 from sluice.store.base import AsyncStore, Store, ThreadedAsyncStore
 
@@ -66,7 +66,11 @@ def default_holder_async() -> str:
 
 
 def wait_for_grant(
-    store: Store, session: Session, request: AcquireRequest, timeout: object
+    store: Store,
+    session: Session,
+    request: AcquireRequest,
+    timeout: object,
+    on_wait: Callable[[WaitInfo], None] | None = None,
 ) -> tuple[Granted, LeaseState | None, Attempt]:
     """Try, sleep until woken or due, try again; withdraw on any error or interrupt."""
     attempt = Attempt.start(request, timeout, store.safety_interval)
@@ -81,6 +85,8 @@ def wait_for_grant(
         outcome = store.acquire(attempt.request)
         while not isinstance(outcome, Granted):
             sleep = attempt.next_sleep(outcome)
+            if on_wait is not None:
+                on_wait(attempt.wait_info(outcome))
             if not queued:
                 queued = True
                 session.keeper.track_ticket(request.request_id, outcome.lease_ttl)
@@ -102,7 +108,11 @@ def wait_for_grant(
 
 
 async def wait_for_grant_async(
-    astore: AsyncStore, session: Session, request: AcquireRequest, timeout: object
+    astore: AsyncStore,
+    session: Session,
+    request: AcquireRequest,
+    timeout: object,
+    on_wait: Callable[[WaitInfo], None] | None = None,
 ) -> tuple[Granted, LeaseState | None, Attempt]:
     """The async twin: waiting is an asyncio.Event; cancellation is safe at every await."""
     attempt = Attempt.start(request, timeout, astore.safety_interval)
@@ -124,6 +134,8 @@ async def wait_for_grant_async(
             if isinstance(outcome, Granted):
                 break
             sleep = attempt.next_sleep(outcome)
+            if on_wait is not None:
+                on_wait(attempt.wait_info(outcome))
             if not queued:
                 queued = True
                 session.keeper.track_ticket(request.request_id, outcome.lease_ttl)

@@ -1,0 +1,200 @@
+"""``sluice run ...``: list flow runs, show one with its task runs, and explain its waits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+
+from sluice.cli._common import (
+    EXIT_NOT_FOUND,
+    CLIError,
+    SluiceGroup,
+    echo_json,
+    resolved_url,
+    url_option,
+)
+from sluice.errors import RunNotFound
+from sluice.flows.why import explain, task_times
+from sluice.history import FlowRunDetail, FlowRunRecord
+from sluice.runs import get as get_run
+from sluice.runs import list as list_runs
+
+__all__ = ["run"]
+
+_JSON_HELP = "Print JSON (schema in docs/cli.md) instead of a table."
+
+
+def _iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, timezone.utc).isoformat()
+
+
+def _duration(run: FlowRunRecord) -> float | None:
+    if run.started_at is None:
+        return None
+    return (run.ended_at if run.ended_at is not None else run.started_at) - run.started_at
+
+
+def run_json(run: FlowRunRecord) -> dict[str, Any]:
+    """One flow run, as ``run ls --json`` lists it."""
+    return {
+        "id": run.id,
+        "flow": run.flow,
+        "state": run.state,
+        "message": run.message,
+        "created_at": _iso(run.created_at),
+        "started_at": _iso(run.started_at),
+        "ended_at": _iso(run.ended_at),
+        "duration": _duration(run) if run.ended_at is not None else None,
+        "parent_id": run.parent_id,
+        "host": run.host,
+        "pid": run.pid,
+    }
+
+
+def _detail(run_id: str) -> FlowRunDetail:
+    try:
+        return get_run(run_id, url=resolved_url().url)
+    except RunNotFound as exc:
+        raise CLIError(
+            f"no flow run with id {run_id!r} in the run history of this store; list them "
+            "with `sluice run ls` (old runs are pruned past SLUICE_HISTORY_KEEP)",
+            EXIT_NOT_FOUND,
+        ) from exc
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}s"
+
+
+@click.group(cls=SluiceGroup)
+@url_option
+def run() -> None:
+    """Flow runs recorded in the store: list them, show one, explain its waits."""
+
+
+@run.command(name="ls")
+@click.option(
+    "--limit",
+    "count",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="How many of the newest runs to list.",
+)
+@click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
+@url_option
+def ls(count: int, as_json: bool) -> None:
+    """List the newest flow runs: id, flow, state, start and duration."""
+    runs = list_runs(count, url=resolved_url().url)
+    if as_json:
+        echo_json([run_json(r) for r in runs])
+        return
+    if not runs:
+        click.echo("no flow runs recorded")
+        return
+    rows = [
+        (
+            r.id,
+            r.flow,
+            r.state,
+            _iso(r.started_at or r.created_at) or "-",
+            _seconds(_duration(r)) if r.ended_at is not None else "running",
+        )
+        for r in runs
+    ]
+    _table(("ID", "FLOW", "STATE", "STARTED", "DURATION"), rows)
+
+
+def task_run_json(detail: FlowRunDetail) -> list[dict[str, Any]]:
+    """Each task run of a flow run, with its waited and ran seconds and every state."""
+    end = detail.run.ended_at
+    out = []
+    for task_run in detail.task_runs:
+        t = task_run.run
+        waited, ran = task_times(task_run.states, end)
+        out.append(
+            {
+                "id": t.id,
+                "task": t.task,
+                "state": t.state,
+                "message": t.message,
+                "limits": list(t.limits),
+                "occupy": t.occupy,
+                "tags": list(t.tags),
+                "attempts": t.attempts,
+                "created_at": _iso(t.created_at),
+                "started_at": _iso(t.started_at),
+                "ended_at": _iso(t.ended_at),
+                "waited": waited,
+                "ran": ran,
+                "states": [
+                    {
+                        "name": s.name,
+                        "timestamp": _iso(s.timestamp),
+                        "message": s.message,
+                        "limit": s.limit,
+                        "position": s.position,
+                    }
+                    for s in task_run.states
+                ],
+            }
+        )
+    return out
+
+
+@run.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
+@url_option
+def show(run_id: str, as_json: bool) -> None:
+    """Show flow run RUN_ID: each task run with its waited and ran time and final state."""
+    detail = _detail(run_id)
+    tasks = task_run_json(detail)
+    if as_json:
+        echo_json({**run_json(detail.run), "task_runs": tasks})
+        return
+    r = detail.run
+    click.echo(f"flow run {r.id} ({r.flow}): {r.state}" + (f": {r.message}" if r.message else ""))
+    click.echo(f"started {_iso(r.started_at) or '-'}, duration {_seconds(_duration(r))}")
+    if not tasks:
+        click.echo("no task runs")
+        return
+    click.echo("")
+    rows = [
+        (
+            t["id"],
+            t["task"],
+            t["state"],
+            f"{t['waited']:.3f}s",
+            f"{t['ran']:.3f}s",
+            str(t["attempts"]),
+            ",".join(t["limits"]) or "-",
+            t["message"][:60],
+        )
+        for t in tasks
+    ]
+    _table(("TASK RUN", "TASK", "STATE", "WAITED", "RAN", "TRIES", "LIMITS", "MESSAGE"), rows)
+
+
+@run.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
+@url_option
+def why(run_id: str, as_json: bool) -> None:
+    """Break flow run RUN_ID's wall time down by cause: running, each limit, workers, retries."""
+    report = explain(_detail(run_id))
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(report.render())
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    for line in (header, *rows):
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())

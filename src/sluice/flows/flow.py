@@ -1,0 +1,299 @@
+"""``@flow``: a function whose run owns a task runner, waits for its tasks, and is recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from sluice import settings
+from sluice.errors import InvalidRequest, TaskTimeoutError
+from sluice.flows import context
+from sluice.flows.context import FlowRun
+from sluice.flows.dispatcher import Dispatcher, PoolExecutor
+from sluice.flows.history import writer_for
+from sluice.flows.jobs import Deadline, Interrupted
+from sluice.flows.progress import Progress
+from sluice.flows.runners import TaskRunner, ThreadPoolTaskRunner
+from sluice.flows.states import State, StateName
+from sluice.flows.task import check_name, check_retries, check_timeout
+
+__all__ = ["Flow", "flow"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+log = logging.getLogger("sluice")
+
+
+def _check_runner(runner: object) -> TaskRunner:
+    if runner is None:
+        return ThreadPoolTaskRunner()
+    if isinstance(runner, type) and issubclass(runner, TaskRunner):
+        return runner()
+    if not isinstance(runner, TaskRunner):
+        raise InvalidRequest(
+            "task_runner must be a TaskRunner such as ThreadPoolTaskRunner(max_workers=10) "
+            f"or ProcessPoolTaskRunner(), got {runner!r}"
+        )
+    return runner
+
+
+class Flow(Generic[P, R]):
+    """A function run as a flow run: tasks it submits share its task runner and history.
+
+    Calling the flow runs it and returns its result (an ``async def`` flow returns
+    a coroutine). The run waits for every task run it submitted before it ends.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        task_runner: TaskRunner | type[TaskRunner] | None = None,
+        retries: int = 0,
+        retry_delay_seconds: float = 0.0,
+        timeout_seconds: float | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise InvalidRequest(f"@flow needs a function, got {fn!r}")
+        self.fn = fn
+        self.name = check_name(name, fn, "flow")
+        self.task_runner = _check_runner(task_runner)
+        self.retries = check_retries(retries)
+        if (
+            isinstance(retry_delay_seconds, bool)
+            or not isinstance(retry_delay_seconds, (int, float))
+            or not retry_delay_seconds >= 0
+        ):
+            raise InvalidRequest(
+                f"retry_delay_seconds must be seconds >= 0, got {retry_delay_seconds!r}"
+            )
+        self.retry_delay_seconds = float(retry_delay_seconds)
+        self.timeout_seconds = check_timeout(timeout_seconds)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", self.name)
+        self.__qualname__ = getattr(fn, "__qualname__", self.name)
+        self.__module__ = getattr(fn, "__module__", __name__)
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the flow; return its result, or re-raise its exception."""
+        if self.is_async:
+            return self._run_async(args, kwargs)  # type: ignore[return-value]
+        return self._run_sync(args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"Flow({self.name!r}, task_runner={self.task_runner!r})"
+
+    # ------------------------------------------------------------- set-up and tear-down
+
+    def _begin(self) -> FlowRun:
+        url = settings.resolve_url().url
+        runner = self.task_runner.duplicate()
+        runner.start()
+        dispatcher = Dispatcher(url)
+        run = FlowRun(self.name, writer_for(url), runner, url, context.current_flow_run())
+        run.runner_dispatch = (dispatcher, PoolExecutor(runner, dispatcher))
+        run.set_state(State(StateName.PENDING))
+        log.info("flow run %s (%s) started", run.name, run.id, extra=_extra(run))
+        return run
+
+    def _end(self, run: FlowRun, progress: Progress | None) -> None:
+        dispatcher = run.runner_dispatch[0]
+        dispatcher.close()
+        run.runner.shutdown(wait=True)
+        if progress is not None:
+            progress.stop()
+        if run.writer is not None:
+            run.writer.flush(prune=run.parent is None)
+        state = run.state
+        log.log(
+            logging.INFO if state.name is StateName.COMPLETED else logging.ERROR,
+            "flow run %s (%s) %s%s",
+            run.name,
+            run.id,
+            state.name.value,
+            f": {state.message}" if state.message else "",
+            extra=_extra(run),
+        )
+
+    def _cancel_tasks(self, run: FlowRun) -> None:
+        """Cancel every unfinished task run (each releases its lease) and wait for them."""
+        run.runner_dispatch[0].cancel_all()
+        for future in list(run.futures):
+            future.wait(30.0)
+
+    def _retry(self, run: FlowRun, attempt: int, exc: BaseException) -> None:
+        run.set_state(
+            State(
+                StateName.RETRYING,
+                message=f"retry {attempt} of {self.retries} in {self.retry_delay_seconds:g}s "
+                f"after {type(exc).__name__}: {exc}",
+            )
+        )
+
+    def _fail(self, run: FlowRun, exc: BaseException) -> None:
+        final = StateName.TIMED_OUT if isinstance(exc, TaskTimeoutError) else StateName.FAILED
+        run.set_state(State(final, message=f"{type(exc).__name__}: {exc}"))
+
+    # ------------------------------------------------------------- sync flows
+
+    def _run_sync(self, args: Any, kwargs: Any) -> R:
+        run = self._begin()
+        progress = Progress.start(run)
+        tokens = context.enter(run, None)
+        try:
+            attempt = 0
+            while True:
+                run.set_state(State(StateName.RUNNING))
+                deadline = Deadline(self.timeout_seconds)
+                try:
+                    try:
+                        with deadline:
+                            result = self.fn(*args, **kwargs)
+                    except Interrupted:
+                        if not deadline.fired:
+                            raise
+                        assert self.timeout_seconds is not None
+                        raise TaskTimeoutError(self.name, self.timeout_seconds, "flow") from None
+                    _wait_all(run)
+                    run.set_state(State(StateName.COMPLETED))
+                    return result
+                except TaskTimeoutError as exc:
+                    self._cancel_tasks(run)
+                    self._fail(run, exc)
+                    raise
+                except Exception as exc:
+                    _wait_all(run)
+                    if attempt < self.retries:
+                        attempt += 1
+                        self._retry(run, attempt, exc)
+                        time.sleep(self.retry_delay_seconds)
+                        continue
+                    self._fail(run, exc)
+                    raise
+                except BaseException as exc:  # KeyboardInterrupt, SystemExit
+                    self._cancel_tasks(run)
+                    run.set_state(
+                        State(StateName.CANCELLED, message=f"interrupted by {type(exc).__name__}")
+                    )
+                    raise
+        finally:
+            context.leave(tokens)
+            self._end(run, progress)
+
+    # ------------------------------------------------------------- async flows
+
+    async def _run_async(self, args: Any, kwargs: Any) -> R:
+        run = self._begin()
+        progress = Progress.start(run)
+        tokens = context.enter(run, None)
+        try:
+            attempt = 0
+            while True:
+                run.set_state(State(StateName.RUNNING))
+                try:
+                    try:
+                        result: R = await asyncio.wait_for(
+                            self.fn(*args, **kwargs),  # type: ignore[arg-type]
+                            self.timeout_seconds,
+                        )
+                    except asyncio.TimeoutError:
+                        assert self.timeout_seconds is not None
+                        raise TaskTimeoutError(self.name, self.timeout_seconds, "flow") from None
+                    await _wait_all_async(run)
+                    run.set_state(State(StateName.COMPLETED))
+                    return result
+                except TaskTimeoutError as exc:
+                    await asyncio.to_thread(self._cancel_tasks, run)
+                    self._fail(run, exc)
+                    raise
+                except Exception as exc:
+                    await _wait_all_async(run)
+                    if attempt < self.retries:
+                        attempt += 1
+                        self._retry(run, attempt, exc)
+                        await asyncio.sleep(self.retry_delay_seconds)
+                        continue
+                    self._fail(run, exc)
+                    raise
+                except BaseException as exc:  # cancelled, KeyboardInterrupt
+                    self._cancel_tasks(run)
+                    run.set_state(
+                        State(StateName.CANCELLED, message=f"interrupted by {type(exc).__name__}")
+                    )
+                    raise
+        finally:
+            context.leave(tokens)
+            await asyncio.to_thread(self._end, run, progress)
+
+
+def _wait_all(run: FlowRun) -> None:
+    """Wait until every task run the flow submitted (also from inside tasks) has ended."""
+    seen = 0
+    while seen < len(run.futures):
+        batch = run.futures[seen:]
+        seen += len(batch)
+        cf.wait([f._future for f in batch])
+
+
+async def _wait_all_async(run: FlowRun) -> None:
+    seen = 0
+    while seen < len(run.futures):
+        batch = run.futures[seen:]
+        seen += len(batch)
+        await asyncio.wait([asyncio.wrap_future(f._future) for f in batch])
+
+
+def _extra(run: FlowRun) -> dict[str, Any]:
+    return {
+        "flow_run_id": run.id,
+        "flow_run_name": run.name,
+        "task_run_id": None,
+        "task_run_name": None,
+    }
+
+
+@overload
+def flow(__fn: Callable[P, R]) -> Flow[P, R]: ...
+
+
+@overload
+def flow(
+    *,
+    name: str | None = None,
+    task_runner: TaskRunner | type[TaskRunner] | None = None,
+    retries: int = 0,
+    retry_delay_seconds: float = 0.0,
+    timeout_seconds: float | None = None,
+) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+
+
+def flow(
+    __fn: Callable[P, R] | None = None,
+    *,
+    name: str | None = None,
+    task_runner: TaskRunner | type[TaskRunner] | None = None,
+    retries: int = 0,
+    retry_delay_seconds: float = 0.0,
+    timeout_seconds: float | None = None,
+) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
+    """Make a function a flow: ``@flow`` or ``@flow(task_runner=..., retries=1, ...)``."""
+    options: dict[str, Any] = {
+        "name": name,
+        "task_runner": task_runner,
+        "retries": retries,
+        "retry_delay_seconds": retry_delay_seconds,
+        "timeout_seconds": timeout_seconds,
+    }
+    if __fn is not None:
+        return Flow(__fn, **options)
+    Flow(lambda: None, **options)  # check the options at decoration time
+    return lambda fn: Flow(fn, **options)

@@ -1,0 +1,272 @@
+"""Task runners: where task bodies run once their limits are granted.
+
+Admission is not the runner's job: each runner has one dispatcher (a thread
+running an asyncio loop, :mod:`sluice.flows.dispatcher`) that waits for limit
+grants and for a free worker, then hands the body to the runner. A runner is
+only ever given as many bodies at once as it has workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import queue
+import threading
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from sluice.errors import InvalidRequest
+from sluice.flows import context
+from sluice.flows.jobs import Job, Outcome, run_async_body, run_sync_body
+
+__all__ = ["ProcessPoolTaskRunner", "TaskRunner", "ThreadPoolTaskRunner"]
+
+
+def _check_workers(max_workers: object, default: int) -> int:
+    if max_workers is None:
+        return default
+    if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+        raise InvalidRequest(f"max_workers must be None or an int >= 1, got {max_workers!r}")
+    return max_workers
+
+
+class TaskRunner:
+    """Runs task bodies on ``max_workers`` workers; one per flow run (see :meth:`duplicate`)."""
+
+    max_workers: int
+
+    def duplicate(self) -> TaskRunner:
+        """A fresh, unstarted runner with the same settings (each flow run gets its own)."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Create the workers."""
+
+    def run(self, job: Job) -> None:
+        """Start a body on a free worker; ``job.finish`` is called when it ends."""
+        raise NotImplementedError
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the workers (waiting for running bodies if ``wait``)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(max_workers={self.max_workers})"
+
+
+class ThreadPoolTaskRunner(TaskRunner):
+    """Sync bodies on a pool of threads; async bodies on an event loop owned by the runner.
+
+    The default runner. ``max_workers`` bodies run at once, sync and async together
+    (default: ``min(32, CPUs + 4)``, as ``concurrent.futures``).
+    """
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        self.max_workers = _check_workers(max_workers, min(32, (os.cpu_count() or 1) + 4))
+        self._pool: cf.ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def duplicate(self) -> ThreadPoolTaskRunner:
+        return ThreadPoolTaskRunner(self.max_workers)
+
+    def start(self) -> None:
+        self._pool = cf.ThreadPoolExecutor(self.max_workers, thread_name_prefix="sluice-worker")
+
+    def _async_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                self._loop_thread = threading.Thread(
+                    target=loop.run_forever, name="sluice-async-tasks", daemon=True
+                )
+                self._loop_thread.start()
+                self._loop = loop
+            return self._loop
+
+    def run(self, job: Job) -> None:
+        if job.is_async:
+            asyncio.run_coroutine_threadsafe(run_async_body(job), self._async_loop())
+        else:
+            assert self._pool is not None, "runner not started"
+            self._pool.submit(run_sync_body, job)
+
+    def shutdown(self, wait: bool = True) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=True)
+        with self._lock:
+            loop, thread = self._loop, self._loop_thread
+            self._loop = None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5.0 if wait else 0.1)
+            if not thread.is_alive():
+                loop.close()
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _child_main(conn: multiprocessing.connection.Connection) -> None:
+    """A worker process: run each body sent, send back how it ended."""
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        target, args, kwargs, is_async, ids = message
+        fn = getattr(target, "fn", target)  # a Task, or a plain function
+        tokens = context.enter_remote(ids)
+        try:
+            value = asyncio.run(fn(*args, **kwargs)) if is_async else fn(*args, **kwargs)
+            reply: tuple[str, Any] = ("ok", value)
+        except BaseException as exc:
+            reply = ("error", exc)
+        finally:
+            context.leave_remote(tokens)
+        try:
+            conn.send(reply)
+        except Exception as exc:  # the value or exception does not pickle
+            what = "return value" if reply[0] == "ok" else "exception"
+            conn.send(
+                (
+                    "error",
+                    InvalidRequest(
+                        f"ProcessPoolTaskRunner could not send the task's {what} back to the "
+                        f"flow: it must be picklable ({type(exc).__name__}: {exc})"
+                    ),
+                )
+            )
+
+
+class _Worker:
+    """One worker process and the parent thread that feeds it and watches it die."""
+
+    def __init__(self, ctx: Any, runner: ProcessPoolTaskRunner) -> None:
+        self._runner = runner
+        self.conn, child = ctx.Pipe()
+        self.process: BaseProcess = ctx.Process(
+            target=_child_main, args=(child,), name="sluice-worker", daemon=True
+        )
+        self.process.start()
+        child.close()
+        self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name="sluice-proc-feeder", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            job = self.inbox.get()
+            if job is None:
+                return
+            if not self._one(job):
+                return  # this worker is gone; a fresh one took its place
+
+    def _one(self, job: Job) -> bool:
+        run = job.task_run
+        ids = context.remote_ids(run)
+        try:
+            target = job.task if job.task is not None else job.fn
+            payload = pickle.dumps((target, job.args, job.kwargs, job.is_async, ids))
+        except Exception as exc:
+            job.finish(
+                Outcome(
+                    "error",
+                    InvalidRequest(
+                        f"ProcessPoolTaskRunner runs task {run.name!r} in another process, so "
+                        "its function and arguments must be picklable (a module-level "
+                        f"function, no lambdas or local objects): {type(exc).__name__}: {exc}"
+                    ),
+                )
+            )
+            self._runner._idle.put(self)
+            return True
+        with job.lock:
+            job.on_interrupt = self.process.kill
+            stopped = job.stop_requested
+        if stopped:
+            job.finish(Outcome("interrupted"))
+            self._runner._idle.put(self)
+            return True
+        try:
+            self.conn.send_bytes(payload)
+            ready = multiprocessing.connection.wait([self.conn, self.process.sentinel])
+            reply = self.conn.recv() if self.conn in ready else None
+        except (EOFError, OSError):
+            reply = None
+        if reply is not None:
+            job.finish(Outcome(reply[0], reply[1]))
+            self._runner._idle.put(self)
+            return True
+        self.process.join(5.0)
+        code = self.process.exitcode
+        if job.stop_requested:
+            job.finish(Outcome("interrupted"))
+        else:
+            job.finish(
+                Outcome(
+                    "crashed",
+                    f"worker process {self.process.pid} died while running the task "
+                    f"(exit code {code})",
+                )
+            )
+        self.conn.close()
+        self._runner._replace(self)
+        return False
+
+    def stop(self) -> None:
+        self.inbox.put(None)
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send(None)
+
+
+class ProcessPoolTaskRunner(TaskRunner):
+    """Bodies in ``max_workers`` worker processes (spawned, so functions, arguments and
+    results must be picklable); a body that kills its worker is Crashed, and a timeout
+    kills the worker running it. Admission still happens in the flow's process."""
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        self.max_workers = _check_workers(max_workers, os.cpu_count() or 1)
+        self._ctx = multiprocessing.get_context("spawn")
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._workers: list[_Worker] = []
+        self._lock = threading.Lock()
+
+    def duplicate(self) -> ProcessPoolTaskRunner:
+        return ProcessPoolTaskRunner(self.max_workers)
+
+    def start(self) -> None:
+        """Workers start on first use, one per body running at once."""
+
+    def _replace(self, dead: _Worker) -> None:
+        with self._lock:
+            if dead in self._workers:
+                self._workers.remove(dead)
+
+    def run(self, job: Job) -> None:
+        try:
+            worker = self._idle.get_nowait()
+        except queue.Empty:
+            worker = _Worker(self._ctx, self)
+            with self._lock:
+                self._workers.append(worker)
+        worker.inbox.put(job)
+
+    def shutdown(self, wait: bool = True) -> None:
+        with self._lock:
+            workers = list(self._workers)
+            self._workers.clear()
+        for worker in workers:
+            worker.stop()
+        for worker in workers:
+            worker.process.join(5.0 if wait else 0.5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(1.0)

@@ -1,0 +1,42 @@
+"""Reading the run history: ``sluice.runs.list()``, ``get(run_id)``, ``why(run_id)``.
+
+Each reads the history kept in a store (``url``, else ``SLUICE_URL``, else the
+default SQLite file), after flushing what this process has yet to write there.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+from sluice import settings
+from sluice.errors import InvalidRequest
+from sluice.flows.history import writer_for
+from sluice.flows.why import Cause, WhyReport, explain
+from sluice.history import FlowRunDetail, FlowRunRecord, HistoryStore, open_history
+
+__all__ = ["Cause", "FlowRunDetail", "FlowRunRecord", "WhyReport", "get", "list", "why"]
+
+
+def _history(url: str | None) -> HistoryStore:
+    resolved = settings.resolve_url(url).url
+    writer = writer_for(resolved) if settings.history_enabled() else None
+    if writer is not None:
+        writer.flush(timeout=10.0)
+    return open_history(resolved)
+
+
+def list(limit: int = 20, *, url: str | None = None) -> builtins.list[FlowRunRecord]:
+    """The newest ``limit`` flow runs, newest first."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidRequest(f"limit must be an int >= 1, got {limit!r}")
+    return _history(url).list_flow_runs(limit)
+
+
+def get(run_id: str, *, url: str | None = None) -> FlowRunDetail:
+    """One flow run with its states and task runs (with theirs); RunNotFound if unknown."""
+    return _history(url).get_flow_run(run_id)
+
+
+def why(run_id: str, *, url: str | None = None) -> WhyReport:
+    """Where a flow run's wall time went, by cause; ``print()`` it for the table."""
+    return explain(get(run_id, url=url))
