@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import _memory_store, _sqlite_store
+from conftest import _memory_store, _redis_store, _sqlite_store
 from sluice import Limits
 
-_STORES = {"memory": _memory_store, "sqlite": _sqlite_store}
+_STORES = {"memory": _memory_store, "sqlite": _sqlite_store, "redis": _redis_store}
 _WANTED = [
     s
-    for s in (os.environ.get("SLUICE_TEST_STORES", "") or "memory,sqlite").split(",")
+    for s in (os.environ.get("SLUICE_TEST_STORES", "") or ",".join(_STORES)).split(",")
     if s.strip() in _STORES
 ] or ["memory"]
 
@@ -23,7 +23,7 @@ _WANTED = [
 def flow_url(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[str]:
-    """A fresh store (memory and SQLite) that flows in this test use, through SLUICE_URL."""
+    """A fresh store (memory, SQLite, Redis) that flows in this test use, through SLUICE_URL."""
     with _STORES[request.param.strip()](tmp_path) as url:
         monkeypatch.setenv("SLUICE_URL", url)
         monkeypatch.setenv("SLUICE_PROGRESS", "0")
