@@ -37,7 +37,57 @@ DECLARE
     v_reclaim record;
     v_ids bigint[];
     v_bound integer;
+    v_one record;
+    v_head bigint;
+    v_tat double precision;
+    v_ttl double precision;
 BEGIN
+    IF p_seq IS NULL AND cardinality(p_names) = 1 THEN
+        -- Fast path, the same decision in scalars: a first attempt on one active
+        -- limit with nobody queued and room now is granted here; anything else
+        -- (queue, refuse, raise) goes on to the general path below.
+        SELECT id, slots, rate, burst, active, lease_ttl, tat, in_use INTO v_one
+        FROM @schema@.limits WHERE name = p_names[1] FOR UPDATE;
+        IF FOUND AND v_one.active
+                AND NOT (p_kind = 'rate' AND v_one.rate IS NULL)
+                AND (p_occupy <= v_one.burst OR v_one.burst IS NULL) THEN
+            v_head := (SELECT min(seq) FROM @schema@.queue WHERE limit_id = v_one.id);
+            v_now := @schema@._now();
+            v_tat := v_one.tat;
+            IF v_one.rate IS NOT NULL THEN
+                IF v_one.tat + (p_occupy - v_one.burst)::double precision / v_one.rate <= v_now
+                THEN
+                    v_tat := greatest(v_one.tat, v_now) + p_occupy::double precision / v_one.rate;
+                ELSE
+                    v_tat := NULL;  -- no token yet
+                END IF;
+            END IF;
+            IF v_head IS NULL AND v_tat IS NOT NULL AND (
+                    p_kind = 'rate' OR v_one.slots IS NULL
+                    OR v_one.in_use + p_occupy <= v_one.slots) THEN
+                IF p_kind = 'concurrency' AND v_one.slots IS NOT NULL THEN
+                    UPDATE @schema@.limits SET tat = v_tat, in_use = in_use + p_occupy
+                    WHERE id = v_one.id;
+                    INSERT INTO @schema@.holdings (limit_id, lease_id, units)
+                    VALUES (v_one.id, p_request_id, p_occupy);
+                ELSIF v_tat IS DISTINCT FROM v_one.tat THEN
+                    UPDATE @schema@.limits SET tat = v_tat WHERE id = v_one.id;
+                END IF;
+                IF p_kind = 'rate' THEN
+                    RETURN @schema@._granted(NULL, p_names, v_now, NULL, NULL, '{}');
+                END IF;
+                v_ttl := v_one.lease_ttl;
+                INSERT INTO @schema@.leases (id, limit_ids, names, kind, process_id, holder, host,
+                                             pid, occupy, lease_ttl, acquired_at, expires_at)
+                VALUES (p_request_id,
+                        CASE WHEN v_one.slots IS NULL THEN '{}'::bigint[]
+                             ELSE ARRAY[v_one.id] END,
+                        p_names, p_kind, p_process_id, p_holder, p_host, p_pid, p_occupy, v_ttl,
+                        v_now, v_now + v_ttl);
+                RETURN @schema@._granted(p_request_id, p_names, v_now, v_now + v_ttl, v_ttl, '{}');
+            END IF;
+        END IF;
+    END IF;
     IF p_seq IS NOT NULL THEN
         -- A woken waiter most often finds its units already handed over: no lock needed.
         v_result := @schema@._collect(p_request_id, @schema@._now());

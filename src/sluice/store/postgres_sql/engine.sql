@@ -22,21 +22,23 @@ LANGUAGE sql VOLATILE AS $$
     SELECT extract(epoch FROM clock_timestamp())::double precision
 $$;
 
+-- (Helpers are PL/pgSQL, not SQL functions: PL/pgSQL keeps its query plans for
+-- the session, where an SQL function is planned again on every call.)
+
 -- Lock limit rows by id, in name order (the step's one blocking lock); returns their ids.
 CREATE OR REPLACE FUNCTION @schema@._lock(p_ids bigint[]) RETURNS bigint[]
-LANGUAGE sql VOLATILE AS $$
-    SELECT coalesce(array_agg(id), '{}') FROM (
-        SELECT id FROM @schema@.limits WHERE id = ANY(p_ids) ORDER BY name FOR UPDATE
-    ) locked
-$$;
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN ARRAY(SELECT id FROM @schema@.limits WHERE id = ANY(p_ids) ORDER BY name FOR UPDATE);
+END $$;
 
 -- Lock limit rows by name, in name order; returns their ids.
 CREATE OR REPLACE FUNCTION @schema@._lock_names(p_names text[]) RETURNS bigint[]
-LANGUAGE sql VOLATILE AS $$
-    SELECT coalesce(array_agg(id), '{}') FROM (
-        SELECT id FROM @schema@.limits WHERE name = ANY(p_names) ORDER BY name FOR UPDATE
-    ) locked
-$$;
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN ARRAY(SELECT id FROM @schema@.limits WHERE name = ANY(p_names) ORDER BY name
+                 FOR UPDATE);
+END $$;
 
 -- Try to add limits to the locked set without waiting: the new set, or NULL if
 -- another step holds one of them (what was locked stays locked until commit).
@@ -59,28 +61,42 @@ END $$;
 -- The limits with these ids (locked by the caller), in name order, each with
 -- its queue head's seq and its units in use.
 CREATE OR REPLACE FUNCTION @schema@._rows(p_ids bigint[]) RETURNS @schema@.limit_row[]
-LANGUAGE sql VOLATILE AS $$
-    SELECT coalesce(array_agg(ROW(
-        l.id, l.name, l.slots, l.rate, l.burst, l.active, l.lease_ttl, l.tat,
-        (SELECT min(q.seq) FROM @schema@.queue q WHERE q.limit_id = l.id),
-        (SELECT coalesce(sum(h.units), 0) FROM @schema@.holdings h WHERE h.limit_id = l.id)
-    )::@schema@.limit_row ORDER BY l.name), '{}')
-    FROM @schema@.limits l WHERE l.id = ANY(p_ids)
-$$;
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN ARRAY(
+        SELECT ROW(l.id, l.name, l.slots, l.rate, l.burst, l.active, l.lease_ttl, l.tat,
+                   (SELECT min(q.seq) FROM @schema@.queue q WHERE q.limit_id = l.id),
+                   l.in_use)::@schema@.limit_row
+        FROM @schema@.limits l WHERE l.id = ANY(p_ids) ORDER BY l.name);
+END $$;
 
 -- The active rows among these, keeping their (name) order.
 CREATE OR REPLACE FUNCTION @schema@._active(p_rows @schema@.limit_row[])
-RETURNS @schema@.limit_row[] LANGUAGE sql IMMUTABLE AS $$
-    SELECT coalesce(array_agg(p_rows[i] ORDER BY i), '{}')
-    FROM generate_subscripts(p_rows, 1) AS i WHERE (p_rows[i]).active
-$$;
+RETURNS @schema@.limit_row[] LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    v_row @schema@.limit_row;
+    v_active @schema@.limit_row[] := '{}';
+BEGIN
+    FOREACH v_row IN ARRAY p_rows LOOP
+        IF v_row.active THEN
+            v_active := v_active || v_row;
+        END IF;
+    END LOOP;
+    RETURN v_active;
+END $$;
 
 -- The ids of these rows, in their order.
 CREATE OR REPLACE FUNCTION @schema@._ids(p_rows @schema@.limit_row[]) RETURNS bigint[]
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT coalesce(array_agg((p_rows[i]).id ORDER BY i), '{}')
-    FROM generate_subscripts(p_rows, 1) AS i
-$$;
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    v_row @schema@.limit_row;
+    v_ids bigint[] := '{}';
+BEGIN
+    FOREACH v_row IN ARRAY p_rows LOOP
+        v_ids := v_ids || v_row.id;
+    END LOOP;
+    RETURN v_ids;
+END $$;
 
 -- The most units one request of this kind may take on a limit (Limit.max_occupy).
 CREATE OR REPLACE FUNCTION @schema@._max_occupy(p_row @schema@.limit_row, p_kind text)
@@ -142,7 +158,8 @@ END $$;
 -- Whether any entry of a _blockers result refuses.
 CREATE OR REPLACE FUNCTION @schema@._any(p_why text[]) RETURNS boolean
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT EXISTS (SELECT 1 FROM unnest(p_why) w WHERE w IS NOT NULL)
+    SELECT array_position(p_why, 'queue') IS NOT NULL OR array_position(p_why, 'slots') IS NOT NULL
+        OR array_position(p_why, 'rate') IS NOT NULL
 $$;
 
 -- A Granted outcome, as the client parses it.
@@ -161,7 +178,13 @@ $$;
 -- committed while this step waited for the row wins.
 CREATE OR REPLACE FUNCTION @schema@._revoke(
     p_lease_ids text[], p_expired_at double precision DEFAULT NULL
-) RETURNS bigint[] LANGUAGE sql VOLATILE AS $$
+) RETURNS bigint[] LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_touched bigint[];
+BEGIN
+    IF cardinality(p_lease_ids) = 0 THEN
+        RETURN '{}';
+    END IF;
     WITH gone AS (
         DELETE FROM @schema@.leases
         WHERE id = ANY(p_lease_ids) AND (p_expired_at IS NULL OR expires_at <= p_expired_at)
@@ -169,12 +192,16 @@ CREATE OR REPLACE FUNCTION @schema@._revoke(
     ), units AS (
         DELETE FROM @schema@.holdings h USING gone g
         WHERE h.lease_id = g.id AND h.limit_id = ANY(g.limit_ids)
-        RETURNING h.limit_id
+        RETURNING h.limit_id, h.units
+    ), counted AS (
+        UPDATE @schema@.limits l SET in_use = l.in_use - u.units
+        FROM (SELECT limit_id, sum(units) AS units FROM units GROUP BY limit_id) u
+        WHERE l.id = u.limit_id
     )
-    SELECT coalesce(array_agg(DISTINCT limit_id), '{}')
-    FROM (SELECT unnest(limit_ids) AS limit_id FROM gone
-          UNION ALL SELECT limit_id FROM units) touched
-$$;
+    SELECT coalesce(array_agg(DISTINCT limit_id), '{}') INTO v_touched
+    FROM (SELECT unnest(limit_ids) AS limit_id FROM gone) touched;
+    RETURN v_touched;
+END $$;
 
 -- Withdraw a ticket from every queue it is in; returns those limits (touched
 -- and moved), or NULL if there was no such ticket. p_limit_ids: its queues, if
@@ -215,21 +242,27 @@ DECLARE
     v_ttl double precision := 30.0;   -- DEFAULT_LEASE_TTL when no limit is active
     v_hold bigint[] := '{}';
     v_expires double precision;
+    v_tat double precision;
+    v_units integer;
 BEGIN
     FOREACH v_row IN ARRAY p_active LOOP
         v_names := v_names || v_row.name;
         v_ttl := CASE WHEN cardinality(v_names) = 1 THEN v_row.lease_ttl
                       ELSE least(v_ttl, v_row.lease_ttl) END;
-        IF v_row.rate IS NOT NULL AND v_row.burst IS NOT NULL THEN
+        v_tat := v_row.tat;
+        IF v_row.rate IS NOT NULL AND v_row.burst IS NOT NULL
+                AND p_now >= v_row.tat + (p_occupy - v_row.burst)::double precision / v_row.rate
+        THEN
             -- gcra.decide: granted (the caller checked), so tat moves on.
-            IF p_now >= v_row.tat + (p_occupy - v_row.burst)::double precision / v_row.rate THEN
-                UPDATE @schema@.limits
-                SET tat = greatest(v_row.tat, p_now) + p_occupy::double precision / v_row.rate
-                WHERE id = v_row.id;
-            END IF;
+            v_tat := greatest(v_row.tat, p_now) + p_occupy::double precision / v_row.rate;
         END IF;
-        IF p_kind = 'concurrency' AND v_row.slots IS NOT NULL THEN
+        v_units := CASE WHEN p_kind = 'concurrency' AND v_row.slots IS NOT NULL
+                        THEN p_occupy ELSE 0 END;
+        IF v_units > 0 THEN
             v_hold := v_hold || v_row.id;
+        END IF;
+        IF v_units > 0 OR v_tat IS DISTINCT FROM v_row.tat THEN
+            UPDATE @schema@.limits SET tat = v_tat, in_use = in_use + v_units WHERE id = v_row.id;
         END IF;
     END LOOP;
     IF p_kind = 'rate' AND NOT p_record_rate THEN
@@ -278,7 +311,9 @@ END $$;
 CREATE OR REPLACE FUNCTION @schema@._retry_in(
     p_occupy integer, p_active @schema@.limit_row[], p_why text[], p_seq bigint,
     p_now double precision
-) RETURNS double precision LANGUAGE plpgsql VOLATILE AS $$
+) RETURNS double precision LANGUAGE plpgsql VOLATILE
+-- Plain index scans: they skip (and mark) index entries of rows deleted long ago.
+SET enable_bitmapscan = off SET enable_seqscan = off AS $$
 DECLARE
     v_at double precision;
     v_soonest double precision;
@@ -360,7 +395,8 @@ END $$;
 CREATE OR REPLACE FUNCTION @schema@._reclaim(
     p_limit_ids bigint[], p_locked bigint[], p_now double precision,
     OUT changed boolean, OUT touched bigint[], OUT moved bigint[], OUT locked bigint[]
-) LANGUAGE plpgsql VOLATILE AS $$
+) LANGUAGE plpgsql VOLATILE
+SET enable_bitmapscan = off SET enable_seqscan = off AS $$
 DECLARE
     v_item record;
     v_try bigint[];
@@ -473,9 +509,7 @@ BEGIN
         LOOP
             SELECT t.id, t.seq, t.process_id, t.holder, t.host, t.pid, t.occupy, t.kind,
                    t.limit_count, t.expires_at, l.id AS limit_id, l.name, l.slots, l.rate,
-                   l.burst, l.active, l.lease_ttl, l.tat,
-                   (SELECT coalesce(sum(h.units), 0) FROM @schema@.holdings h
-                    WHERE h.limit_id = q.limit_id) AS in_use
+                   l.burst, l.active, l.lease_ttl, l.tat, l.in_use
             INTO v_head
             FROM @schema@.queue q JOIN @schema@.tickets t ON t.id = q.ticket_id
             JOIN @schema@.limits l ON l.id = q.limit_id
@@ -616,12 +650,13 @@ END $$;
 
 -- A limit and the other limits of its leases (and of its waiters' tickets).
 CREATE OR REPLACE FUNCTION @schema@._around(p_id bigint, p_with_queues boolean)
-RETURNS bigint[] LANGUAGE sql VOLATILE AS $$
-    SELECT ARRAY(
+RETURNS bigint[] LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN ARRAY(
         SELECT p_id
         UNION SELECT unnest(l.limit_ids) FROM @schema@.holdings h
               JOIN @schema@.leases l ON l.id = h.lease_id WHERE h.limit_id = p_id
         UNION SELECT q2.limit_id FROM @schema@.queue q
               JOIN @schema@.queue q2 ON q2.ticket_id = q.ticket_id
-              WHERE p_with_queues AND q.limit_id = p_id)
-$$;
+              WHERE p_with_queues AND q.limit_id = p_id);
+END $$;

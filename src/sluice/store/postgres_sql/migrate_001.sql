@@ -4,9 +4,12 @@
 -- schema's advisory lock (see postgres_engine.migration_script); the step
 -- functions are (re)installed after the last migration.
 --
--- Units held are never counters: a limit's in_use is the sum of its holdings
--- rows, so no admin action can leave a count wrong. Times are seconds since the
--- epoch on the database clock (clock_timestamp()).
+-- A limit's units in use are its holdings rows; limits.in_use caches their sum,
+-- changed only in the same statement group that inserts or deletes holdings
+-- (engine.sql: _take, _revoke, release), under the limit's row lock. (Summing
+-- holdings on every step would scan index entries of deleted rows that
+-- PostgreSQL has not vacuumed yet: a busy limit leaves thousands a minute.)
+-- Times are seconds since the epoch on the database clock (clock_timestamp()).
 
 CREATE TABLE IF NOT EXISTS @schema@.meta (
     key   text PRIMARY KEY,
@@ -25,6 +28,7 @@ CREATE TABLE @schema@.limits (
     active      boolean NOT NULL DEFAULT true,
     lease_ttl   double precision NOT NULL,
     tat         double precision NOT NULL DEFAULT 0,
+    in_use      bigint NOT NULL DEFAULT 0,
     created_at  double precision NOT NULL,
     updated_at  double precision NOT NULL
 );
