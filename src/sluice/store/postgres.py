@@ -261,7 +261,10 @@ class PostgresStore:
         with conn.transaction():
             # Two processes starting at once: the second waits here, then finds it done.
             conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"sluice {q}",))
-            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {q}")
+            # CREATE SCHEMA needs the CREATE privilege on the database even when the
+            # schema exists: a schema made beforehand by an administrator is used as is.
+            if conn.execute("SELECT to_regnamespace(%s)", (q,)).fetchone() == (None,):
+                conn.execute(f"CREATE SCHEMA {q}")
             conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {q}.meta (key text PRIMARY KEY, value text NOT NULL)"
             )
