@@ -127,6 +127,10 @@ def test_url_defaults_and_options() -> None:
     assert config.listen_conninfo == "postgresql://me@db:5432/app"
     assert config.application_name == "billing"
 
+    # libpq decodes %20 but not "+": options with spaces must survive the round trip.
+    config = parse_url("postgresql://127.0.0.1/test?options=-c%20synchronous_commit%3Doff")
+    assert config.conninfo == "postgresql://127.0.0.1/test?options=-c%20synchronous_commit%3Doff"
+
 
 @pytest.mark.parametrize("bad", ["Sluice", "1st", "my-schema", "a.b", "x" * 64, ""])
 def test_a_bad_schema_is_a_config_error_naming_it(bad: str) -> None:

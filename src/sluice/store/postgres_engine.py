@@ -19,7 +19,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Generic, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from sluice.errors import (
     ConfigError,
@@ -148,7 +148,10 @@ def parse_url(url: str) -> PgConfig:
         )
     app = dict(rest).get("application_name") or f"sluice/{schema}"
     rest = [(k, v) for k, v in rest if k != "application_name"]
-    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
+    # libpq decodes %XX but not "+": spaces (as in options=-c a=b) must stay %20.
+    conninfo = urlunsplit(
+        ("postgresql", parts.netloc, parts.path, urlencode(rest, quote_via=quote), "")
+    )
     listen = own.get("listen_url")
     if listen is None:
         listen_conninfo = conninfo

@@ -528,6 +528,46 @@ BEGIN
                 END IF;
                 EXIT;  -- no room on this limit: the common case, decided in one query
             END IF;
+            IF v_head.limit_count = 1 AND v_head.active AND v_head.expires_at > p_now
+                    AND NOT (v_head.kind = 'rate' AND v_head.rate IS NULL)
+                    AND (v_head.burst IS NULL OR v_head.occupy <= v_head.burst)
+                    AND (v_head.rate IS NULL OR v_head.tat + (v_head.occupy - v_head.burst)
+                                                 ::double precision / v_head.rate <= p_now) THEN
+                -- Fast path, the same decision in scalars: a ticket waiting on this
+                -- limit only, with units (checked above) and a token now: grant it.
+                DELETE FROM @schema@.tickets WHERE id = v_head.id;
+                DELETE FROM @schema@.queue WHERE ticket_id = v_head.id;
+                v_moved := v_moved || v_limit;
+                UPDATE @schema@.limits
+                SET tat = CASE WHEN v_head.rate IS NULL THEN tat
+                               ELSE greatest(v_head.tat, p_now)
+                                    + v_head.occupy::double precision / v_head.rate END,
+                    in_use = in_use + CASE WHEN v_head.kind = 'concurrency'
+                                             AND v_head.slots IS NOT NULL
+                                           THEN v_head.occupy ELSE 0 END
+                WHERE id = v_limit;
+                INSERT INTO @schema@.leases (id, limit_ids, names, kind, process_id, holder, host,
+                                             pid, occupy, lease_ttl, acquired_at, expires_at)
+                VALUES (v_head.id,
+                        CASE WHEN v_head.kind = 'concurrency' AND v_head.slots IS NOT NULL
+                             THEN ARRAY[v_limit] ELSE '{}'::bigint[] END,
+                        ARRAY[v_head.name], v_head.kind, v_head.process_id, v_head.holder,
+                        v_head.host, v_head.pid, v_head.occupy, v_head.lease_ttl, p_now,
+                        p_now + v_head.lease_ttl);
+                IF v_head.kind = 'concurrency' AND v_head.slots IS NOT NULL THEN
+                    INSERT INTO @schema@.holdings (limit_id, lease_id, units)
+                    VALUES (v_limit, v_head.id, v_head.occupy);
+                END IF;
+                v_wake_t := v_wake_t || v_head.id;
+                v_wake_p := v_wake_p || v_head.process_id;
+                v_granted_here := true;
+                IF v_head.rate IS NULL AND v_head.slots IS NOT NULL
+                        AND v_head.kind = 'concurrency'
+                        AND v_head.in_use + v_head.occupy >= v_head.slots THEN
+                    EXIT;  -- full now, and no rate token for a new head to wait on: done here
+                END IF;
+                CONTINUE;
+            END IF;
             IF v_head.limit_count = 1 THEN
                 v_rows := ARRAY[v_here];
                 v_ids := ARRAY[v_limit];
