@@ -126,6 +126,8 @@ def test_url_defaults_and_options() -> None:
     assert config.conninfo == "postgresql://me@pgbouncer:6432/app?sslmode=require"
     assert config.listen_conninfo == "postgresql://me@db:5432/app"
     assert config.application_name == "billing"
+    assert config.prepared is True
+    assert parse_url("postgresql://h/db?prepared=false").prepared is False
 
     # libpq decodes %20 but not "+": options with spaces must survive the round trip.
     config = parse_url("postgresql://127.0.0.1/test?options=-c%20synchronous_commit%3Doff")
@@ -145,6 +147,11 @@ def test_a_bad_schema_is_a_config_error_naming_it(bad: str) -> None:
 def test_a_bad_pool_size_is_a_config_error(bad: str) -> None:
     with pytest.raises(ConfigError, match=f"pool_size {bad!r}"):
         parse_url(f"postgresql://127.0.0.1/test?pool_size={bad}")
+
+
+def test_prepared_must_be_true_or_false() -> None:
+    with pytest.raises(ConfigError, match="prepared 'maybe'"):
+        parse_url("postgresql://127.0.0.1/test?prepared=maybe")
 
 
 def test_a_listen_url_must_be_postgresql() -> None:

@@ -210,6 +210,7 @@ class PostgresStore:
                 config.listen_conninfo if listener else config.conninfo,
                 autocommit=True,
                 application_name=name,
+                prepare_threshold=5 if config.prepared else None,
             )
         except psycopg.Error as exc:
             raise translate(exc, self.url) from exc
@@ -442,6 +443,7 @@ class _AsyncPool:
                         self._config.conninfo,
                         autocommit=True,
                         application_name=self._config.application_name,
+                        prepare_threshold=5 if self._config.prepared else None,
                     )
                 except psycopg.Error as exc:
                     raise translate(exc, self._url) from exc

@@ -90,7 +90,7 @@ RETRY_SQLSTATES = frozenset({"40001", "40P01"})
 """Serialization failures and deadlocks: the step rolled back whole and is retried."""
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-_OWN_PARAMS = ("schema", "listen_url", "pool_size")
+_OWN_PARAMS = ("schema", "listen_url", "pool_size", "prepared")
 _APP_NAME_MAX = 63
 
 
@@ -110,6 +110,8 @@ class PgConfig:
     schema: str
     pool_size: int
     application_name: str
+    prepared: bool = True
+    """Whether steps use server-side prepared statements (off for PgBouncer < 1.21)."""
 
     @property
     def quoted_schema(self) -> str:
@@ -122,8 +124,9 @@ def parse_url(url: str) -> PgConfig:
 
     Sluice's own query parameters: ``schema`` (default ``sluice``), ``listen_url``
     (a session-mode URL for LISTEN, when steps go through a transaction-mode
-    pooler) and ``pool_size`` (connections per process, default 4). Every other
-    parameter (``sslmode``, ``connect_timeout``, ``application_name`` ...) goes to libpq.
+    pooler), ``pool_size`` (connections per process, default 4) and ``prepared``
+    (``false``: no prepared statements). Every other parameter (``sslmode``,
+    ``connect_timeout``, ``application_name`` ...) goes to libpq.
     """
     shown = redact_url(url)
     try:
@@ -145,6 +148,11 @@ def parse_url(url: str) -> PgConfig:
     if not raw_size.isdigit() or not 1 <= int(raw_size) <= 100:
         raise ConfigError(
             f"invalid pool_size {raw_size!r} in PostgreSQL URL {shown!r}: use a whole number 1-100"
+        )
+    prepared = own.get("prepared", "true").lower()
+    if prepared not in ("true", "false"):
+        raise ConfigError(
+            f"invalid prepared {own['prepared']!r} in PostgreSQL URL {shown!r}: use true or false"
         )
     app = dict(rest).get("application_name") or f"sluice/{schema}"
     rest = [(k, v) for k, v in rest if k != "application_name"]
@@ -170,6 +178,7 @@ def parse_url(url: str) -> PgConfig:
         schema=schema,
         pool_size=int(raw_size),
         application_name=app[:_APP_NAME_MAX],
+        prepared=prepared == "true",
     )
 
 
