@@ -437,17 +437,39 @@ BEGIN
     END LOOP;
 END $$;
 
+-- Lock, in name order and waiting (the step's one blocking lock), the limits
+-- p_also and every limit that a waiter naming p_name waits on: a step that
+-- makes such waiters join a queue must hold them, as every step that drops a
+-- ticket holds its queues, or a ticket dropped meanwhile would leave its new
+-- queue row behind. Returns the locked ids.
+CREATE OR REPLACE FUNCTION @schema@._lock_for_join(p_name text, p_also bigint[])
+RETURNS bigint[] LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN @schema@._lock(p_also || ARRAY(
+        SELECT q.limit_id FROM @schema@.tickets t JOIN @schema@.queue q ON q.ticket_id = t.id
+        WHERE p_name = ANY(t.names)));
+END $$;
+
 -- Queue on a limit that now counts (enabled, or created) every waiter naming
--- it, at the place its arrival gives it; returns whether any joined.
-CREATE OR REPLACE FUNCTION @schema@._join_waiters(p_limit_id bigint, p_name text)
-RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+-- it, at the place its arrival gives it; returns whether any joined. The
+-- caller holds (_lock_for_join) the queues those waiters are in; one that
+-- queued elsewhere meanwhile makes the step start over (40001).
+CREATE OR REPLACE FUNCTION @schema@._join_waiters(
+    p_limit_id bigint, p_name text, p_locked bigint[]
+) RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_ticket record;
     v_joined boolean := false;
+    v_locked bigint[] := p_locked;
 BEGIN
     FOR v_ticket IN
         SELECT id, seq, occupy, kind FROM @schema@.tickets WHERE p_name = ANY(names) ORDER BY seq
     LOOP
+        v_locked := @schema@._try_lock(v_locked, ARRAY(
+            SELECT limit_id FROM @schema@.queue WHERE ticket_id = v_ticket.id));
+        IF v_locked IS NULL THEN
+            RAISE EXCEPTION 'waiters of % changed; try again', p_name USING ERRCODE = '40001';
+        END IF;
         INSERT INTO @schema@.queue (limit_id, seq, ticket_id, occupy, kind)
         VALUES (p_limit_id, v_ticket.seq, v_ticket.id, v_ticket.occupy, v_ticket.kind)
         ON CONFLICT DO NOTHING;
