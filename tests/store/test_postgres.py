@@ -387,3 +387,62 @@ def test_many_wake_ups_for_one_process_arrive_in_chunks(url: str, schema: str) -
             waiter.lease.release()
         held.release()
         assert limits.inspect("db").in_use == 0
+
+
+# --------------------------------------------------------------------------- internal invariants
+
+
+def broken_invariants(schema: str) -> dict[str, list[Any]]:
+    """What in the schema's tables contradicts what the steps keep true (empty: all good)."""
+    s = f'"{schema}"'
+    checks = {
+        "queue rows without a ticket": f"SELECT q.* FROM {s}.queue q"
+        f" LEFT JOIN {s}.tickets t ON t.id = q.ticket_id WHERE t.id IS NULL",
+        "holdings without a lease": f"SELECT h.* FROM {s}.holdings h"
+        f" LEFT JOIN {s}.leases l ON l.id = h.lease_id WHERE l.id IS NULL",
+        "in_use not the sum of holdings": f"SELECT l.name, l.in_use, coalesce(sum(h.units), 0)"
+        f" FROM {s}.limits l LEFT JOIN {s}.holdings h ON h.limit_id = l.id"
+        " GROUP BY l.id HAVING l.in_use <> coalesce(sum(h.units), 0)",
+        "limit_count not the queues a ticket is in": f"SELECT t.id, t.limit_count, count(q.*)"
+        f" FROM {s}.tickets t LEFT JOIN {s}.queue q ON q.ticket_id = t.id"
+        " GROUP BY t.seq HAVING t.limit_count <> count(q.*)",
+        "queue seq not its ticket's": f"SELECT q.* FROM {s}.queue q"
+        f" JOIN {s}.tickets t ON t.id = q.ticket_id WHERE q.seq <> t.seq",
+    }
+    found = {what: admin(sql) for what, sql in checks.items()}
+    return {what: rows for what, rows in found.items() if rows}
+
+
+def test_enabling_a_limit_while_its_waiters_give_up_leaves_no_orphans(
+    url: str, schema: str
+) -> None:
+    with Limits(url) as limits:
+        limits.create("a", slots=1)
+        limits.create("b", slots=1)
+        held = limits.acquire("b")
+        stop = time.monotonic() + 3.0
+        errors: list[BaseException] = []
+
+        def give_up() -> None:
+            while time.monotonic() < stop:
+                try:
+                    limits.acquire(["a", "b"], timeout=0.01).release()
+                except Exception as exc:
+                    if type(exc).__name__ != "AcquireTimeout":
+                        errors.append(exc)
+
+        def toggle() -> None:
+            while time.monotonic() < stop:
+                limits.disable("a")
+                limits.enable("a")
+
+        threads = [threading.Thread(target=give_up) for _ in range(4)]
+        threads.append(threading.Thread(target=toggle))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        assert not errors, errors
+        held.release()
+        assert broken_invariants(schema) == {}
+        assert limits.inspect("a").waiters == [] and limits.inspect("b").waiters == []
