@@ -12,6 +12,10 @@ Baselines, same run: the same handoff between two threads through a
 SQLite write transaction with the store's settings (the floor for one store
 step). Target: p50 <= 2 ms.
 
+A second table repeats the handoff on a PostgreSQL store (if a server answers,
+see ``_postgres.py``), against a NOTIFY -> receive round trip and a raw
+``UPDATE ... RETURNING`` round trip through psycopg, measured in the same run.
+
 Run: ``python benchmarks/handoff.py``
 """
 
@@ -33,6 +37,14 @@ from _common import (
     raw_sqlite_transaction,
     reap,
     temp_sqlite_url,
+)
+from _postgres import (
+    notify_roundtrips,
+    pg_unavailable,
+    pg_version,
+    skip_note,
+    temp_pg_url,
+    update_latencies,
 )
 from sluice import Limits
 
@@ -209,6 +221,49 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"A waits until B is queued, then {SETTLE * 1000:g} ms more, before each release",
         ],
         markdown=args.markdown,
+    )
+    postgres_section(args.markdown)
+
+
+def postgres_section(markdown: bool) -> None:
+    """The same handoffs on a PostgreSQL store, against psycopg baselines."""
+    reason = pg_unavailable()
+    if reason:
+        skip_note(reason)
+        return
+    with temp_pg_url("handoff") as url:
+        with Limits(url) as limits:
+            limits.create(LIMIT, slots=1)
+        handoffs = sluice_handoffs(url, WARMUP + HANDOFFS)[WARMUP:]
+    notify = notify_roundtrips(HANDOFFS)
+    updates = update_latencies(2000)
+    ms = 1000.0
+    p50, p99 = percentile(handoffs, 50) * ms, percentile(handoffs, 99) * ms
+    n50, n99 = percentile(notify, 50) * ms, percentile(notify, 99) * ms
+    rows = [
+        Row("handoff p50, 2 processes", p50, "ms", "NOTIFY->receive p50", n50, "<= 2 ms", p50 <= 2),
+        Row("handoff p99, 2 processes", p99, "ms", "NOTIFY->receive p99", n99),
+        Row(
+            "handoff p50, 2 processes",
+            p50,
+            "ms",
+            "raw UPDATE..RETURNING p50",
+            percentile(updates, 50) * ms,
+        ),
+        Row("handoff max, 2 processes", max(handoffs) * ms, "ms"),
+    ]
+    print_table(
+        f"Handoff latency, PostgreSQL {pg_version()} store: release in one process -> lease "
+        f"held in another, limit slots=1 ({len(handoffs)} handoffs)",
+        rows,
+        [
+            "a handoff is: A's release step (which grants B and NOTIFYs it in one "
+            "transaction), B's listener thread receiving it, B's collect step",
+            "baselines through psycopg on this server: pg_notify() on one autocommit "
+            "connection -> arrival on a LISTEN connection watched by a thread; one "
+            "autocommit UPDATE of one row",
+        ],
+        markdown=markdown,
     )
 
 

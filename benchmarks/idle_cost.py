@@ -8,6 +8,9 @@ here. Target: < 0.05 CPU seconds. A second figure extends the same measurement
 to 12 s, past the store's slow safety re-check, and scales it to 5 s.
 
 Baseline, same run: 200 threads blocked on one ``threading.Event`` for 5 s.
+A second table measures the same on a PostgreSQL store (if a server answers,
+see ``_postgres.py``): its waiters sleep until a NOTIFY, or until the holder's
+lease would expire (30 s here).
 
 Run: ``python benchmarks/idle_cost.py``
 """
@@ -20,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from _common import Row, parse_args, print_table, temp_sqlite_url
+from _postgres import pg_unavailable, pg_version, skip_note, temp_pg_url
 from sluice import Limits
 
 LIMIT = "idle"
@@ -87,8 +91,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         event.wait()
 
     (base,) = idle_cpu(wait_event, lambda: blocked[0] >= WAITERS, event.set)
+    with temp_sqlite_url("idle") as (url, _):
+        measure(url, "", base, args.markdown)
+    reason = pg_unavailable()
+    if reason:
+        skip_note(reason)
+        return
+    with temp_pg_url("idle") as url:
+        measure(url, f", PostgreSQL {pg_version()} store", base, args.markdown)
 
-    with temp_sqlite_url("idle") as (url, _), Limits(url) as limits:
+
+def measure(url: str, store: str, base: float, markdown: bool) -> None:
+    """Block WAITERS threads on a held limit of ``url``; print the CPU they used."""
+    with Limits(url) as limits:
         limits.create(LIMIT, slots=1)
         held = limits.acquire(LIMIT)
 
@@ -131,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ),
     ]
     print_table(
-        f"Idle cost: {WAITERS} threads blocked on a held limit (slots=1) for {SECONDS:g} s",
+        f"Idle cost{store}: {WAITERS} threads blocked on a held limit (slots=1) for {SECONDS:g} s",
         rows,
         [
             "CPU = user + system time of the whole process (getrusage), measured once "
@@ -139,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"the {LONG_SECONDS:g} s figure spans a safety re-check round (waiters re-check "
             "the store at a slow interval in case a wake-up was lost)",
         ],
-        markdown=args.markdown,
+        markdown=markdown,
     )
 
 

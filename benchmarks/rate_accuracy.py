@@ -18,6 +18,9 @@ the store's clock: ``limits.acquire()`` on a rate-only limit returns a Lease who
 once (releasing gives no tokens back). A second run measures the achieved rate
 through ``limits.rate_limit()`` itself, timed on the client.
 
+A second table measures the same on a PostgreSQL store (if a server answers, see
+``_postgres.py``), whose grant times are the database clock's.
+
 Run: ``python benchmarks/rate_accuracy.py``
 """
 
@@ -28,6 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from _common import Row, parse_args, print_table, temp_sqlite_url
+from _postgres import pg_unavailable, pg_version, skip_note, temp_pg_url
 from sluice import Limits
 
 RATE = 50.0
@@ -89,7 +93,19 @@ def window_excess(times: Sequence[float]) -> tuple[int, float]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(__doc__ or "", argv)
-    with temp_sqlite_url("rate") as (url, _), Limits(url) as limits:
+    with temp_sqlite_url("rate") as (url, _):
+        measure(url, "", args.markdown)
+    reason = pg_unavailable()
+    if reason:
+        skip_note(reason)
+        return
+    with temp_pg_url("rate") as url:
+        measure(url, f", PostgreSQL {pg_version()} store", args.markdown)
+
+
+def measure(url: str, store: str, markdown: bool) -> None:
+    """Hammer two rate limits on ``url`` and print the table."""
+    with Limits(url) as limits:
         limits.create("rate-leases", rate=RATE, burst=BURST)
         limits.create("rate-calls", rate=RATE, burst=BURST)
 
@@ -147,14 +163,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         ),
     ]
     print_table(
-        f"Rate accuracy: rate {RATE:g}/s, burst {BURST}, {THREADS} threads for {SECONDS:g} s",
+        f"Rate accuracy{store}: rate {RATE:g}/s, burst {BURST}, {THREADS} threads for "
+        f"{SECONDS:g} s",
         rows,
         [
             "achieved = (grants - burst) / (last grant - first grant): the bucket starts full",
             f"violation check over all {len(grants) * (len(grants) + 1) // 2} windows between "
             "two grants, on the store's clock (Lease.acquired_at)",
         ],
-        markdown=args.markdown,
+        markdown=markdown,
     )
 
 

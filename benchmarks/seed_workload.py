@@ -8,7 +8,8 @@ Each job also records when it held the slot, so the run checks independently
 that no more than 20 ran at once.
 
 Baseline, same run: the same 100 jobs in one process through a
-``threading.Semaphore(20)``.
+``threading.Semaphore(20)``. A second table runs the workload on a PostgreSQL
+store (if a server answers, see ``_postgres.py``) against the same baseline.
 
 Run: ``python benchmarks/seed_workload.py``
 """
@@ -24,6 +25,7 @@ from multiprocessing.synchronize import Barrier as BarrierType
 from typing import Any
 
 from _common import Row, parse_args, print_table, reap, temp_sqlite_url
+from _postgres import pg_unavailable, pg_version, skip_note, temp_pg_url
 from sluice import Limits
 
 LIMIT = "seed"
@@ -138,14 +140,37 @@ def max_overlap(intervals: Sequence[Interval]) -> int:
     return peak
 
 
+def store_run(url: str) -> tuple[float, list[Interval]]:
+    """Create the limit on ``url`` and run the workload there."""
+    with Limits(url) as limits:
+        limits.create(LIMIT, slots=SLOTS)
+    return sluice_run(url)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(__doc__ or "", argv)
     with temp_sqlite_url("seed") as (url, _):
-        with Limits(url) as limits:
-            limits.create(LIMIT, slots=SLOTS)
-        start, held = sluice_run(url)
+        start, held = store_run(url)
     base_start, base_held = semaphore_run()
+    report("", start, held, base_start, base_held, args.markdown)
+    reason = pg_unavailable()
+    if reason:
+        skip_note(reason)
+        return
+    with temp_pg_url("seed") as url:
+        start, held = store_run(url)
+    report(f", PostgreSQL {pg_version()} store", start, held, base_start, base_held, args.markdown)
 
+
+def report(
+    store: str,
+    start: float,
+    held: list[Interval],
+    base_start: float,
+    base_held: list[Interval],
+    markdown: bool,
+) -> None:
+    """Print the table for one store's run against the Semaphore baseline."""
     if len(held) != JOBS:
         raise RuntimeError(f"expected {JOBS} jobs to finish, got {len(held)}")
     makespan = max(e for _, e in held) - start
@@ -174,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ),
     ]
     print_table(
-        f"Seed workload: {JOBS} jobs x {JOB_SECONDS:g} s, limit {SLOTS}, "
+        f"Seed workload{store}: {JOBS} jobs x {JOB_SECONDS:g} s, limit {SLOTS}, "
         f"{PROCESSES} processes x {JOBS // PROCESSES} threads",
         rows,
         [
@@ -183,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "max concurrent holders counts overlapping [acquired, released) intervals "
             "recorded inside the held block",
         ],
-        markdown=args.markdown,
+        markdown=markdown,
     )
 
 

@@ -6,6 +6,11 @@ second (``BEGIN IMMEDIATE; UPDATE one row; COMMIT``, WAL, synchronous=NORMAL),
 one thread. A cycle needs at least two store steps (grant, release), so the
 target is >= 0.3x the raw transaction rate.
 
+A second table measures the same on a PostgreSQL store (if a server answers,
+see ``_postgres.py``) against raw autocommit ``UPDATE ... RETURNING`` round
+trips of one row through psycopg, with the server's default settings and again
+with ``synchronous_commit=off`` for both the store and the baseline.
+
 Run: ``python benchmarks/throughput.py``
 """
 
@@ -16,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from _common import Row, parse_args, print_table, raw_sqlite_transaction, temp_sqlite_url
+from _postgres import pg_unavailable, pg_version, raw_pg_update, skip_note, temp_pg_url
 from sluice import Limits
 
 LIMIT = "throughput"
@@ -39,21 +45,25 @@ def per_second(step: Callable[[], None]) -> float:
     return count / (now - start)
 
 
+def store_cycles(url: str) -> tuple[float, float]:
+    """(acquire+release cycles/s, concurrency() blocks/s) on a fresh limit of ``url``."""
+    with Limits(url) as limits:
+        limits.create(LIMIT, slots=1)
+
+        def acquire_release() -> None:
+            limits.acquire(LIMIT, timeout=5).release()
+
+        def concurrency_block() -> None:
+            with limits.concurrency(LIMIT, timeout=5):
+                pass
+
+        return per_second(acquire_release), per_second(concurrency_block)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(__doc__ or "", argv)
     with temp_sqlite_url("throughput") as (url, directory):
-        with Limits(url) as limits:
-            limits.create(LIMIT, slots=1)
-
-            def acquire_release() -> None:
-                limits.acquire(LIMIT, timeout=5).release()
-
-            def concurrency_block() -> None:
-                with limits.concurrency(LIMIT, timeout=5):
-                    pass
-
-            cycles = per_second(acquire_release)
-            blocks = per_second(concurrency_block)
+        cycles, blocks = store_cycles(url)
         with raw_sqlite_transaction(os.path.join(directory, "raw.db")) as transaction:
             txns = per_second(transaction)
 
@@ -83,6 +93,62 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows,
         [f"each figure: {WARMUP_SECONDS:g} s warm-up, then {MEASURE_SECONDS:g} s counted"],
         markdown=args.markdown,
+    )
+    postgres_section(args.markdown)
+
+
+def postgres_section(markdown: bool) -> None:
+    """The same cycles on a PostgreSQL store, against raw UPDATE round trips."""
+    reason = pg_unavailable()
+    if reason:
+        skip_note(reason)
+        return
+    rows = []
+    for label, options in (("", ""), (", synchronous_commit=off", "-c synchronous_commit=off")):
+        with temp_pg_url("throughput", options) as url:
+            cycles, blocks = store_cycles(url)
+        with raw_pg_update(options) as update:
+            rounds = per_second(update)
+        rows += [
+            Row(
+                f"acquire+release cycles/s{label}",
+                cycles,
+                "/s",
+                f"raw UPDATE..RETURNING/s{label}",
+                rounds,
+                ">= 0.3x baseline" if not label else "-",
+                cycles >= 0.3 * rounds if not label else None,
+                digits=0,
+            ),
+            Row(
+                f"with concurrency(): cycles/s{label}",
+                blocks,
+                "/s",
+                f"raw UPDATE..RETURNING/s{label}",
+                rounds,
+                digits=0,
+            ),
+            Row(
+                f"acquire+release cycle time{label}",
+                1e6 / cycles,
+                "us",
+                f"raw UPDATE..RETURNING{label}",
+                1e6 / rounds,
+                digits=1,
+            ),
+        ]
+    print_table(
+        f"Throughput, PostgreSQL {pg_version()} store: uncontended acquire+release on one "
+        "limit, one thread",
+        rows,
+        [
+            f"each figure: {WARMUP_SECONDS:g} s warm-up, then {MEASURE_SECONDS:g} s counted",
+            "a cycle is two store steps (two round trips, two commits); the baseline is one "
+            "autocommit round trip updating one row",
+            "synchronous_commit=off rows: both store and baseline connect with "
+            "options=-c synchronous_commit=off (commits do not wait for the WAL flush)",
+        ],
+        markdown=markdown,
     )
 
 

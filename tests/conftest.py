@@ -93,10 +93,43 @@ def _redis_store(tmp_path: Path) -> Iterator[str]:
             client.delete(*keys[start : start + 500])
 
 
+PG_DSN = os.environ.get("SLUICE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+"""The PostgreSQL test database; each test gets its own schema in it, dropped afterwards."""
+PG_HOW_TO_START = (
+    "docker run --rm -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust -e POSTGRES_DB=test "
+    "postgres:15"
+)
+
+
+def drop_pg_schema(schema: str) -> None:
+    """Close the schema's leftover connections (by application_name) and drop it."""
+    import psycopg
+
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name LIKE %s AND pid <> pg_backend_pid()",
+            (f"%{schema}%",),
+        )
+        conn.execute("SET lock_timeout = '10s'")
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@contextlib.contextmanager
+def _postgres_store(tmp_path: Path) -> Iterator[str]:
+    require_server("127.0.0.1", 5432, PG_HOW_TO_START)
+    schema = f"sluice_t_{uuid.uuid4().hex}"
+    try:
+        yield f"{PG_DSN}?schema={schema}"
+    finally:
+        drop_pg_schema(schema)
+
+
 STORES: list[StoreEntry] = [
     StoreEntry("memory", _memory_store, cross_process=False),
     StoreEntry("sqlite", _sqlite_store, cross_process=True),
     StoreEntry("redis", _redis_store, cross_process=True, sees_local_deaths=False),
+    StoreEntry("postgres", _postgres_store, cross_process=True, sees_local_deaths=False),
 ]
 
 

@@ -1,0 +1,591 @@
+"""The PostgreSQL store: ``postgresql://user@host:5432/db?schema=sluice``, shared by many hosts.
+
+Each operation is one call of a PL/pgSQL step function (``postgres_sql/*.sql``),
+run in autocommit mode: one round trip, one transaction. The functions lock
+the rows of the limits they work on in name order, so concurrent multi-limit
+acquisitions cannot deadlock; time is the database's ``clock_timestamp()``.
+The schema (default ``sluice``) is created on first use and migrated forward
+under an advisory lock, so processes starting together do not race.
+
+Wake-ups are LISTEN/NOTIFY: a step that grants or wakes tickets notifies the
+processes that own them inside its own transaction, and each process has one
+listening connection (:mod:`sluice.store.postgres_listen`). Crash detection
+across hosts is lease expiry alone: a waiter blocked by a holder is told when
+that lease expires (``Queued.retry_in``) and reclaims it then.
+
+:class:`PostgresStore` drives the plans of :mod:`sluice.store.postgres_engine`
+over psycopg ``Connection`` objects; :class:`AsyncPostgresStore` drives the
+same plans over ``AsyncConnection`` objects. Driver errors become Sluice errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import select
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from typing import Any, TypeVar
+
+try:
+    import psycopg
+except ImportError as exc:  # pragma: no cover - depends on the optional driver
+    from sluice.errors import ConfigError
+
+    raise ConfigError(
+        "the postgresql:// store needs psycopg 3.1 or newer: pip install 'sluice[postgres]'"
+    ) from exc
+
+from sluice.errors import StoreError
+from sluice.limits.model import (
+    AcquireRequest,
+    Granted,
+    Limit,
+    LimitChanges,
+    LimitStatus,
+    Queued,
+    Renewal,
+)
+from sluice.store.base import WakeHandler
+from sluice.store.postgres_engine import (
+    RETRY_SQLSTATES,
+    SCHEMA_VERSION,
+    Call,
+    Engine,
+    PgConfig,
+    Plan,
+    migration_sql,
+    parse_url,
+    run_plan,
+    translate,
+    wakes_in,
+)
+from sluice.store.postgres_listen import Listener
+
+__all__ = ["SAFETY_INTERVAL", "AsyncPostgresStore", "PostgresStore", "from_url"]
+
+T = TypeVar("T")
+
+SAFETY_INTERVAL = 30.0
+"""Seconds a waiter sleeps without a wake-up before re-checking anyway.
+
+Nothing depends on it: wake-ups are notifications committed with the change,
+a reconnecting listener wakes every waiter, and a waiter blocked by a lease or
+ticket that could expire is told when (``retry_in``). It only bounds the cost
+of a bug, cheaply for idle waiters.
+"""
+
+_RETRIES = 20
+_leftovers: list[object] = []  # a forked child's inherited connections: never closed there
+
+
+def _readable(fd: int) -> bool:
+    readable, _, _ = select.select([fd], [], [], 0)
+    return bool(readable)
+
+
+def _usable(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle pooled connection can take a step.
+
+    An idle connection receives nothing; if its socket is readable the server
+    sent something (a FATAL before closing: ``pg_terminate_backend``, a
+    restart), so it is replaced before a step is sent on it, not after.
+    """
+    if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return False
+    return not _readable(conn.pgconn.socket)
+
+
+class _Pool:
+    """At most ``size`` autocommit connections, each used by one step at a time."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], size: int) -> None:
+        self._connect = connect
+        self._size = size
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._count = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        conn = self._take()
+        try:
+            yield conn
+        except BaseException:
+            self._give_back(
+                conn,
+                conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE,
+            )
+            raise
+        self._give_back(conn, False)
+
+    def _take(self) -> psycopg.Connection[Any]:
+        with self._cond:
+            while True:
+                while self._idle:
+                    conn = self._idle.pop()
+                    if _usable(conn):
+                        return conn
+                    self._count -= 1
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                if self._count < self._size:
+                    self._count += 1
+                    break
+                self._cond.wait()
+        try:
+            return self._connect()
+        except BaseException:
+            with self._cond:
+                self._count -= 1
+                self._cond.notify()
+            raise
+
+    def _give_back(self, conn: psycopg.Connection[Any], discard: bool) -> None:
+        with self._cond:
+            if discard:
+                self._count -= 1
+                with contextlib.suppress(Exception):
+                    conn.close()
+            else:
+                self._idle.append(conn)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            idle, self._idle = self._idle, []
+            self._count -= len(idle)
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def abandon(self) -> None:
+        """In a forked child: keep the parent's connections referenced, never used or closed."""
+        _leftovers.extend(self._idle)
+        self._idle = []
+
+
+class PostgresStore:
+    """Limits, leases and FIFO queues in PostgreSQL tables; one transaction per operation."""
+
+    safety_interval = SAFETY_INTERVAL
+
+    def __init__(self, url: str) -> None:
+        self._config: PgConfig = parse_url(url)
+        self.url = self._config.url
+        self._closed = False
+        self._handler: WakeHandler | None = None
+        self._async: AsyncPostgresStore | None = None
+        self._start()
+
+    def _start(self) -> None:
+        # Also run in a forked child: a new identity, pool and listener.
+        self._pid = os.getpid()
+        self._engine = Engine(self._config)
+        self._pool = _Pool(self._connect, self._config.pool_size)
+        self._lock = threading.Lock()
+        self._schema_ready = False
+        self._listener: Listener | None = None
+
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():
+            self._pool.abandon()
+            if self._listener is not None:
+                self._listener.abandon_after_fork()
+            if self._async is not None:
+                self._async._abandon()
+            self._start()
+
+    # ------------------------------------------------------------- connections
+
+    def _connect(self, listener: bool = False) -> psycopg.Connection[Any]:
+        config = self._config
+        name = config.application_name
+        if listener:
+            name = f"{name[: 63 - len(':listen')]}:listen"
+        try:
+            return psycopg.Connection.connect(
+                config.listen_conninfo if listener else config.conninfo,
+                autocommit=True,
+                application_name=name,
+                prepare_threshold=5 if config.prepared else None,
+            )
+        except psycopg.Error as exc:
+            raise translate(exc, self.url) from exc
+
+    def _execute(self, conn: psycopg.Connection[Any], call: Call[Any]) -> Any:
+        row = conn.execute(call.sql, call.params).fetchone()
+        result = row[0] if row is not None else None
+        wakes = wakes_in(result)
+        if wakes:
+            self._wake_local(wakes)
+        return result
+
+    def _drive(self, make: Callable[[], Plan[T]]) -> T:
+        """Run a plan, each call one transaction; retry it whole after a deadlock."""
+        if self._closed:
+            raise StoreError(f"store {self.url} is closed")
+        self._check_fork()
+        if not self._schema_ready:
+            self.ensure_schema()
+        for attempt in range(_RETRIES):
+            try:
+                with self._pool.connection() as conn:
+                    return run_plan(make(), lambda call: self._execute(conn, call))
+            except psycopg.Error as exc:
+                if exc.sqlstate in RETRY_SQLSTATES and attempt < _RETRIES - 1:
+                    time.sleep(0.001 * (attempt + 1))
+                    continue
+                raise translate(exc, self.url) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def ensure_schema(self) -> None:
+        """Create or migrate the schema once per process, under an advisory lock."""
+        with self._lock:
+            if self._schema_ready:
+                return
+            try:
+                with self._pool.connection() as conn:
+                    self._migrate(conn)
+            except psycopg.Error as exc:
+                raise translate(exc, self.url) from exc
+            self._schema_ready = True
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        schema = self._config.schema
+        q = self._config.quoted_schema
+        version = self._version(conn)
+        if version == SCHEMA_VERSION:
+            return
+        with conn.transaction():
+            # Two processes starting at once: the second waits here, then finds it done.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"sluice {q}",))
+            # CREATE SCHEMA needs the CREATE privilege on the database even when the
+            # schema exists: a schema made beforehand by an administrator is used as is.
+            if conn.execute("SELECT to_regnamespace(%s)", (q,)).fetchone() == (None,):
+                conn.execute(f"CREATE SCHEMA {q}")
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {q}.meta (key text PRIMARY KEY, value text NOT NULL)"
+            )
+            version = self._version(conn) or 0
+            if version < SCHEMA_VERSION:
+                for script in migration_sql(schema, version):
+                    conn.execute(script)
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.url} has schema version {version}, newer than this Sluice "
+                f"understands ({SCHEMA_VERSION}); upgrade Sluice"
+            )
+
+    def _version(self, conn: psycopg.Connection[Any]) -> int | None:
+        q = self._config.quoted_schema
+        exists = conn.execute("SELECT to_regclass(%s)", (f"{q}.meta",)).fetchone()
+        if exists is None or exists[0] is None:
+            return None
+        row = conn.execute(f"SELECT value FROM {q}.meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row is not None else None
+
+    # ------------------------------------------------------------- wake-ups
+
+    def _ensure_listening(self) -> None:
+        """Start this process's listener and wait until its LISTEN is in force."""
+        with self._lock:
+            if self._listener is None:
+                self._listener = Listener(
+                    lambda: self._connect(listener=True),
+                    self._engine.channel,
+                    self._wake_local,
+                    self._wake_all,
+                    self.url,
+                )
+            listener = self._listener
+        listener.start()
+
+    def _listening(self) -> bool:
+        return self._listener is not None and self._listener.listening
+
+    def _wake_local(self, ticket_ids: Collection[str]) -> None:
+        handler = self._handler
+        if handler is not None:
+            handler(ticket_ids)
+
+    def _wake_all(self) -> None:
+        """After the listener was deaf for a while: every local waiter looks again."""
+        waiting = list(self._engine.waiting)
+        if waiting:
+            self._wake_local(waiting)
+
+    def set_wake_handler(self, handler: WakeHandler) -> None:
+        self._handler = handler
+
+    # ------------------------------------------------------------- the Store protocol
+
+    def now(self) -> float:
+        return self._drive(self._engine.now)
+
+    def create_limit(self, limit: Limit) -> Limit:
+        return self._drive(lambda: self._engine.create_limit(limit))
+
+    def ensure_limit(self, limit: Limit) -> Limit:
+        return self._drive(lambda: self._engine.ensure_limit(limit))
+
+    def get_limit(self, name: str) -> Limit:
+        return self._drive(lambda: self._engine.get_limit(name))
+
+    def list_limits(self) -> list[Limit]:
+        return self._drive(self._engine.list_limits)
+
+    def update_limit(self, name: str, changes: LimitChanges) -> Limit:
+        return self._drive(lambda: self._engine.update_limit(name, changes))
+
+    def set_active(self, name: str, active: bool) -> Limit:
+        return self._drive(lambda: self._engine.set_active(name, active))
+
+    def reset_limit(self, name: str) -> int:
+        return self._drive(lambda: self._engine.reset_limit(name))
+
+    def delete_limit(self, name: str, force: bool = False) -> None:
+        self._drive(lambda: self._engine.delete_limit(name, force))
+
+    def inspect_limit(self, name: str) -> LimitStatus:
+        return self._drive(lambda: self._engine.inspect_limit(name))
+
+    def acquire(self, request: AcquireRequest) -> Granted | Queued:
+        self._check_fork()
+        if not self._listening():
+            self._ensure_listening()  # before a ticket exists that a wake-up could name
+        return self._drive(lambda: self._engine.acquire(request))
+
+    def release(self, lease_id: str) -> bool:
+        return self._drive(lambda: self._engine.release(lease_id))
+
+    def renew(self, lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> Renewal:
+        return self._drive(lambda: self._engine.renew(lease_ids, ticket_ids))
+
+    def abandon(self, request_id: str) -> None:
+        self._drive(lambda: self._engine.abandon(request_id))
+
+    def diagnose(self) -> dict[str, Any]:
+        """Read-only health facts (backend, detail, schema_version, schema_current,
+        expired_leases); never creates or migrates the schema."""
+        self._check_fork()
+        try:
+            with self._pool.connection() as conn:
+                return run_plan(self._engine.diagnose(), lambda call: self._execute(conn, call))
+        except psycopg.Error as exc:
+            raise translate(exc, self.url) from exc
+
+    def async_store(self) -> AsyncPostgresStore:
+        """The asyncio twin, on psycopg AsyncConnections, sharing this store's listener."""
+        with self._lock:
+            if self._async is None:
+                self._async = AsyncPostgresStore(self)
+            return self._async
+
+    # ------------------------------------------------------------- lifecycle
+
+    @property
+    def closed(self) -> bool:
+        """Whether close() has been called."""
+        return self._closed
+
+    @property
+    def process_id(self) -> str:
+        """This process's id in the store (its wake-up channel is ``sluice_<id>``)."""
+        return self._engine.process_id
+
+    @property
+    def listener(self) -> Listener | None:
+        """This process's wake-up listener, once started."""
+        return self._listener
+
+    def close(self) -> None:
+        """Give back this process's leases and queue places, then close every connection."""
+        if self._closed:
+            return
+        if self._pid == os.getpid():
+            if self._schema_ready:
+                with contextlib.suppress(StoreError):
+                    self._drive(self._engine.forget_process)
+            if self._listener is not None:
+                self._listener.stop()
+            if self._async is not None:
+                self._async._close()
+            self._pool.close()
+        self._closed = True
+
+
+class _AsyncPool:
+    """The asyncio twin of _Pool, for one event loop."""
+
+    def __init__(self, config: PgConfig, url: str) -> None:
+        self._config = config
+        self._url = url
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._all: set[psycopg.AsyncConnection[Any]] = set()
+        self._sem = asyncio.Semaphore(config.pool_size)
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        async with self._sem:
+            conn = None
+            while self._idle:
+                candidate = self._idle.pop()
+                if _usable(candidate):
+                    conn = candidate
+                    break
+                self._forget(candidate)
+            if conn is None:
+                try:
+                    conn = await psycopg.AsyncConnection.connect(
+                        self._config.conninfo,
+                        autocommit=True,
+                        application_name=self._config.application_name,
+                        prepare_threshold=5 if self._config.prepared else None,
+                    )
+                except psycopg.Error as exc:
+                    raise translate(exc, self._url) from exc
+                self._all.add(conn)
+            try:
+                yield conn
+            except BaseException:
+                # Failed, or cancelled mid-statement: its state is unknown, so it goes.
+                self._forget(conn)
+                raise
+            self._idle.append(conn)
+
+    def _forget(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._all.discard(conn)
+        with contextlib.suppress(Exception):
+            conn.pgconn.finish()  # what AsyncConnection.close() does, without a loop
+
+    def close(self) -> None:
+        for conn in list(self._all):
+            self._forget(conn)
+        self._idle = []
+
+    def abandon(self) -> None:
+        _leftovers.extend(self._all)
+        self._all = set()
+        self._idle = []
+
+
+class AsyncPostgresStore:
+    """The asyncio twin of :class:`PostgresStore`: the same plans, on AsyncConnections.
+
+    Connections belong to an event loop, so each loop that uses the store gets
+    its own small pool. Wake-ups come from the sync store's listener thread.
+    """
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.sync = store
+        self.url = store.url
+        self.safety_interval = store.safety_interval
+        self._pools: dict[asyncio.AbstractEventLoop, _AsyncPool] = {}
+        self._lock = threading.Lock()
+
+    def _pool(self) -> _AsyncPool:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            pool = self._pools.get(loop)
+            if pool is None:
+                for old, stale in list(self._pools.items()):
+                    if old.is_closed():  # a finished asyncio.run(): its connections go
+                        stale.close()
+                        del self._pools[old]
+                pool = self._pools[loop] = _AsyncPool(self.sync._config, self.url)
+            return pool
+
+    async def _execute(self, conn: psycopg.AsyncConnection[Any], call: Call[Any]) -> Any:
+        cursor = await conn.execute(call.sql, call.params)
+        row = await cursor.fetchone()
+        result = row[0] if row is not None else None
+        wakes = wakes_in(result)
+        if wakes:
+            self.sync._wake_local(wakes)
+        return result
+
+    async def _drive(self, make: Callable[[], Plan[T]]) -> T:
+        store = self.sync
+        if store.closed:
+            raise StoreError(f"store {self.url} is closed")
+        store._check_fork()
+        if not store._schema_ready:
+            await asyncio.to_thread(store.ensure_schema)
+        pool = self._pool()
+        for attempt in range(_RETRIES):
+            plan = make()
+            try:
+                async with pool.connection() as conn:
+                    call = next(plan)
+                    while True:
+                        call = plan.send(await self._execute(conn, call))
+            except StopIteration as stop:
+                value: T = stop.value
+                return value
+            except psycopg.Error as exc:
+                if exc.sqlstate in RETRY_SQLSTATES and attempt < _RETRIES - 1:
+                    await asyncio.sleep(0.001 * (attempt + 1))
+                    continue
+                raise translate(exc, self.url) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _close(self) -> None:
+        with self._lock:
+            for pool in self._pools.values():
+                pool.close()
+            self._pools.clear()
+
+    def _abandon(self) -> None:
+        for pool in self._pools.values():
+            pool.abandon()
+        self._pools = {}
+
+    async def now(self) -> float:
+        return await self._drive(self.sync._engine.now)
+
+    async def create_limit(self, limit: Limit) -> Limit:
+        return await self._drive(lambda: self.sync._engine.create_limit(limit))
+
+    async def ensure_limit(self, limit: Limit) -> Limit:
+        return await self._drive(lambda: self.sync._engine.ensure_limit(limit))
+
+    async def get_limit(self, name: str) -> Limit:
+        return await self._drive(lambda: self.sync._engine.get_limit(name))
+
+    async def list_limits(self) -> list[Limit]:
+        return await self._drive(self.sync._engine.list_limits)
+
+    async def update_limit(self, name: str, changes: LimitChanges) -> Limit:
+        return await self._drive(lambda: self.sync._engine.update_limit(name, changes))
+
+    async def set_active(self, name: str, active: bool) -> Limit:
+        return await self._drive(lambda: self.sync._engine.set_active(name, active))
+
+    async def reset_limit(self, name: str) -> int:
+        return await self._drive(lambda: self.sync._engine.reset_limit(name))
+
+    async def delete_limit(self, name: str, force: bool = False) -> None:
+        await self._drive(lambda: self.sync._engine.delete_limit(name, force))
+
+    async def inspect_limit(self, name: str) -> LimitStatus:
+        return await self._drive(lambda: self.sync._engine.inspect_limit(name))
+
+    async def acquire(self, request: AcquireRequest) -> Granted | Queued:
+        self.sync._check_fork()
+        if not self.sync._listening():
+            await asyncio.to_thread(self.sync._ensure_listening)
+        return await self._drive(lambda: self.sync._engine.acquire(request))
+
+    async def release(self, lease_id: str) -> bool:
+        return await self._drive(lambda: self.sync._engine.release(lease_id))
+
+    async def abandon(self, request_id: str) -> None:
+        await self._drive(lambda: self.sync._engine.abandon(request_id))
+
+
+def from_url(url: str) -> PostgresStore:
+    """Open the store of a ``postgresql://`` or ``postgres://`` URL (connects on first use)."""
+    return PostgresStore(url)

@@ -1,0 +1,45 @@
+-- Step: inspect_limit — a limit with its live holders and waiters (one transaction;
+-- expired leases and tickets in it are reclaimed first, and their units handed on).
+-- Parameters:
+--   p_name        text      the limit
+--   p_process_id  text      the calling process
+-- Returns: jsonb {limit, holders: [{lease_id, units, holder, host, pid, since,
+--   expires_at}] by grant time, waiters: [{ticket_id, occupy, holder, host, pid,
+--   since}] in queue order, tat, now, wake: ticket ids of the caller's process}.
+-- Raises: SL404 if absent.
+-- Locks: the limit; the other limits of what expired only with SKIP LOCKED.
+CREATE OR REPLACE FUNCTION @schema@.inspect_limit(p_name text, p_process_id text)
+RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_locked bigint[] := @schema@._lock_names(ARRAY[p_name]);
+    v_now double precision := @schema@._now();
+    v_reclaim record;
+    v_wake text[] := '{}';
+    v_limit @schema@.limits;
+BEGIN
+    IF cardinality(v_locked) = 0 THEN
+        PERFORM @schema@._not_found(p_name);
+    END IF;
+    SELECT * INTO v_reclaim FROM @schema@._reclaim(v_locked, v_locked, v_now);
+    IF v_reclaim.changed AND cardinality(v_reclaim.touched) > 0 THEN
+        v_wake := @schema@._hand_off(v_reclaim.touched, v_reclaim.moved, v_reclaim.locked,
+                                     NULL, NULL, p_process_id, v_now);
+    END IF;
+    SELECT * INTO v_limit FROM @schema@.limits WHERE id = v_locked[1];
+    RETURN jsonb_build_object(
+        'limit', @schema@._limit_json(v_limit),
+        'holders', (
+            SELECT coalesce(jsonb_agg(jsonb_build_object(
+                'lease_id', l.id, 'units', h.units, 'holder', l.holder, 'host', l.host,
+                'pid', l.pid, 'since', l.acquired_at, 'expires_at', l.expires_at)
+                ORDER BY l.acquired_at, l.id), '[]')
+            FROM @schema@.holdings h JOIN @schema@.leases l ON l.id = h.lease_id
+            WHERE h.limit_id = v_limit.id),
+        'waiters', (
+            SELECT coalesce(jsonb_agg(jsonb_build_object(
+                'ticket_id', t.id, 'occupy', q.occupy, 'holder', t.holder, 'host', t.host,
+                'pid', t.pid, 'since', t.created_at) ORDER BY q.seq), '[]')
+            FROM @schema@.queue q JOIN @schema@.tickets t ON t.id = q.ticket_id
+            WHERE q.limit_id = v_limit.id),
+        'tat', v_limit.tat, 'now', v_now, 'wake', to_jsonb(v_wake));
+END $$;

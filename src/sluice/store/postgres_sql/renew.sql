@@ -1,0 +1,83 @@
+-- Step: renew — extend a process's leases and tickets by their TTL (one transaction).
+-- Parameters:
+--   p_lease_ids   text[]    leases the process holds
+--   p_ticket_ids  text[]    tickets it waits with
+--   p_process_id  text      the calling process
+-- Returns: jsonb {lost_leases: [...], lost_tickets: [...], expires_at: {lease id: time},
+--   wake: ticket ids of the caller's process}. Gone or expired is lost, and final:
+--   an expired lease or ticket is reclaimed here and its units handed on.
+-- Locks: the limits of the expired leases and tickets among them, in name order.
+CREATE OR REPLACE FUNCTION @schema@.renew(
+    p_lease_ids text[], p_ticket_ids text[], p_process_id text
+) RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_now double precision := @schema@._now();
+    v_locked bigint[] := '{}';
+    v_expires jsonb;
+    v_renewed text[];
+    v_lost_leases text[];
+    v_lost_tickets text[];
+    v_item record;
+    v_try bigint[];
+    v_ids bigint[];
+    v_touched bigint[] := '{}';
+    v_moved bigint[] := '{}';
+    v_wake text[] := '{}';
+BEGIN
+    -- Lock first (one batch, name order) the limits that reclaiming will change.
+    v_ids := ARRAY(
+        SELECT unnest(limit_ids) FROM @schema@.leases
+        WHERE id = ANY(p_lease_ids) AND expires_at <= v_now
+        UNION
+        SELECT q.limit_id FROM @schema@.tickets t JOIN @schema@.queue q ON q.ticket_id = t.id
+        WHERE t.id = ANY(p_ticket_ids) AND t.expires_at <= v_now);
+    IF cardinality(v_ids) > 0 THEN
+        v_locked := @schema@._lock(v_ids);
+        v_now := @schema@._now();
+    END IF;
+    WITH renewed AS (
+        UPDATE @schema@.leases SET expires_at = v_now + lease_ttl
+        WHERE id = ANY(p_lease_ids) AND expires_at > v_now
+        RETURNING id, expires_at
+    )
+    SELECT coalesce(jsonb_object_agg(id, expires_at), '{}'), coalesce(array_agg(id), '{}')
+    INTO v_expires, v_renewed FROM renewed;
+    v_lost_leases := ARRAY(SELECT unnest(p_lease_ids) EXCEPT SELECT unnest(v_renewed));
+    FOR v_item IN
+        SELECT id, limit_ids FROM @schema@.leases WHERE id = ANY(v_lost_leases)
+    LOOP
+        v_try := @schema@._try_lock(v_locked, v_item.limit_ids);
+        CONTINUE WHEN v_try IS NULL;  -- expired all the same: whoever waits reclaims it
+        v_locked := v_try;
+        v_touched := v_touched || @schema@._revoke(ARRAY[v_item.id], v_now);
+    END LOOP;
+    WITH renewed AS (
+        UPDATE @schema@.tickets SET expires_at = v_now + lease_ttl
+        WHERE id = ANY(p_ticket_ids) AND expires_at > v_now
+        RETURNING id
+    )
+    SELECT ARRAY(SELECT unnest(p_ticket_ids) EXCEPT SELECT id FROM renewed) INTO v_lost_tickets;
+    FOR v_item IN
+        SELECT id FROM @schema@.tickets WHERE id = ANY(v_lost_tickets)
+    LOOP
+        v_ids := ARRAY(SELECT limit_id FROM @schema@.queue WHERE ticket_id = v_item.id);
+        v_try := @schema@._try_lock(v_locked, v_ids);
+        CONTINUE WHEN v_try IS NULL;
+        v_locked := v_try;
+        v_ids := @schema@._drop_ticket(v_item.id, v_ids, v_now);
+        IF v_ids IS NOT NULL THEN
+            v_touched := v_touched || v_ids;
+            v_moved := v_moved || v_ids;
+        END IF;
+    END LOOP;
+    -- Leases that hold no units are found by no waiter: sweep those long expired
+    -- (uncollected rate grants of a process that died meanwhile).
+    DELETE FROM @schema@.leases WHERE cardinality(limit_ids) = 0 AND expires_at < v_now - 60;
+    IF cardinality(v_touched) > 0 THEN
+        v_wake := @schema@._hand_off(v_touched, v_moved, v_locked, NULL, NULL, p_process_id,
+                                     v_now);
+    END IF;
+    RETURN jsonb_build_object(
+        'lost_leases', to_jsonb(v_lost_leases), 'lost_tickets', to_jsonb(v_lost_tickets),
+        'expires_at', v_expires, 'wake', to_jsonb(v_wake));
+END $$;

@@ -1,0 +1,448 @@
+"""The PostgreSQL store's own behaviour, against the real server (never a mock).
+
+Connections killed server-side (``pg_terminate_backend``: the wake-up listener, a
+holder's step connections), server errors surfacing as Sluice errors, the schema
+(created once by racing processes, versioned, usable when made by an
+administrator beforehand) and URL parsing. Every test uses its own schema in the
+``test`` database and kills only backends of that schema (by application_name)
+or of a role it created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from conftest import PG_DSN, PG_HOW_TO_START, drop_pg_schema, require_server
+from sluice import Limits, aio
+from sluice.errors import ConfigError, LeaseLost, StoreError, StoreUnavailable
+from sluice.limits.model import Limit
+
+psycopg = pytest.importorskip("psycopg")
+
+from sluice.store.postgres import AsyncPostgresStore, PostgresStore  # noqa: E402
+from sluice.store.postgres_engine import SCHEMA_VERSION, migration_sql, parse_url  # noqa: E402
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    """A fresh schema name in the test database, dropped afterwards."""
+    require_server("127.0.0.1", 5432, PG_HOW_TO_START)
+    name = f"sluice_t_{uuid.uuid4().hex}"
+    try:
+        yield name
+    finally:
+        drop_pg_schema(name)
+
+
+@pytest.fixture
+def url(schema: str) -> str:
+    return f"{PG_DSN}?schema={schema}"
+
+
+def admin(sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement as the test's superuser; return its rows (if any)."""
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+def step_backends(schema: str) -> list[int]:
+    """Server pids of the step connections (not the listener) working on ``schema``."""
+    rows = admin(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (f"sluice/{schema}",)
+    )
+    return [r[0] for r in rows]
+
+
+def terminate(pids: list[int]) -> None:
+    for pid in pids:
+        admin("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def store_of(limits: Limits) -> PostgresStore:
+    store = limits._store
+    assert isinstance(store, PostgresStore)
+    return store
+
+
+def wait_until(probe: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout}s for {what}")
+        time.sleep(0.01)
+
+
+class Waiter(threading.Thread):
+    """``limits.acquire(name)`` in a thread, recording the lease and when it came."""
+
+    def __init__(self, limits: Limits, name: str, timeout: float = 20.0) -> None:
+        super().__init__(daemon=True)
+        self.limits, self.name, self.timeout = limits, name, timeout
+        self.lease: Any = None
+        self.error: BaseException | None = None
+        self.granted_at = 0.0
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.lease = self.limits.acquire(self.name, timeout=self.timeout)
+            self.granted_at = time.monotonic()
+        except BaseException as exc:
+            self.error = exc
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def test_url_defaults_and_options() -> None:
+    config = parse_url("postgresql://me:pw@db.example:5433/app")
+    assert config.schema == "sluice"
+    assert config.pool_size == 4
+    assert config.url == "postgresql://me:***@db.example:5433/app"
+    assert config.conninfo == "postgresql://me:pw@db.example:5433/app"
+    assert config.listen_conninfo == config.conninfo
+    assert config.application_name == "sluice/sluice"
+
+    config = parse_url(
+        "postgres://me@pgbouncer:6432/app?schema=limits_2&sslmode=require&pool_size=2"
+        "&listen_url=postgresql://me@db:5432/app&application_name=billing"
+    )
+    assert config.schema == "limits_2"
+    assert config.pool_size == 2
+    assert config.conninfo == "postgresql://me@pgbouncer:6432/app?sslmode=require"
+    assert config.listen_conninfo == "postgresql://me@db:5432/app"
+    assert config.application_name == "billing"
+    assert config.prepared is True
+    assert parse_url("postgresql://h/db?prepared=false").prepared is False
+
+    # libpq decodes %20 but not "+": options with spaces must survive the round trip.
+    config = parse_url("postgresql://127.0.0.1/test?options=-c%20synchronous_commit%3Doff")
+    assert config.conninfo == "postgresql://127.0.0.1/test?options=-c%20synchronous_commit%3Doff"
+
+
+@pytest.mark.parametrize("bad", ["Sluice", "1st", "my-schema", "a.b", "x" * 64, ""])
+def test_a_bad_schema_is_a_config_error_naming_it(bad: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Limits(f"postgresql://me:hunter2@127.0.0.1/test?schema={bad}")
+    assert repr(bad) in str(caught.value)
+    assert "lowercase" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("bad", ["0", "x", "101"])
+def test_a_bad_pool_size_is_a_config_error(bad: str) -> None:
+    with pytest.raises(ConfigError, match=f"pool_size {bad!r}"):
+        parse_url(f"postgresql://127.0.0.1/test?pool_size={bad}")
+
+
+def test_prepared_must_be_true_or_false() -> None:
+    with pytest.raises(ConfigError, match="prepared 'maybe'"):
+        parse_url("postgresql://127.0.0.1/test?prepared=maybe")
+
+
+def test_a_listen_url_must_be_postgresql() -> None:
+    with pytest.raises(ConfigError, match="listen_url"):
+        parse_url("postgresql://127.0.0.1/test?listen_url=redis://x")
+
+
+def test_an_unreachable_server_is_store_unavailable_without_the_password() -> None:
+    with (
+        Limits("postgresql://me:hunter2@127.0.0.1:1/test") as limits,
+        pytest.raises(StoreUnavailable) as caught,
+    ):
+        limits.list()
+    assert "hunter2" not in str(caught.value)
+    assert "***" in str(caught.value)
+    assert isinstance(caught.value.__cause__, psycopg.Error)
+
+
+def test_both_schemes_open_the_store(schema: str) -> None:
+    with Limits(f"postgres://postgres@127.0.0.1:5432/test?schema={schema}") as limits:
+        limits.create("db", slots=2)
+    with Limits(f"postgresql://postgres@127.0.0.1:5432/test?schema={schema}") as limits:
+        assert limits.get("db") == Limit("db", slots=2)
+
+
+# --------------------------------------------------------------------------- connection kills
+
+
+def test_a_killed_listener_reconnects_and_its_waiter_still_gets_the_release(
+    url: str, schema: str
+) -> None:
+    # Two stores on one schema stand for two processes: the release comes from
+    # the other one, so the waiter can only learn of it through its listener.
+    with Limits(url) as limits, Limits(f"{url}&application_name=other-{schema}") as other:
+        limits.create("db", slots=1)
+        held = other.acquire("db")
+        waiter = Waiter(limits, "db")
+        wait_until(lambda: limits.inspect("db").waiters, 5, "the waiter to queue")
+        listener = store_of(limits).listener
+        assert listener is not None and listener.backend_pid is not None
+        old_pid = listener.backend_pid
+        terminate([old_pid])
+        released_at = time.monotonic()
+        held.release()  # NOTIFY goes to a channel nobody listens on right now
+        waiter.join(10)
+        assert waiter.error is None, waiter.error
+        took = waiter.granted_at - released_at
+        assert took < 2.0, f"waiter got the slot {took:.2f}s after the release"
+        assert listener.reconnects == 1
+        assert listener.backend_pid != old_pid
+        waiter.lease.release()
+        # and the new LISTEN works: a second hand-off arrives by notification
+        held = other.acquire("db")
+        second = Waiter(limits, "db")
+        wait_until(lambda: limits.inspect("db").waiters, 5, "the waiter to queue")
+        released_at = time.monotonic()
+        held.release()
+        second.join(10)
+        assert second.error is None, second.error
+        assert second.granted_at - released_at < 0.5
+        second.lease.release()
+
+
+def test_a_holder_whose_connections_are_killed_keeps_its_lease(url: str, schema: str) -> None:
+    with Limits(url) as limits:
+        limits.create("db", slots=1, lease_ttl=1)
+        lease = limits.acquire("db")
+        for _ in range(3):  # every step connection, over two and a half TTLs
+            pids = step_backends(schema)
+            assert pids
+            terminate(pids)
+            time.sleep(0.8)
+        assert not lease.lost
+        assert [h.lease_id for h in limits.inspect("db").holders] == [lease.id]
+        lease.release()  # must not raise
+        assert limits.inspect("db").in_use == 0
+
+
+@pytest.fixture
+def role(schema: str) -> Iterator[str]:
+    """A login role owning ``schema`` (made beforehand, as an administrator would)."""
+    name = f"sluice_t_role_{uuid.uuid4().hex[:12]}"
+    admin(f'CREATE ROLE "{name}" LOGIN')
+    admin(f'CREATE SCHEMA "{schema}" AUTHORIZATION "{name}"')
+    try:
+        yield name
+    finally:
+        admin(f'ALTER ROLE "{name}" LOGIN')
+        terminate(
+            [r[0] for r in admin("SELECT pid FROM pg_stat_activity WHERE usename = %s", (name,))]
+        )
+        drop_pg_schema(schema)
+        admin(f'DROP ROLE "{name}"')
+
+
+def test_renewals_failing_past_the_ttl_lose_the_lease(schema: str, role: str) -> None:
+    url = f"postgresql://{role}@127.0.0.1:5432/test?schema={schema}"
+    # The role may not create schemas: the one made for it is used as it is.
+    with Limits(url) as limits:
+        limits.create("db", slots=1, lease_ttl=1)
+        lease = limits.acquire("db")
+        admin(f'ALTER ROLE "{role}" NOLOGIN')
+        terminate(step_backends(schema))
+        # The keeper cannot renew; once past the TTL the lease is lost, and the
+        # store's own failures are Sluice errors.
+        wait_until(lambda: lease.lost, 5, "lease.lost while the server refuses us")
+        with pytest.raises(StoreUnavailable):
+            limits.list()
+        admin(f'ALTER ROLE "{role}" LOGIN')
+        with pytest.raises(LeaseLost):
+            lease.release()
+        limits.acquire("db", timeout=0).release()  # the slot came back by expiry
+
+
+def test_a_server_side_error_is_a_store_error(url: str, schema: str) -> None:
+    with Limits(url) as limits:
+        limits.create("db", slots=1)
+        admin(f'DROP FUNCTION "{schema}".acquire')
+        with pytest.raises(StoreError) as caught:
+            limits.acquire("db", timeout=0)
+        assert "schema is missing or incomplete" in str(caught.value)
+        assert isinstance(caught.value.__cause__, psycopg.Error)
+        assert limits.get("db") == Limit("db", slots=1)  # the rest still works
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def _open_schema(url: str, barrier: Any, results: Any) -> None:
+    try:
+        barrier.wait(30)
+        with Limits(url) as limits:
+            limits.ensure("db", slots=3)
+            results.put(("ok", [lim.name for lim in limits.list()]))
+    except BaseException as exc:
+        results.put(("error", repr(exc)))
+
+
+def test_processes_creating_the_schema_at_once_do_not_race(url: str, schema: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_open_schema, args=(url, barrier, results)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    try:
+        outcomes = [results.get(timeout=60) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(10)
+    assert outcomes == [("ok", ["db"])] * 4
+    assert admin(f'SELECT value FROM "{schema}".meta') == [(str(SCHEMA_VERSION),)]
+
+
+def test_the_schema_is_versioned_and_a_newer_one_is_refused(url: str, schema: str) -> None:
+    with Limits(url) as limits:
+        limits.create("db", slots=1)
+        report = store_of(limits).diagnose()
+        assert report == {
+            "backend": "postgresql",
+            "detail": report["detail"],
+            "schema_version": SCHEMA_VERSION,
+            "schema_current": True,
+            "expired_leases": 0,
+        }
+        assert schema in report["detail"]
+    admin(f"UPDATE \"{schema}\".meta SET value = '{SCHEMA_VERSION + 1}'")
+    with Limits(url) as limits:
+        with pytest.raises(StoreError, match="newer than this Sluice"):
+            limits.list()
+        report = store_of(limits).diagnose()
+        assert (report["schema_version"], report["schema_current"]) == (SCHEMA_VERSION + 1, False)
+
+
+def test_diagnose_changes_nothing_on_a_missing_schema(url: str, schema: str) -> None:
+    store = PostgresStore(url)
+    try:
+        report = store.diagnose()
+        assert (report["schema_version"], report["schema_current"]) == (None, False)
+        assert admin("SELECT to_regnamespace(%s)", (schema,)) == [(None,)]
+    finally:
+        store.close()
+
+
+def test_migrations_run_forward_from_the_stored_version(schema: str) -> None:
+    fresh = migration_sql(schema, 0)
+    assert any("CREATE TABLE" in script and ".limits" in script for script in fresh)
+    current = migration_sql(schema, SCHEMA_VERSION)
+    assert not any("CREATE TABLE" in script for script in current)  # functions only
+    assert all("@schema@" not in script for script in fresh)
+    assert f"'{SCHEMA_VERSION}'" in fresh[-1]
+
+
+def test_an_empty_schema_made_beforehand_is_filled(url: str, schema: str) -> None:
+    admin(f'CREATE SCHEMA "{schema}"')
+    with Limits(url) as limits:
+        limits.create("db", slots=1)
+        assert limits.list() == [Limit("db", slots=1)]
+
+
+# --------------------------------------------------------------------------- asyncio
+
+
+def test_the_async_store_is_native_and_serves_several_event_loops(url: str) -> None:
+    alimits = aio.Limits(url)
+    assert isinstance(alimits._astore, AsyncPostgresStore)
+
+    async def use(name: str) -> None:
+        await alimits.create(name, slots=1)
+        async with alimits.concurrency(name) as lease:
+            status = await alimits.inspect(name)
+            assert [h.lease_id for h in status.holders] == [lease.id]
+
+    asyncio.run(use("first"))
+    asyncio.run(use("second"))  # a new loop: new connections, same store
+    asyncio.run(alimits.aclose())
+
+
+def test_many_wake_ups_for_one_process_arrive_in_chunks(url: str, schema: str) -> None:
+    # 250 tickets woken by one step: more than one NOTIFY payload's worth.
+    with Limits(url) as limits, Limits(f"{url}&application_name=other-{schema}") as other:
+        other.create("db", slots=1)
+        held = other.acquire("db")
+        waiters = [Waiter(limits, "db") for _ in range(250)]
+        wait_until(lambda: len(limits.inspect("db").waiters) == 250, 30, "250 waiters")
+        started = time.monotonic()
+        other.update("db", slots=251)  # one hand-off grants them all
+        for waiter in waiters:
+            waiter.join(20)
+            assert waiter.error is None, waiter.error
+        assert max(w.granted_at for w in waiters) - started < 10
+        for waiter in waiters:
+            waiter.lease.release()
+        held.release()
+        assert limits.inspect("db").in_use == 0
+
+
+# --------------------------------------------------------------------------- internal invariants
+
+
+def broken_invariants(schema: str) -> dict[str, list[Any]]:
+    """What in the schema's tables contradicts what the steps keep true (empty: all good)."""
+    s = f'"{schema}"'
+    checks = {
+        "queue rows without a ticket": f"SELECT q.* FROM {s}.queue q"
+        f" LEFT JOIN {s}.tickets t ON t.id = q.ticket_id WHERE t.id IS NULL",
+        "holdings without a lease": f"SELECT h.* FROM {s}.holdings h"
+        f" LEFT JOIN {s}.leases l ON l.id = h.lease_id WHERE l.id IS NULL",
+        "in_use not the sum of holdings": f"SELECT l.name, l.in_use, coalesce(sum(h.units), 0)"
+        f" FROM {s}.limits l LEFT JOIN {s}.holdings h ON h.limit_id = l.id"
+        " GROUP BY l.id HAVING l.in_use <> coalesce(sum(h.units), 0)",
+        "limit_count not the queues a ticket is in": f"SELECT t.id, t.limit_count, count(q.*)"
+        f" FROM {s}.tickets t LEFT JOIN {s}.queue q ON q.ticket_id = t.id"
+        " GROUP BY t.seq HAVING t.limit_count <> count(q.*)",
+        "queue seq not its ticket's": f"SELECT q.* FROM {s}.queue q"
+        f" JOIN {s}.tickets t ON t.id = q.ticket_id WHERE q.seq <> t.seq",
+    }
+    found = {what: admin(sql) for what, sql in checks.items()}
+    return {what: rows for what, rows in found.items() if rows}
+
+
+def test_enabling_a_limit_while_its_waiters_give_up_leaves_no_orphans(
+    url: str, schema: str
+) -> None:
+    with Limits(url) as limits:
+        limits.create("a", slots=1)
+        limits.create("b", slots=1)
+        held = limits.acquire("b")
+        stop = time.monotonic() + 3.0
+        errors: list[BaseException] = []
+
+        def give_up() -> None:
+            while time.monotonic() < stop:
+                try:
+                    limits.acquire(["a", "b"], timeout=0.01).release()
+                except Exception as exc:
+                    if type(exc).__name__ != "AcquireTimeout":
+                        errors.append(exc)
+
+        def toggle() -> None:
+            while time.monotonic() < stop:
+                limits.disable("a")
+                limits.enable("a")
+
+        threads = [threading.Thread(target=give_up) for _ in range(4)]
+        threads.append(threading.Thread(target=toggle))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        assert not errors, errors
+        held.release()
+        assert broken_invariants(schema) == {}
+        assert limits.inspect("a").waiters == [] and limits.inspect("b").waiters == []
