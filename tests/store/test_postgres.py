@@ -27,6 +27,7 @@ from sluice.limits.model import Limit
 
 psycopg = pytest.importorskip("psycopg")
 
+from sluice.store.base import StoreDiagnosis  # noqa: E402
 from sluice.store.postgres import AsyncPostgresStore, PostgresStore  # noqa: E402
 from sluice.store.postgres_engine import SCHEMA_VERSION, migration_sql, parse_url  # noqa: E402
 
@@ -310,27 +311,21 @@ def test_the_schema_is_versioned_and_a_newer_one_is_refused(url: str, schema: st
     with Limits(url) as limits:
         limits.create("db", slots=1)
         report = store_of(limits).diagnose()
-        assert report == {
-            "backend": "postgresql",
-            "detail": report["detail"],
-            "schema_version": SCHEMA_VERSION,
-            "schema_current": True,
-            "expired_leases": 0,
-        }
-        assert schema in report["detail"]
+        assert report == StoreDiagnosis("postgresql", report.detail, SCHEMA_VERSION, True, 0)
+        assert schema in report.detail
     admin(f"UPDATE \"{schema}\".meta SET value = '{SCHEMA_VERSION + 1}'")
     with Limits(url) as limits:
         with pytest.raises(StoreError, match="newer than this Sluice"):
             limits.list()
         report = store_of(limits).diagnose()
-        assert (report["schema_version"], report["schema_current"]) == (SCHEMA_VERSION + 1, False)
+        assert (report.schema_version, report.schema_current) == (SCHEMA_VERSION + 1, False)
 
 
 def test_diagnose_changes_nothing_on_a_missing_schema(url: str, schema: str) -> None:
     store = PostgresStore(url)
     try:
         report = store.diagnose()
-        assert (report["schema_version"], report["schema_current"]) == (None, False)
+        assert (report.schema_version, report.schema_current) == (None, False)
         assert admin("SELECT to_regnamespace(%s)", (schema,)) == [(None,)]
     finally:
         store.close()

@@ -48,7 +48,7 @@ from sluice.limits.model import (
     Queued,
     Renewal,
 )
-from sluice.store.base import WakeHandler
+from sluice.store.base import StoreDiagnosis, WakeHandler
 from sluice.store.postgres_engine import (
     RETRY_SQLSTATES,
     SCHEMA_VERSION,
@@ -367,9 +367,8 @@ class PostgresStore:
     def abandon(self, request_id: str) -> None:
         self._drive(lambda: self._engine.abandon(request_id))
 
-    def diagnose(self) -> dict[str, Any]:
-        """Read-only health facts (backend, detail, schema_version, schema_current,
-        expired_leases); never creates or migrates the schema."""
+    def diagnose(self) -> StoreDiagnosis:
+        """Read-only facts for ``sluice doctor``; never creates or migrates the schema."""
         self._check_fork()
         try:
             with self._pool.connection() as conn:

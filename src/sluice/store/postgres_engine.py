@@ -45,6 +45,7 @@ from sluice.limits.model import (
     utc,
 )
 from sluice.store import redact_url
+from sluice.store.base import StoreDiagnosis
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -340,29 +341,22 @@ class Engine:
         data = yield self._step("list_limits", "")
         return [_limit(d) for d in data]
 
-    def diagnose(self) -> Plan[dict[str, Any]]:
+    def diagnose(self) -> Plan[StoreDiagnosis]:
         """Read-only health facts; never creates or migrates the schema."""
         q = self.config.quoted_schema
-        report: dict[str, Any] = {
-            "backend": "postgresql",
-            "detail": f"{self.config.url} schema {self.config.schema}",
-            "schema_version": None,
-            "schema_current": False,
-            "expired_leases": 0,
-        }
+        detail = f"{self.config.url} schema {self.config.schema}"
         exists = yield Call("SELECT to_regclass(%s) IS NOT NULL", (f"{q}.meta",))
         if not exists:
-            report["detail"] += " (not created yet: it is created on first use)"
-            return report
+            detail += " (not created yet: it is created on first use)"
+            return StoreDiagnosis("postgresql", detail, None, False, 0)
         version = yield Call(f"SELECT value::integer FROM {q}.meta WHERE key = 'schema_version'")
-        report["schema_version"] = version
-        report["schema_current"] = version == SCHEMA_VERSION
+        expired = 0
         if version == SCHEMA_VERSION:
             data = yield self._step("diagnose", "")
-            report["expired_leases"] = int(data["expired_leases"])
+            expired = int(data["expired_leases"])
         elif version is not None and version > SCHEMA_VERSION:
-            report["detail"] += f" (version {version} is newer than this Sluice: upgrade it)"
-        return report
+            detail += f" (version {version} is newer than this Sluice: upgrade it)"
+        return StoreDiagnosis("postgresql", detail, version, version == SCHEMA_VERSION, expired)
 
     # ------------------------------------------------------------- admin
 
