@@ -8,10 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import _memory_store, _redis_store, _sqlite_store
+from conftest import _memory_store, _postgres_store, _redis_store, _sqlite_store
 from sluice import Limits
 
-_STORES = {"memory": _memory_store, "sqlite": _sqlite_store, "redis": _redis_store}
+_STORES = {
+    "memory": _memory_store,
+    "sqlite": _sqlite_store,
+    "redis": _redis_store,
+    "postgres": _postgres_store,
+}
 _WANTED = [
     s
     for s in (os.environ.get("SLUICE_TEST_STORES", "") or ",".join(_STORES)).split(",")
@@ -23,7 +28,7 @@ _WANTED = [
 def flow_url(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[str]:
-    """A fresh store (memory, SQLite, Redis) that flows in this test use, through SLUICE_URL."""
+    """A fresh store (every kind in the table) that flows in this test use, through SLUICE_URL."""
     with _STORES[request.param.strip()](tmp_path) as url:
         monkeypatch.setenv("SLUICE_URL", url)
         monkeypatch.setenv("SLUICE_PROGRESS", "0")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import _memory_store, _redis_store, _sqlite_store
+from conftest import _memory_store, _postgres_store, _redis_store, _sqlite_store
 from sluice.history import HistoryStore, open_history
 
 
@@ -36,6 +36,7 @@ HISTORY_STORES: list[HistoryEntry] = [
     HistoryEntry("memory", _memory_store),
     HistoryEntry("sqlite", _sqlite_store),
     HistoryEntry("redis", _redis_store),
+    HistoryEntry("postgres", _postgres_store),
 ]
 
 

@@ -44,6 +44,8 @@ _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "sqlite": ("sluice.history.sqlite", "from_url", None),
     "redis": ("sluice.history.redis", "from_url", "redis"),
     "rediss": ("sluice.history.redis", "from_url", "redis"),
+    "postgresql": ("sluice.history.postgres", "from_url", "postgres"),
+    "postgres": ("sluice.history.postgres", "from_url", "postgres"),
 }
 
 _lock = threading.Lock()
