@@ -24,6 +24,8 @@ __all__ = [
     "commandstats_calls",
     "publish_receive_latencies",
     "raw_evalsha",
+    "redis_skip_note",
+    "redis_version",
     "temp_redis_url",
 ]
 
@@ -43,6 +45,17 @@ def available() -> bool:
         return False
 
 
+def redis_skip_note() -> None:
+    """Say that the Redis section was skipped, and why."""
+    print(f"\nRedis section skipped: no Redis at {REDIS_URL} (set SLUICE_BENCH_REDIS)")
+
+
+def redis_version() -> str:
+    """The server's version, for table titles."""
+    with _client() as client:
+        return str(client.info("server").get("redis_version", "?"))
+
+
 @contextmanager
 def temp_redis_url(name: str) -> Iterator[str]:
     """Yield the URL of a fresh deployment (its own key prefix); delete its keys after."""
@@ -58,13 +71,13 @@ def temp_redis_url(name: str) -> Iterator[str]:
 
 
 @contextmanager
-def raw_evalsha() -> Iterator[Callable[[], None]]:
+def raw_evalsha() -> Iterator[Callable[[], object]]:
     """Yield a function that runs one ``EVALSHA`` of a trivial script (one round trip)."""
     with _client() as client:
         sha = client.script_load("return 1")
 
-        def call() -> None:
-            client.evalsha(sha, 0)
+        def call() -> object:
+            return client.evalsha(sha, 0)
 
         yield call
 

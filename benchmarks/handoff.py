@@ -46,6 +46,14 @@ from _postgres import (
     temp_pg_url,
     update_latencies,
 )
+from _redis import (
+    available,
+    publish_receive_latencies,
+    raw_evalsha,
+    redis_skip_note,
+    redis_version,
+    temp_redis_url,
+)
 from sluice import Limits
 
 LIMIT = "handoff"
@@ -222,7 +230,51 @@ def main(argv: Sequence[str] | None = None) -> None:
         ],
         markdown=args.markdown,
     )
+    redis_section(args.markdown)
     postgres_section(args.markdown)
+
+
+def redis_section(markdown: bool) -> None:
+    """The same handoffs on a Redis store, against redis-py baselines."""
+    if not available():
+        redis_skip_note()
+        return
+    with temp_redis_url("handoff") as url:
+        with Limits(url) as limits:
+            limits.create(LIMIT, slots=1)
+        handoffs = sluice_handoffs(url, WARMUP + HANDOFFS)[WARMUP:]
+    pubsub = publish_receive_latencies(HANDOFFS)
+    with raw_evalsha() as evalsha:
+        for _ in range(50):
+            evalsha()
+        calls = []
+        for _ in range(2000):
+            t = time.perf_counter()
+            evalsha()
+            calls.append(time.perf_counter() - t)
+    ms = 1000.0
+    p50, p99 = percentile(handoffs, 50) * ms, percentile(handoffs, 99) * ms
+    b50, b99 = percentile(pubsub, 50) * ms, percentile(pubsub, 99) * ms
+    rows = [
+        Row(
+            "handoff p50, 2 processes", p50, "ms", "PUBLISH->receive p50", b50, "<= 1 ms", p50 <= 1
+        ),
+        Row("handoff p99, 2 processes", p99, "ms", "PUBLISH->receive p99", b99),
+        Row("handoff p50, 2 processes", p50, "ms", "raw EVALSHA p50", percentile(calls, 50) * ms),
+        Row("handoff max, 2 processes", max(handoffs) * ms, "ms"),
+    ]
+    print_table(
+        f"Handoff latency, Redis {redis_version()} store: release in one process -> lease "
+        f"held in another, limit slots=1 ({len(handoffs)} handoffs)",
+        rows,
+        [
+            "a handoff is: A's release script (which grants B and PUBLISHes to B's process), "
+            "B's listener thread receiving it, B's collect script",
+            "baselines through redis-py on this server: PUBLISH on one connection -> arrival "
+            "at a subscriber thread; one EVALSHA of a script that returns at once",
+        ],
+        markdown=markdown,
+    )
 
 
 def postgres_section(markdown: bool) -> None:

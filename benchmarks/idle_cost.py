@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 from _common import Row, parse_args, print_table, temp_sqlite_url
 from _postgres import pg_unavailable, pg_version, skip_note, temp_pg_url
+from _redis import available, redis_skip_note, redis_version, temp_redis_url
 from sluice import Limits
 
 LIMIT = "idle"
@@ -93,6 +94,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     (base,) = idle_cpu(wait_event, lambda: blocked[0] >= WAITERS, event.set)
     with temp_sqlite_url("idle") as (url, _):
         measure(url, "", base, args.markdown)
+    if available():
+        with temp_redis_url("idle") as url:
+            measure(url, f", Redis {redis_version()} store", base, args.markdown)
+    else:
+        redis_skip_note()
     reason = pg_unavailable()
     if reason:
         skip_note(reason)

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 
 from _common import Row, parse_args, print_table, temp_sqlite_url
 from _postgres import pg_unavailable, pg_version, skip_note, temp_pg_url
+from _redis import available, redis_skip_note, redis_version, temp_redis_url
 from sluice import Limits
 
 RATE = 50.0
@@ -95,6 +96,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(__doc__ or "", argv)
     with temp_sqlite_url("rate") as (url, _):
         measure(url, "", args.markdown)
+    if available():
+        with temp_redis_url("rate") as url:
+            measure(url, f", Redis {redis_version()} store", args.markdown)
+    else:
+        redis_skip_note()
     reason = pg_unavailable()
     if reason:
         skip_note(reason)

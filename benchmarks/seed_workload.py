@@ -26,6 +26,7 @@ from typing import Any
 
 from _common import Row, parse_args, print_table, reap, temp_sqlite_url
 from _postgres import pg_unavailable, pg_version, skip_note, temp_pg_url
+from _redis import available, redis_skip_note, redis_version, temp_redis_url
 from sluice import Limits
 
 LIMIT = "seed"
@@ -153,6 +154,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         start, held = store_run(url)
     base_start, base_held = semaphore_run()
     report("", start, held, base_start, base_held, args.markdown)
+    if available():
+        with temp_redis_url("seed") as url:
+            start, held = store_run(url)
+        report(
+            f", Redis {redis_version()} store", start, held, base_start, base_held, args.markdown
+        )
+    else:
+        redis_skip_note()
     reason = pg_unavailable()
     if reason:
         skip_note(reason)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 from _common import Row, parse_args, print_table, raw_sqlite_transaction, temp_sqlite_url
 from _postgres import pg_unavailable, pg_version, raw_pg_update, skip_note, temp_pg_url
+from _redis import available, raw_evalsha, redis_skip_note, redis_version, temp_redis_url
 from sluice import Limits
 
 LIMIT = "throughput"
@@ -94,7 +95,53 @@ def main(argv: Sequence[str] | None = None) -> None:
         [f"each figure: {WARMUP_SECONDS:g} s warm-up, then {MEASURE_SECONDS:g} s counted"],
         markdown=args.markdown,
     )
+    redis_section(args.markdown)
     postgres_section(args.markdown)
+
+
+def redis_section(markdown: bool) -> None:
+    """The same cycles on a Redis store, against raw EVALSHA round trips."""
+    if not available():
+        redis_skip_note()
+        return
+    with temp_redis_url("throughput") as url:
+        cycles, blocks = store_cycles(url)
+    with raw_evalsha() as evalsha:
+        rounds = per_second(evalsha)
+    rows = [
+        Row(
+            "acquire+release cycles/s",
+            cycles,
+            "/s",
+            "raw EVALSHA round trips/s",
+            rounds,
+            ">= 0.3x baseline",
+            cycles >= 0.3 * rounds,
+            digits=0,
+        ),
+        Row(
+            "with concurrency(): cycles/s",
+            blocks,
+            "/s",
+            "raw EVALSHA round trips/s",
+            rounds,
+            digits=0,
+        ),
+        Row(
+            "acquire+release cycle time", 1e6 / cycles, "us", "raw EVALSHA", 1e6 / rounds, digits=1
+        ),
+    ]
+    print_table(
+        f"Throughput, Redis {redis_version()} store: uncontended acquire+release on one "
+        "limit, one thread",
+        rows,
+        [
+            f"each figure: {WARMUP_SECONDS:g} s warm-up, then {MEASURE_SECONDS:g} s counted",
+            "a cycle is two store steps (two scripts, two round trips); the baseline is one "
+            "EVALSHA of a script that returns at once, through redis-py",
+        ],
+        markdown=markdown,
+    )
 
 
 def postgres_section(markdown: bool) -> None:
