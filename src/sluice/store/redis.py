@@ -207,6 +207,8 @@ class _Core:
         self._state_lock = threading.Lock()
         self._waiting: dict[str, Queued] = {}  # request id -> its last queued answer
         self._queued_in: dict[str, str] = {}  # request id -> epoch its ticket was queued in
+        self._handed: dict[str, Granted] = {}  # ticket id -> grant its wake-up brought
+        self._clock_offset = 0.0  # the store's clock minus this host's, as last seen
         self._failures: dict[str, int] = {}  # request id -> connection failures in a row
         self._owned: set[str] = set()  # request ids with a ticket or lease of ours
         self._new_identity()
@@ -249,10 +251,49 @@ class _Core:
             raise StoreError(f"Redis store {self.url} gave an unexpected reply: {raw!r}")
         reply: dict[str, Any] = json.loads(text)
         self._epoch = str(reply.get("epoch", self._epoch))
-        wake = reply.get("wake") or []
-        if wake and self._handler is not None:
-            self._handler(wake)
+        if "now" in reply:
+            self._clock_offset = float(reply["now"]) - time.time()
+        wake = reply.get("wake")
+        if wake:
+            self._deliver(wake)
         return reply
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        """Keep the grants a wake-up carries for their waiters, then wake them."""
+        grants = message.get("g") or {}
+        if grants:
+            with self._state_lock:
+                for ticket_id, (names, acquired, expires, ttl) in grants.items():
+                    granted = Granted(
+                        ticket_id,
+                        tuple(n for n in str(names).split(",") if n),
+                        float(acquired),
+                        float(expires),
+                        float(ttl),
+                    )
+                    self._handed[str(ticket_id)] = granted
+        ids = [str(t) for t in message.get("w") or ()]
+        if ids and self._handler is not None:
+            self._handler(ids)
+
+    def _collect_handed(self, request: AcquireRequest) -> Granted | None:
+        """A grant a wake-up brought this waiter, if it is still fresh: no round trip."""
+        if request.seq is None:
+            return None
+        with self._state_lock:
+            granted = self._handed.pop(request.request_id, None)
+            if granted is None or granted.expires_at is None or granted.lease_ttl is None:
+                return None
+            # Trusted for the first half of its TTL, on the store's clock as last seen
+            # from here; a waiter that was away longer (paused, frozen) asks the store.
+            store_now = time.time() + self._clock_offset
+            if granted.expires_at - store_now < granted.lease_ttl / 2:
+                return None
+            self._waiting.pop(request.request_id, None)
+            self._queued_in.pop(request.request_id, None)
+            self._failures.pop(request.request_id, None)
+            self._owned.add(request.request_id)
+        return granted
 
     @staticmethod
     def _raise_for(reply: dict[str, Any]) -> None:
@@ -340,6 +381,7 @@ class _Core:
             for request_id in request_ids:
                 self._waiting.pop(request_id, None)
                 self._queued_in.pop(request_id, None)
+                self._handed.pop(request_id, None)
                 self._failures.pop(request_id, None)
                 self._owned.discard(request_id)
 
@@ -543,8 +585,8 @@ class _Listener:
                     elif message["type"] == "message":
                         data = message["data"]
                         text = data.decode() if isinstance(data, bytes) else str(data)
-                        if store._handler is not None:
-                            store._handler([t for t in text.split(",") if t])
+                        if text:  # empty: stop() waking this loop
+                            store._deliver(json.loads(text))
             except Exception as exc:  # the listener must outlive any one failure
                 if self._stop.is_set():
                     break
@@ -608,6 +650,7 @@ class RedisStore(_Core):
         self._state_lock = threading.Lock()
         self._waiting.clear()
         self._queued_in.clear()
+        self._handed.clear()
         self._failures.clear()
         self._owned.clear()
         self._new_identity()
@@ -736,6 +779,9 @@ class RedisStore(_Core):
     def acquire(self, request: AcquireRequest) -> Granted | Queued:
         if self._pid != os.getpid():
             self._after_fork()
+        handed = self._collect_handed(request)
+        if handed is not None:
+            return handed
         try:
             self._listen()
             reply = self._step(
@@ -915,6 +961,9 @@ class RedisAsyncStore:
 
     async def acquire(self, request: AcquireRequest) -> Granted | Queued:
         store = self.sync
+        handed = store._collect_handed(request)
+        if handed is not None:
+            return handed
         try:
             if store._listener is None or not store._listener.ready.is_set():
                 await self._off_loop(store._listen)

@@ -65,6 +65,9 @@ local STALE_EPOCH = KNOWN_EPOCH ~= '' and KNOWN_EPOCH ~= EPOCH
 -- What this step changed: limits whose capacity or queue changed, limits whose
 -- queue head may have changed, and tickets to wake (id -> process id).
 local touched, moved, wakes = {}, {}, {}
+-- Concurrency grants handed over in this step: ticket id -> {names, acquired_at,
+-- expires_at, lease_ttl}, sent with the wake-up so the waiter need not ask again.
+local handed = {}
 
 -- --------------------------------------------------------------------- limits
 
@@ -328,8 +331,12 @@ local function hand_off()
           local full = here.active and not here.rate and here.slots and t.kind == 'concurrency'
             and here.in_use + t.occupy >= here.slots
           drop_ticket(ticket_id)
-          take({id = ticket_id, process_id = t.process_id, holder = t.holder, host = t.host,
-                pid = t.pid, occupy = t.occupy, kind = t.kind}, active, true)
+          local g = take({id = ticket_id, process_id = t.process_id, holder = t.holder,
+                          host = t.host, pid = t.pid, occupy = t.occupy, kind = t.kind},
+                         active, true)
+          if g.lease_id then
+            handed[ticket_id] = {join(g.names), g.acquired_at, g.expires_at, g.lease_ttl}
+          end
           wakes[ticket_id] = t.process_id
           granted_here = true
           for _, l in ipairs(rows) do
@@ -347,23 +354,23 @@ end
 
 -- Finish a step: hand freed units over, publish wake-ups to other processes,
 -- and reply with `result` plus the tickets of the calling process to wake.
+-- A wake-up is {w = [ticket ids], g = {ticket id: grant}}: the grants handed to
+-- those tickets travel with it (a waiter may still ask the store instead).
 local function reply(result)
   if next(touched) ~= nil or next(moved) ~= nil or next(wakes) ~= nil then hand_off() end
   local by_process = {}
-  local mine = {}
   for ticket_id, process_id in pairs(wakes) do
-    if process_id == ME then
-      mine[#mine + 1] = ticket_id
-    else
-      local ids = by_process[process_id]
-      if not ids then ids = {}; by_process[process_id] = ids end
-      ids[#ids + 1] = ticket_id
+    local message = by_process[process_id]
+    if not message then message = {w = {}, g = {}}; by_process[process_id] = message end
+    message.w[#message.w + 1] = ticket_id
+    message.g[ticket_id] = handed[ticket_id]
+  end
+  for process_id, message in pairs(by_process) do
+    if process_id ~= ME then
+      redis.call('PUBLISH', P .. ':wake:' .. process_id, cjson.encode(message))
     end
   end
-  for process_id, ids in pairs(by_process) do
-    redis.call('PUBLISH', P .. ':wake:' .. process_id, join(ids))
-  end
-  result.wake = mine
+  result.wake = by_process[ME]
   result.epoch = EPOCH
   result.now = fmt(NOW)
   return cjson.encode(result)
