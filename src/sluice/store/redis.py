@@ -231,7 +231,7 @@ class _Core:
             return self._queued_in.get(request.request_id, "")
 
     def _acquire_args(self, request: AcquireRequest) -> list[object]:
-        return [
+        fields = [
             request.request_id,
             ",".join(request.names),
             request.occupy,
@@ -242,6 +242,7 @@ class _Core:
             self._host,
             self._pid,
         ]
+        return [json.dumps(fields, separators=(",", ":"))]
 
     # ------------------------------------------------------------- replies
 

@@ -1,24 +1,27 @@
 -- acquire: grant a request now, or queue it; a retry first collects a handed-off grant.
 -- KEYS[1]  P:meta
 -- ARGV[1]  caller process id        ARGV[2]  known epoch ('' if none)
--- ARGV[3]  request id               ARGV[4]  limit names, comma-separated (as asked)
--- ARGV[5]  occupy                   ARGV[6]  kind: 'concurrency' or 'rate'
--- ARGV[7]  holder label             ARGV[8]  missing policy: raise, warn or ignore
--- ARGV[9]  seq of the request's ticket ('' on a first attempt)
--- ARGV[10] host                     ARGV[11] pid
--- ARGV[12] 'resent' when the client sends this attempt again after a lost reply
+-- ARGV[3]  the request, one JSON array (one argument is cheaper to send than nine):
+--          [request id, limit names comma-separated (as asked), occupy,
+--           kind ('concurrency' or 'rate'), holder label, missing policy (raise, warn,
+--           ignore), seq of its ticket ('' on a first attempt), host, pid]
+-- ARGV[4]  'resent' when the client sends this attempt again after a lost reply
 -- Reply: {granted, names, acquired_at, lease_id, expires_at, lease_ttl, missing}
 --     or {queued, seq, blocked_on, position, retry_in, lease_ttl, missing}
 --     or {error = 'not_found', names} / {error = 'rate_without_rate' | 'occupy_too_big', ...}
 
-local request_id = ARGV[3]
-local names = split(ARGV[4])
-local occupy = tonumber(ARGV[5])
-local kind = ARGV[6]
-local holder = ARGV[7]
-local policy = ARGV[8]
-local seq = tonumber(ARGV[9])
-local resent = ARGV[12] == 'resent'
+local R = cjson.decode(ARGV[3])
+local request_id = R[1]
+local asked = R[2]
+local names = split(asked)
+local occupy = tonumber(R[3])
+local kind = R[4]
+local holder = R[5]
+local policy = R[6]
+local seq = tonumber(R[7])
+local host = R[8]
+local pid = tonumber(R[9])
+local resent = ARGV[4] == 'resent'
 if STALE_EPOCH then seq = nil end -- queued before the data was lost: that place means nothing
 
 local rows, missing = {}, {}
@@ -80,8 +83,8 @@ if #blocked > 0 and reclaim(active_names) then
   for i, l in ipairs(active) do active[i] = load_limit(l.name) end
   blocked = blockers(kind, occupy, active, seq)
 end
-local claim = {id = request_id, process_id = ME, holder = holder, host = ARGV[10],
-               pid = tonumber(ARGV[11]), occupy = occupy, kind = kind}
+local claim = {id = request_id, process_id = ME, holder = holder, host = host,
+               pid = pid, occupy = occupy, kind = kind}
 if #blocked == 0 then
   if has_ticket then drop_ticket(request_id) end
   local granted = take(claim, active, false)
@@ -108,8 +111,8 @@ if has_ticket then
   redis.call('HSET', tkey, 'expires_at', fmt(expires), 'queues', join(active_names))
 else
   if not seq then seq = redis.call('HINCRBY', META, 'seq', 1) end
-  redis.call('HSET', tkey, 'seq', seq, 'process_id', ME, 'holder', holder, 'host', ARGV[10],
-    'pid', ARGV[11], 'occupy', occupy, 'kind', kind, 'names', ARGV[4],
+  redis.call('HSET', tkey, 'seq', string.format('%d', seq), 'process_id', ME, 'holder', holder,
+    'host', host, 'pid', pid, 'occupy', occupy, 'kind', kind, 'names', asked,
     'queues', join(active_names), 'lease_ttl', fmt(ttl), 'created_at', fmt(NOW),
     'expires_at', fmt(expires))
   for _, n in ipairs(names) do redis.call('SADD', key('n', n), request_id) end
