@@ -434,11 +434,10 @@ def test_release_store_closes_the_listener(prefix: str) -> None:
     with Limits(_url(prefix)) as limits:
         limits.create("db", slots=1)
         limits.acquire("db").release()
-    assert release_store(store)
-    listener_threads = [
-        t for t in threading.enumerate() if t.name == "sluice-redis-listener" and t.is_alive()
-    ]
-    assert listener_threads == [], listener_threads
+    listener = store._listener  # type: ignore[attr-defined]
+    assert listener is not None and listener._thread.is_alive()
+    assert release_store(store)  # the last reference: closes the store
+    assert not listener._thread.is_alive()
 
 
 def test_a_forked_child_gets_its_own_identity(prefix: str) -> None:
