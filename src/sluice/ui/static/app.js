@@ -196,6 +196,10 @@
     );
   }
 
+  function plural(count, word) {
+    return count + " " + word + (count === 1 ? "" : "s");
+  }
+
   function tokenText(nextTokenIn) {
     if (nextTokenIn === null || nextTokenIn === undefined) return "–";
     if (nextTokenIn <= 0) return "now";
@@ -241,7 +245,7 @@
           "No limits yet. Create one with: sluice limit create NAME --slots N"
         )
       );
-      stamp(data.limits.length + " limits · updated " + clock(data.sampled_at));
+      stamp(plural(data.limits.length, "limit") + " · updated " + clock(data.sampled_at));
     });
   }
 
@@ -443,7 +447,7 @@
           "No waiters."
         )
       );
-      stamp(l.holders.length + " holders, " + l.waiters.length + " waiters · updated " + clock(l.sampled_at));
+      stamp(plural(l.holders.length, "holder") + ", " + plural(l.waiters.length, "waiter") + " · updated " + clock(l.sampled_at));
     }
     refreshNow = refresh;
     every(info.interval * 1000, refresh);
@@ -478,7 +482,7 @@
           "No flow runs recorded yet."
         )
       );
-      stamp(data.runs.length + " runs · updated " + new Date().toLocaleTimeString());
+      stamp(plural(data.runs.length, "run") + " · updated " + new Date().toLocaleTimeString());
     });
   }
 
@@ -542,7 +546,7 @@
       role: "group",
       "aria-label": "Gantt chart: one bar per task run, " + run.task_runs.length + " task runs over " + seconds(span),
     });
-    for (const fraction of [0, 0.25, 0.5, 0.75, 1]) {
+    for (const fraction of narrow ? [0, 0.5, 1] : [0, 0.25, 0.5, 0.75, 1]) {
       const tx = x(fraction * span);
       chartSvg.append(
         svg("line", { class: "grid", x1: tx, x2: tx, y1: axis - 4, y2: height }),
