@@ -211,7 +211,7 @@
   async function session() {
     const data = await api("/api/session");
     modeBox.textContent = data.admin ? "Admin" : "Read-only";
-    modeBox.className = "mode " + (data.admin ? "admin" : "read-only");
+    modeBox.className = "mode " + (data.admin ? "mode-admin" : "mode-read-only");
     modeBox.title = data.admin
       ? "Admin actions are enabled with the token from `sluice ui`."
       : "Open the URL with the token printed by `sluice ui` to change limits.";
