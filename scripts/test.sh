@@ -6,8 +6,8 @@ set -euo pipefail
 # shellcheck source=scripts/venv.sh
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
 
-echo "==> installing sluice[dev,redis,postgres] into .venv"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev,redis,postgres]'
+echo "==> installing sluice[dev,redis,postgres,ui] into .venv"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev,redis,postgres,ui]'
 
 echo "==> ruff check src tests benchmarks examples scripts"
 .venv/bin/python -m ruff check src tests benchmarks examples scripts

@@ -1,9 +1,10 @@
 """The ``sluice`` command: manage limits from a shell and from version-controlled files.
 
 Split by noun: :mod:`sluice.cli.limit` (``sluice limit ...``),
-:mod:`sluice.cli.doctor` (``sluice doctor``) and :mod:`sluice.cli.run`
-(``sluice run ...``, the flow run history). Every command takes ``--url``;
-exit codes: 0 success, 1 other error, 2 usage, 3 not found, 4 exists or busy,
+:mod:`sluice.cli.doctor` (``sluice doctor``), :mod:`sluice.cli.run`
+(``sluice run ...``, the flow run history), :mod:`sluice.cli.ui` (``sluice ui``, the
+web dashboard) and :mod:`sluice.cli.metrics` (``sluice metrics serve``). Every command
+takes ``--url``; exit codes: 0 success, 1 other error, 2 usage, 3 not found, 4 exists or busy,
 5 store unreachable (see docs/cli.md).
 """
 
@@ -15,7 +16,9 @@ from sluice import __version__
 from sluice.cli._common import SluiceGroup, url_option
 from sluice.cli.doctor import doctor
 from sluice.cli.limit import limit
+from sluice.cli.metrics import metrics
 from sluice.cli.run import run
+from sluice.cli.ui import ui
 
 __all__ = ["cli", "main"]
 
@@ -37,6 +40,8 @@ def cli() -> None:
 cli.add_command(limit)
 cli.add_command(doctor)
 cli.add_command(run)
+cli.add_command(ui)
+cli.add_command(metrics)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sluice.errors import AcquireTimeout, LeaseLost, MissingLimitWarning, StoreError
+from sluice.limits import counters
 from sluice.limits.model import (
     AcquireRequest,
     Granted,
@@ -141,6 +142,7 @@ class Attempt:
         if self.timeout is not None:
             left = self.timeout - self.waited
             if left <= 0:
+                counters.record_timeout(outcome.blocked_on)
                 raise AcquireTimeout(
                     self.request.names,
                     self.timeout,
@@ -296,11 +298,14 @@ class Keeper:
             log.warning("sluice: could not renew leases on %s: %s", self._store.url, exc)
             now = time.time()
             for state in leases.values():
-                if now >= state.expires_at and not state.released:
+                if now >= state.expires_at and not state.released and not state.lost:
                     state.lost, state.lost_reason = True, "renewals failed past its TTL"
+                    counters.record_lost(state.names)
             return
         for lease_id, state in leases.items():
             if lease_id in renewal.lost_leases and not state.released:
+                if not state.lost:
+                    counters.record_lost(state.names)
                 state.lost = True
                 state.lost_reason = state.lost_reason or "expired or revoked (reset, forced delete)"
                 self.untrack_lease(lease_id)
@@ -314,6 +319,7 @@ class Keeper:
 def raise_if_lost(state: LeaseState, found: bool) -> None:
     """After a release: mark the lease lost if the store no longer had it, and say so."""
     if not found and not state.lost:
+        counters.record_lost(state.names)
         state.lost = True
         state.lost_reason = "expired or revoked (reset, forced delete)"
     if state.lost:

@@ -13,6 +13,7 @@ import contextlib
 import threading
 from collections.abc import Callable
 
+from sluice.limits import counters
 from sluice.limits.client import Attempt, LeaseState, Session, raise_if_lost
 from sluice.limits.model import AcquireRequest, Granted, Queued, WaitInfo
 from sluice.store import release_store
@@ -156,6 +157,7 @@ async def wait_for_grant_async(
 def _track(
     session: Session, request: AcquireRequest, grant: Granted, attempt: Attempt
 ) -> LeaseState | None:
+    counters.record_grant(grant.names, request.occupy, attempt.waited)
     if grant.lease_id is None:
         return None  # rate units: nothing to hold or renew
     state = LeaseState.from_grant(grant, request, attempt.waited)

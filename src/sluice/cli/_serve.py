@@ -1,0 +1,75 @@
+"""What ``sluice ui`` and ``sluice metrics serve`` share: extras, listening sockets, warnings."""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import socket
+
+import click
+
+from sluice.cli._common import EXIT_ERROR, CLIError
+
+__all__ = ["bind", "browser_url", "is_loopback", "require_modules", "warn_if_exposed"]
+
+
+def require_modules(command: str, extra: str, modules: tuple[str, ...]) -> None:
+    """Exit with one line saying how to install ``extra`` if any of ``modules`` is missing."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CLIError(
+            f"`{command}` needs {', '.join(missing)}: pip install 'sluice[{extra}]'", EXIT_ERROR
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_exposed(host: str, port: int, what: str) -> None:
+    """Print a warning on stderr when listening beyond this machine."""
+    if not is_loopback(host):
+        click.echo(
+            f"warning: {what} listens on {host}:{port}, reachable from other machines; "
+            "anyone who can reach it can read it. Use --host 127.0.0.1 to keep it local.",
+            err=True,
+        )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: a free one); one-line error if not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise CLIError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port "
+            "or --host",
+            EXIT_ERROR,
+        ) from exc
+    return sock
+
+
+def browser_url(host: str, port: int) -> str:
+    """The address to open for a server listening on ``host:port``."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/"

@@ -1,0 +1,92 @@
+"""``sluice metrics serve``: a headless Prometheus exporter (needs ``sluice[metrics]``)."""
+
+from __future__ import annotations
+
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from wsgiref.simple_server import make_server as wsgi_server
+
+import click
+
+from sluice.cli._common import EXIT_ERROR, CLIError, SluiceGroup, redacted, resolved_url, url_option
+from sluice.cli._params import DURATION
+from sluice.cli._serve import browser_url, require_modules, warn_if_exposed
+from sluice.cli._units import format_duration
+from sluice.cli.ui import check_interval
+
+__all__ = ["metrics"]
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No line per scrape."""
+
+
+def make_server(store_url: str, host: str, port: int, interval: float) -> tuple[WSGIServer, Any]:
+    """The exporter's WSGI server (bound, not serving yet) and its sampler."""
+    require_modules("sluice metrics serve", "metrics", ("prometheus_client",))
+    from prometheus_client import make_wsgi_app
+
+    from sluice.limits.sync import Limits
+    from sluice.metrics import FlowsCollector, LimitsCollector, ProcessCollector, build_registry
+    from sluice.ui.sampler import Sampler
+
+    limits = Limits(store_url)
+    sampler = Sampler(limits, interval)
+    collectors = [LimitsCollector(sampler), ProcessCollector(), FlowsCollector(store_url)]
+    app = make_wsgi_app(build_registry(collectors))
+    try:
+        server = wsgi_server(host, port, app, handler_class=_Quiet)
+    except OSError as exc:
+        limits.close()
+        raise CLIError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port "
+            "or --host",
+            EXIT_ERROR,
+        ) from exc
+    return server, sampler
+
+
+@click.group(cls=SluiceGroup)
+@url_option
+def metrics() -> None:
+    """Prometheus metrics of the store's limits and flow runs."""
+
+
+@metrics.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=9787,
+    show_default=True,
+    help="Port to listen on (0: any free port).",
+)
+@click.option(
+    "--interval",
+    type=DURATION,
+    default="1s",
+    show_default=True,
+    help="How often every limit is inspected (250ms to 60s).",
+)
+@url_option
+def serve(host: str, port: int, interval: float) -> None:
+    """Serve GET /metrics in the Prometheus text format until Ctrl-C."""
+    check_interval(interval)
+    url = resolved_url().url
+    server, sampler = make_server(url, host, port, interval)
+    warn_if_exposed(host, port, "the exporter")
+    address = browser_url(host, server.server_port)
+    click.echo(f"sluice metrics: {redacted(url)} on {address}metrics")
+    click.echo(
+        f"every limit is inspected every {format_duration(interval)}, which reclaims expired "
+        "leases; Ctrl-C to stop"
+    )
+    sampler.start()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        return
+    finally:
+        sampler.stop()
+        server.server_close()

@@ -1,0 +1,182 @@
+"""`sluice ui` and `sluice metrics serve`: what they print, check and refuse; real servers."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from sluice.cli import cli
+
+# The package's `ui` and `metrics` attributes are the commands; these are their modules.
+cli_ui = importlib.import_module("sluice.cli.ui")
+cli_metrics = importlib.import_module("sluice.cli.metrics")
+
+SLUICE = Path(sys.executable).with_name("sluice")
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[cli_ui.UIPlan]:
+    """Plans that `sluice ui` would have served (it returns at once instead)."""
+    plans: list[cli_ui.UIPlan] = []
+
+    def fake_serve(plan: cli_ui.UIPlan) -> None:
+        plans.append(plan)
+        plan.sock.close()
+
+    monkeypatch.setattr(cli_ui, "serve", fake_serve)
+    return plans
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_ui_help_names_every_option() -> None:
+    result = invoke("ui", "--help")
+    assert result.exit_code == 0
+    for option in ("--host", "--port", "--interval", "--read-only", "--url"):
+        assert option in result.output
+
+
+def test_ui_prints_a_one_time_url_with_a_token_and_binds_loopback(
+    served: list[cli_ui.UIPlan], store_url: str
+) -> None:
+    result = invoke("ui", "--port", "0", "--url", store_url)
+    assert result.exit_code == 0, result.output
+    (plan,) = served
+    port = int(plan.url.rstrip("/").rsplit(":", 1)[1])
+    assert port > 0 and plan.url == f"http://127.0.0.1:{port}/"
+    assert plan.token is not None and len(plan.token) >= 40
+    assert f"admin: open http://127.0.0.1:{port}/?token={plan.token}" in result.output
+    assert result.output.count(plan.token) == 1
+    assert "warning" not in result.output
+
+
+def test_ui_tokens_differ_between_runs(served: list[cli_ui.UIPlan], store_url: str) -> None:
+    invoke("ui", "--port", "0", "--url", store_url)
+    invoke("ui", "--port", "0", "--url", store_url)
+    assert served[0].token != served[1].token
+
+
+def test_ui_warns_when_listening_beyond_this_machine(
+    served: list[cli_ui.UIPlan], store_url: str
+) -> None:
+    result = CliRunner().invoke(cli, ["ui", "--host", "0.0.0.0", "--port", "0", "--url", store_url])
+    assert result.exit_code == 0
+    assert "warning: the dashboard listens on 0.0.0.0" in result.stderr
+    assert "--host 127.0.0.1" in result.stderr
+
+
+def test_ui_read_only_prints_no_token(served: list[cli_ui.UIPlan], store_url: str) -> None:
+    result = invoke("ui", "--read-only", "--port", "0", "--url", store_url)
+    assert served[0].token is None
+    assert "token=" not in result.output and "read-only" in result.output
+
+
+def test_ui_masks_the_store_password(
+    served: list[cli_ui.UIPlan], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_ui, "plan_ui", lambda *a: (_ for _ in ()).throw(RuntimeError(a[0])))
+    result = CliRunner().invoke(cli, ["ui", "--url", "redis://user:s3cret@localhost:1/0"])
+    assert result.exit_code == 1
+    assert "s3cret" not in result.output + result.stderr
+
+
+def test_ui_refuses_a_bad_interval_and_a_busy_port(store_url: str) -> None:
+    result = CliRunner().invoke(cli, ["ui", "--interval", "10ms", "--url", store_url])
+    assert result.exit_code == 2 and "use 250ms to 60s" in result.stderr
+    with __import__("socket").socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = str(busy.getsockname()[1])
+        result = CliRunner().invoke(cli, ["ui", "--port", port, "--url", store_url])
+    assert result.exit_code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_a_missing_extra_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, store_url: str
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a)
+    )
+    result = CliRunner().invoke(cli, ["ui", "--url", store_url])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "Error: `sluice ui` needs uvicorn: pip install 'sluice[ui]'"
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "prometheus_client" else real(name, *a),
+    )
+    result = CliRunner().invoke(cli, ["metrics", "serve", "--url", store_url])
+    assert result.exit_code == 1
+    assert "pip install 'sluice[metrics]'" in result.stderr
+
+
+def test_metrics_serve_prints_where_and_stops_cleanly(
+    monkeypatch: pytest.MonkeyPatch, store_url: str
+) -> None:
+    def interrupted(self: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_metrics.WSGIServer, "serve_forever", interrupted)
+    assert "--port" in invoke("metrics", "serve", "--help").output
+    result = invoke("metrics", "serve", "--port", "0", "--url", store_url)
+    assert result.exit_code == 0
+    assert re.search(r"on http://127\.0\.0\.1:\d+/metrics", result.output)
+
+
+def _start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
+    env = {**os.environ, "SLUICE_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen(
+        [str(SLUICE), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    match = re.search(r"(http://127\.0\.0\.1:\d+/)", first)
+    if match is None:
+        proc.kill()
+        pytest.fail(f"no address in {first!r}: {proc.communicate()}")
+    return proc, match.group(1)
+
+
+def _get(url: str, **headers: str) -> tuple[int, str]:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers)) as r:
+                return r.status, r.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_sluice_ui_and_metrics_serve_answer_http(tmp_path: Path, store_url: str) -> None:
+    ui, base = _start(["ui", "--port", "0", "--url", store_url], tmp_path)
+    exporter, exporter_base = _start(
+        ["metrics", "serve", "--port", "0", "--url", store_url], tmp_path
+    )
+    try:
+        status, page = _get(base)
+        assert status == 200 and 'data-page="limits"' in page
+        assert _get(base + "api/limits")[1].startswith('{"sampled_at"')
+        assert "sluice_store_up 1.0" in _get(base + "metrics")[1]
+        assert "sluice_store_up 1.0" in _get(exporter_base + "metrics")[1]
+    finally:
+        for proc in (ui, exporter):
+            proc.terminate()
+            proc.communicate(timeout=10)  # waits, and closes the pipes
