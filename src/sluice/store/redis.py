@@ -611,7 +611,7 @@ class _Listener:
 class RedisStore(_Core):
     """Limits, leases and FIFO queues in Redis keys; one Lua script per operation."""
 
-    safety_interval = 10.0
+    safety_interval = 30.0  # pub/sub pushes every wake-up; this re-check is a backstop
 
     def __init__(self, config: RedisConfig) -> None:
         super().__init__(config)
