@@ -10,7 +10,6 @@ a state is inserted once (``ON CONFLICT DO NOTHING``). Retention is bounded by
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from sluice.errors import InvalidRequest, RunNotFound, StoreError
+from sluice.errors import RunNotFound, StoreError
 from sluice.history.base import (
     FlowRunDetail,
     FlowRunRecord,
@@ -28,6 +27,15 @@ from sluice.history.base import (
     StateRecord,
     TaskRunDetail,
     TaskRunRecord,
+)
+from sluice.history.rows import (
+    FLOW_COLUMNS,
+    STATE_COLUMNS,
+    TASK_COLUMNS,
+    check_list_limit,
+    check_prune,
+    check_run_id,
+    rows_of,
 )
 from sluice.store.postgres_engine import PgConfig, parse_url, translate
 
@@ -77,12 +85,7 @@ CREATE TABLE IF NOT EXISTS {q}.history_states (
 CREATE INDEX IF NOT EXISTS history_states_flow ON {q}.history_states (flow_run_id);
 """
 
-_FLOW = "id, flow, state, created_at, started_at, ended_at, message, parent_id, host, pid"
-_TASK = (
-    "id, flow_run_id, task, state, created_at, started_at, ended_at, message, limits,"
-    " occupy, attempts, tags"
-)
-_STATE = "run_id, flow_run_id, seq, name, timestamp, message, limit_name, position"
+_FLOW, _TASK, _STATE = FLOW_COLUMNS, TASK_COLUMNS, STATE_COLUMNS
 
 
 def _upsert(table: str, columns: str) -> str:
@@ -149,74 +152,25 @@ class PostgresHistory:
 
     def write(self, batch: Sequence[HistoryRecord]) -> None:
         """Upsert runs and insert states, in one transaction."""
-        flows: dict[str, tuple[object, ...]] = {}
-        tasks: dict[str, tuple[object, ...]] = {}
-        states: list[tuple[object, ...]] = []
-        for record in batch:
-            if isinstance(record, StateRecord):
-                states.append(
-                    (
-                        record.run_id,
-                        record.flow_run_id,
-                        record.seq,
-                        record.name,
-                        record.timestamp,
-                        record.message,
-                        record.limit,
-                        record.position,
-                    )
-                )
-            elif isinstance(record, TaskRunRecord):
-                tasks.pop(record.id, None)  # the last one of a run wins
-                tasks[record.id] = (
-                    record.id,
-                    record.flow_run_id,
-                    record.task,
-                    record.state,
-                    record.created_at,
-                    record.started_at,
-                    record.ended_at,
-                    record.message,
-                    json.dumps(list(record.limits)),
-                    record.occupy,
-                    record.attempts,
-                    json.dumps(list(record.tags)),
-                )
-            elif isinstance(record, FlowRunRecord):
-                flows.pop(record.id, None)
-                flows[record.id] = (
-                    record.id,
-                    record.flow,
-                    record.state,
-                    record.created_at,
-                    record.started_at,
-                    record.ended_at,
-                    record.message,
-                    record.parent_id,
-                    record.host,
-                    record.pid,
-                )
-            else:
-                raise InvalidRequest(f"not a history record: {record!r}")
-        if not (flows or tasks or states):
+        rows = rows_of(batch)
+        if not rows:
             return
         q = self._q
         with self._tx() as conn, conn.cursor() as cur:
-            if flows:
-                cur.executemany(_upsert(f"{q}.history_flow_runs", _FLOW), list(flows.values()))
-            if tasks:
-                cur.executemany(_upsert(f"{q}.history_task_runs", _TASK), list(tasks.values()))
-            if states:
+            if rows.flows:
+                cur.executemany(_upsert(f"{q}.history_flow_runs", _FLOW), list(rows.flows.values()))
+            if rows.tasks:
+                cur.executemany(_upsert(f"{q}.history_task_runs", _TASK), list(rows.tasks.values()))
+            if rows.states:
                 cur.executemany(
                     f"INSERT INTO {q}.history_states ({_STATE})"
                     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                    states,
+                    rows.states,
                 )
 
     def list_flow_runs(self, limit: int = 20) -> list[FlowRunRecord]:
         """The newest flow runs first."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidRequest(f"limit must be an int >= 1, got {limit!r}")
+        check_list_limit(limit)
         with self._tx() as conn:
             rows = conn.execute(
                 f"SELECT {_FLOW} FROM {self._q}.history_flow_runs"
@@ -227,8 +181,7 @@ class PostgresHistory:
 
     def get_flow_run(self, run_id: str) -> FlowRunDetail:
         """One flow run with its states and task runs."""
-        if not isinstance(run_id, str) or not run_id:
-            raise InvalidRequest(f"run_id must be a non-empty str, got {run_id!r}")
+        check_run_id(run_id)
         q = self._q
         with self._tx() as conn:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # one snapshot
@@ -255,16 +208,7 @@ class PostgresHistory:
 
     def prune(self, keep_runs: int, max_age_seconds: float | None = None) -> int:
         """Delete old ended flow runs with their task runs and states."""
-        if isinstance(keep_runs, bool) or not isinstance(keep_runs, int) or keep_runs < 0:
-            raise InvalidRequest(f"keep_runs must be an int >= 0, got {keep_runs!r}")
-        if max_age_seconds is not None and (
-            isinstance(max_age_seconds, bool)
-            or not isinstance(max_age_seconds, (int, float))
-            or not max_age_seconds >= 0
-        ):
-            raise InvalidRequest(
-                f"max_age_seconds must be None or a number >= 0, got {max_age_seconds!r}"
-            )
+        keep_runs, max_age_seconds = check_prune(keep_runs, max_age_seconds)
         cutoff = time.time() - max_age_seconds if max_age_seconds is not None else None
         q = self._q
         with self._tx() as conn:

@@ -24,7 +24,7 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
-from sluice.errors import InvalidRequest, RunNotFound, StoreError, StoreUnavailable
+from sluice.errors import RunNotFound, StoreError, StoreUnavailable
 from sluice.history.base import (
     FlowRunDetail,
     FlowRunRecord,
@@ -33,6 +33,7 @@ from sluice.history.base import (
     TaskRunDetail,
     TaskRunRecord,
 )
+from sluice.history.rows import check_list_limit, check_prune, check_run_id, rows_of
 from sluice.store.redis import RedisConfig
 
 __all__ = ["RedisHistory", "from_url"]
@@ -88,10 +89,7 @@ class RedisHistory:
 
     def write(self, batch: Sequence[HistoryRecord]) -> None:
         """Upsert runs and add states, in one MULTI/EXEC transaction."""
-        for record in batch:
-            if not isinstance(record, (FlowRunRecord, TaskRunRecord, StateRecord)):
-                raise InvalidRequest(f"not a history record: {record!r}")
-        if not batch:
+        if not rows_of(batch):  # checks every record
             return
         try:
             with self._redis().pipeline(transaction=True) as pipe:
@@ -111,8 +109,7 @@ class RedisHistory:
 
     def list_flow_runs(self, limit: int = 20) -> list[FlowRunRecord]:
         """The newest flow runs first."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidRequest(f"limit must be an int >= 1, got {limit!r}")
+        check_list_limit(limit)
         try:
             client = self._redis()
             ids = [str(i) for i in client.zrevrange(f"{self._base}:runs", 0, limit - 1)]
@@ -123,8 +120,7 @@ class RedisHistory:
 
     def get_flow_run(self, run_id: str) -> FlowRunDetail:
         """One flow run with its states and task runs."""
-        if not isinstance(run_id, str) or not run_id:
-            raise InvalidRequest(f"run_id must be a non-empty str, got {run_id!r}")
+        check_run_id(run_id)
         try:
             with self._redis().pipeline(transaction=True) as pipe:  # one consistent snapshot
                 pipe.get(self._run_key(run_id))
@@ -151,16 +147,7 @@ class RedisHistory:
 
     def prune(self, keep_runs: int, max_age_seconds: float | None = None) -> int:
         """Delete old ended flow runs with their task runs and states."""
-        if isinstance(keep_runs, bool) or not isinstance(keep_runs, int) or keep_runs < 0:
-            raise InvalidRequest(f"keep_runs must be an int >= 0, got {keep_runs!r}")
-        if max_age_seconds is not None and (
-            isinstance(max_age_seconds, bool)
-            or not isinstance(max_age_seconds, (int, float))
-            or not max_age_seconds >= 0
-        ):
-            raise InvalidRequest(
-                f"max_age_seconds must be None or a number >= 0, got {max_age_seconds!r}"
-            )
+        keep_runs, max_age_seconds = check_prune(keep_runs, max_age_seconds)
         runs = f"{self._base}:runs"
         try:
             client = self._redis()

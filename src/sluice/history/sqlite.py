@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from sluice.errors import ConfigError, InvalidRequest, RunNotFound, StoreError
+from sluice.errors import ConfigError, RunNotFound, StoreError
 from sluice.history.base import (
     FlowRunDetail,
     FlowRunRecord,
@@ -29,6 +29,15 @@ from sluice.history.base import (
     StateRecord,
     TaskRunDetail,
     TaskRunRecord,
+)
+from sluice.history.rows import (
+    FLOW_COLUMNS,
+    STATE_COLUMNS,
+    TASK_COLUMNS,
+    check_list_limit,
+    check_prune,
+    check_run_id,
+    rows_of,
 )
 
 __all__ = ["SQLiteHistory", "from_url"]
@@ -78,13 +87,6 @@ CREATE TABLE IF NOT EXISTS sluice_history_states (
 CREATE INDEX IF NOT EXISTS sluice_history_states_flow
     ON sluice_history_states (flow_run_id);
 """
-
-_FLOW_COLUMNS = "id, flow, state, created_at, started_at, ended_at, message, parent_id, host, pid"
-_TASK_COLUMNS = (
-    "id, flow_run_id, task, state, created_at, started_at, ended_at, message, limits,"
-    " occupy, attempts, tags"
-)
-_STATE_COLUMNS = "run_id, flow_run_id, seq, name, timestamp, message, limit_name, position"
 
 
 class _FileLock:
@@ -173,83 +175,34 @@ class SQLiteHistory:
 
     def write(self, batch: Sequence[HistoryRecord]) -> None:
         """Upsert runs and insert states, in one transaction."""
-        flows: dict[str, tuple[object, ...]] = {}
-        tasks: dict[str, tuple[object, ...]] = {}
-        states: list[tuple[object, ...]] = []
-        for record in batch:
-            if isinstance(record, StateRecord):
-                states.append(
-                    (
-                        record.run_id,
-                        record.flow_run_id,
-                        record.seq,
-                        record.name,
-                        record.timestamp,
-                        record.message,
-                        record.limit,
-                        record.position,
-                    )
-                )
-            elif isinstance(record, TaskRunRecord):
-                tasks.pop(record.id, None)  # keep the last one, in arrival order
-                tasks[record.id] = (
-                    record.id,
-                    record.flow_run_id,
-                    record.task,
-                    record.state,
-                    record.created_at,
-                    record.started_at,
-                    record.ended_at,
-                    record.message,
-                    json.dumps(list(record.limits)),
-                    record.occupy,
-                    record.attempts,
-                    json.dumps(list(record.tags)),
-                )
-            elif isinstance(record, FlowRunRecord):
-                flows.pop(record.id, None)
-                flows[record.id] = (
-                    record.id,
-                    record.flow,
-                    record.state,
-                    record.created_at,
-                    record.started_at,
-                    record.ended_at,
-                    record.message,
-                    record.parent_id,
-                    record.host,
-                    record.pid,
-                )
-            else:
-                raise InvalidRequest(f"not a history record: {record!r}")
-        if not (flows or tasks or states):
+        rows = rows_of(batch)
+        if not rows:
             return
         with self._tx() as conn:
-            if flows:
+            if rows.flows:
                 conn.executemany(
-                    f"INSERT OR REPLACE INTO sluice_history_flow_runs ({_FLOW_COLUMNS})"
+                    f"INSERT OR REPLACE INTO sluice_history_flow_runs ({FLOW_COLUMNS})"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    list(flows.values()),
+                    list(rows.flows.values()),
                 )
-            if tasks:
+            if rows.tasks:
                 conn.executemany(
-                    f"INSERT OR REPLACE INTO sluice_history_task_runs ({_TASK_COLUMNS})"
+                    f"INSERT OR REPLACE INTO sluice_history_task_runs ({TASK_COLUMNS})"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    list(tasks.values()),
+                    list(rows.tasks.values()),
                 )
-            if states:
+            if rows.states:
                 conn.executemany(
-                    f"INSERT OR IGNORE INTO sluice_history_states ({_STATE_COLUMNS})"
+                    f"INSERT OR IGNORE INTO sluice_history_states ({STATE_COLUMNS})"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    states,
+                    rows.states,
                 )
 
     def list_flow_runs(self, limit: int = 20) -> list[FlowRunRecord]:
         """The newest flow runs first."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidRequest(f"limit must be an int >= 1, got {limit!r}")
+        check_list_limit(limit)
         rows = self._read(
-            f"SELECT {_FLOW_COLUMNS} FROM sluice_history_flow_runs"
+            f"SELECT {FLOW_COLUMNS} FROM sluice_history_flow_runs"
             " ORDER BY created_at DESC, id DESC LIMIT ?",
             (limit,),
         )
@@ -257,24 +210,23 @@ class SQLiteHistory:
 
     def get_flow_run(self, run_id: str) -> FlowRunDetail:
         """One flow run with its states and task runs."""
-        if not isinstance(run_id, str) or not run_id:
-            raise InvalidRequest(f"run_id must be a non-empty str, got {run_id!r}")
+        check_run_id(run_id)
         try:
             with self._mutex:
                 conn = self._connection()
                 conn.execute("BEGIN")  # one consistent snapshot for the three reads
                 try:
                     row = conn.execute(
-                        f"SELECT {_FLOW_COLUMNS} FROM sluice_history_flow_runs WHERE id = ?",
+                        f"SELECT {FLOW_COLUMNS} FROM sluice_history_flow_runs WHERE id = ?",
                         (run_id,),
                     ).fetchone()
                     task_rows = conn.execute(
-                        f"SELECT {_TASK_COLUMNS} FROM sluice_history_task_runs"
+                        f"SELECT {TASK_COLUMNS} FROM sluice_history_task_runs"
                         " WHERE flow_run_id = ? ORDER BY created_at, id",
                         (run_id,),
                     ).fetchall()
                     state_rows = conn.execute(
-                        f"SELECT {_STATE_COLUMNS} FROM sluice_history_states"
+                        f"SELECT {STATE_COLUMNS} FROM sluice_history_states"
                         " WHERE flow_run_id = ? ORDER BY run_id, seq",
                         (run_id,),
                     ).fetchall()
@@ -294,14 +246,7 @@ class SQLiteHistory:
 
     def prune(self, keep_runs: int, max_age_seconds: float | None = None) -> int:
         """Delete old ended flow runs with their task runs and states."""
-        if isinstance(keep_runs, bool) or not isinstance(keep_runs, int) or keep_runs < 0:
-            raise InvalidRequest(f"keep_runs must be an int >= 0, got {keep_runs!r}")
-        if max_age_seconds is not None and not (
-            isinstance(max_age_seconds, (int, float)) and max_age_seconds >= 0
-        ):
-            raise InvalidRequest(
-                f"max_age_seconds must be None or a number >= 0, got {max_age_seconds!r}"
-            )
+        keep_runs, max_age_seconds = check_prune(keep_runs, max_age_seconds)
         cutoff = time.time() - max_age_seconds if max_age_seconds is not None else None
         with self._tx() as conn:
             ids = [
