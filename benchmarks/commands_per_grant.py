@@ -96,8 +96,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for size in SIZES
     ]
     print_table(
-        "Redis commands per grant (release that hands over + the waiter's collect), "
-        "from INFO commandstats",
+        "Redis commands per grant (the release that hands over; the waiter takes the grant "
+        "from its wake-up), from INFO commandstats",
         rows,
         [
             f"{GRANTS} grants measured per size (1 with one waiter); every command counts, "
