@@ -310,7 +310,8 @@ def postgres_section(markdown: bool) -> None:
         rows,
         [
             "a handoff is: A's release step (which grants B and NOTIFYs it in one "
-            "transaction), B's listener thread receiving it, B's collect step",
+            "transaction, with the grant), B's listener thread receiving it, B's waiting "
+            "thread taking the grant",
             "baselines through psycopg on this server: pg_notify() on one autocommit "
             "connection -> arrival on a LISTEN connection watched by a thread; one "
             "autocommit UPDATE of one row",

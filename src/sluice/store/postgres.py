@@ -299,6 +299,7 @@ class PostgresStore:
                     self._wake_local,
                     self._wake_all,
                     self.url,
+                    self._engine.keep_grants,
                 )
             listener = self._listener
         listener.start()
@@ -352,8 +353,17 @@ class PostgresStore:
     def inspect_limit(self, name: str) -> LimitStatus:
         return self._drive(lambda: self._engine.inspect_limit(name))
 
+    def _take_handed(self, request: AcquireRequest) -> Granted | None:
+        """A grant the wake-up carried, so a woken waiter need not ask the store again."""
+        listener = self._listener
+        offset = listener.clock_offset if listener is not None else 0.0
+        return self._engine.take_handed(request, time.time() + offset)
+
     def acquire(self, request: AcquireRequest) -> Granted | Queued:
         self._check_fork()
+        handed = self._take_handed(request)
+        if handed is not None:
+            return handed
         if not self._listening():
             self._ensure_listening()  # before a ticket exists that a wake-up could name
         return self._drive(lambda: self._engine.acquire(request))
@@ -574,6 +584,9 @@ class AsyncPostgresStore:
 
     async def acquire(self, request: AcquireRequest) -> Granted | Queued:
         self.sync._check_fork()
+        handed = self.sync._take_handed(request)
+        if handed is not None:
+            return handed
         if not self.sync._listening():
             await asyncio.to_thread(self.sync._ensure_listening)
         return await self._drive(lambda: self.sync._engine.acquire(request))

@@ -315,6 +315,27 @@ class Engine:
     host: str = field(default_factory=socket.gethostname)
     waiting: set[str] = field(default_factory=set)
     """This process's queued request ids: woken all at once when the listener reconnects."""
+    handed: dict[str, Granted] = field(default_factory=dict)
+    """Grants that wake-ups brought for this process's waiters, by request id."""
+
+    def keep_grants(self, grants: dict[str, Any]) -> None:
+        """Keep the grants a wake-up carries, for their waiters to take."""
+        for ticket_id, data in grants.items():
+            granted = _outcome(data)
+            if isinstance(granted, Granted) and granted.lease_id == ticket_id:
+                self.handed[ticket_id] = granted
+
+    def take_handed(self, request: AcquireRequest, store_now: float) -> Granted | None:
+        """A grant a wake-up brought this waiter, if fresh: the first half of its TTL."""
+        if request.seq is None:
+            return None
+        granted = self.handed.pop(request.request_id, None)
+        if granted is None or granted.expires_at is None or granted.lease_ttl is None:
+            return None
+        if granted.expires_at - store_now < granted.lease_ttl / 2:
+            return None  # away too long (paused, frozen): the store knows better
+        self.waiting.discard(request.request_id)
+        return granted
 
     @property
     def channel(self) -> str:
@@ -494,11 +515,13 @@ class Engine:
 
     def abandon(self, request_id: str) -> Plan[None]:
         self.waiting.discard(request_id)
+        self.handed.pop(request_id, None)
         yield self._step("abandon", "%s::text, %s::text", request_id, self.process_id)
 
     def forget_process(self) -> Plan[None]:
         """Give back every lease and queue place of this process (a normal exit)."""
         self.waiting.clear()
+        self.handed.clear()
         yield self._step("forget_process", "%s::text", self.process_id)
 
 

@@ -1,10 +1,13 @@
 """The wake-up listener of the PostgreSQL store: one LISTEN connection per process and store.
 
 A step that grants or wakes tickets calls ``pg_notify('sluice_<process id>',
-'<ticket>,<ticket>,...')`` inside its own transaction, so the notification is
-delivered exactly when the change commits. Each process listens on its own
-channel with one connection, watched by one thread, and hands the ticket ids
-to the store's wake handler, which routes them to the waiting threads and tasks.
+'{"w": [ticket ids], "g": {ticket id: grant}}')`` inside its own transaction,
+so the notification is delivered exactly when the change commits. Each process
+listens on its own channel with one connection, watched by one thread, which
+keeps the grants for their waiters (so a woken waiter need not ask the store
+again) and hands the ticket ids to the store's wake handler, which routes them
+to the waiting threads and tasks. It also measures the database's clock against
+this host's, at connect and at each ping, so a waiter can tell a fresh grant.
 
 If the connection drops (server restart, ``pg_terminate_backend``, network),
 the thread reconnects with back-off, LISTENs again and then wakes every local
@@ -18,12 +21,14 @@ connection at the server or a session-mode pool (``listen_url``).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import select
 import threading
 import time
 from collections.abc import Callable, Collection
+from typing import Any
 
 import psycopg
 
@@ -49,10 +54,12 @@ class Listener:
         on_wake: Callable[[Collection[str]], None],
         on_reconnect: Callable[[], None],
         url: str,
+        on_grants: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._connect = connect
         self._channel = channel
         self._on_wake = on_wake
+        self._on_grants = on_grants
         self._on_reconnect = on_reconnect
         self._url = url
         self._ready = threading.Event()
@@ -65,6 +72,8 @@ class Listener:
         self.backend_pid: int | None = None
         """The server process of the current LISTEN connection (for tests and diagnostics)."""
         self.reconnects = 0
+        self.clock_offset = 0.0
+        """The database's clock minus this host's, measured at connect and at each ping."""
 
     def start(self, timeout: float = 10.0) -> None:
         """Start listening (once); return when LISTEN is in force, else StoreUnavailable."""
@@ -145,6 +154,7 @@ class Listener:
             conn.add_notify_handler(self._notified)
             conn.execute(f'LISTEN "{self._channel}"')
             self.backend_pid = conn.info.backend_pid
+            self._measure_clock(conn)
         except BaseException:
             conn.close()
             raise
@@ -159,7 +169,7 @@ class Listener:
         while not self._stopped:
             left = PING_INTERVAL - (time.monotonic() - quiet_since)
             if left <= 0:
-                conn.execute("SELECT 1")  # raises if the connection died silently
+                self._measure_clock(conn)  # raises if the connection died silently
                 quiet_since = time.monotonic()
                 continue
             readable, _, _ = select.select([sock, self._stop_r], [], [], left)
@@ -177,8 +187,23 @@ class Listener:
         # Notifications that arrive while a ping runs come through psycopg's handler.
         self._deliver(notify.payload)
 
+    def _measure_clock(self, conn: psycopg.Connection[object]) -> None:
+        before = time.time()
+        row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+        after = time.time()
+        if row is not None:
+            self.clock_offset = float(row[0]) - (before + after) / 2  # type: ignore[index]
+
     def _deliver(self, payload: str) -> None:
-        tickets = [t for t in payload.split(",") if t]
+        if payload.startswith("{"):  # {"w": [ticket ids], "g": {ticket id: grant}}
+            message = json.loads(payload)
+            grants = message.get("g") or {}
+            on_grants = self._on_grants
+            if grants and on_grants is not None:
+                self._safely(lambda: on_grants(grants))
+            tickets = [str(t) for t in message.get("w") or ()]
+        else:
+            tickets = [t for t in payload.split(",") if t]
         if tickets:
             self._safely(lambda: self._on_wake(tickets))
 

@@ -495,8 +495,10 @@ END $$;
 -- process died or hung) is dropped, never handed units.
 --
 -- Wake-ups go out with pg_notify on channel 'sluice_<process id>', payload
--- comma-separated ticket ids (in chunks well under the 8000-byte limit), and
--- are delivered when the step commits. Returns the ticket ids of p_me (the
+-- {"w": [ticket ids], "g": {ticket id: grant}} (chunks of 20 tickets, well
+-- under the 8000-byte limit): the concurrency grants handed to those tickets
+-- travel with the wake-up, so their waiters need not ask again. They are
+-- delivered when the step commits. Returns the ticket ids of p_me (the
 -- calling process), which it wakes itself.
 CREATE OR REPLACE FUNCTION @schema@._hand_off(
     p_touched bigint[], p_moved bigint[], p_locked bigint[], p_wake_tickets text[],
@@ -521,6 +523,9 @@ DECLARE
     v_others bigint[];
     v_target record;
     v_chunk integer;
+    v_ids_chunk text[];
+    v_grants jsonb := '{}';
+    v_grant jsonb;
 BEGIN
     WHILE cardinality(v_work) > 0 LOOP
         v_limit := v_work[1];
@@ -580,6 +585,11 @@ BEGIN
                     INSERT INTO @schema@.holdings (limit_id, lease_id, units)
                     VALUES (v_limit, v_head.id, v_head.occupy);
                 END IF;
+                IF v_head.kind = 'concurrency' THEN
+                    v_grants := v_grants || jsonb_build_object(v_head.id, @schema@._granted(
+                        v_head.id, ARRAY[v_head.name], p_now, p_now + v_head.lease_ttl,
+                        v_head.lease_ttl, '{}'));
+                END IF;
                 v_wake_t := v_wake_t || v_head.id;
                 v_wake_p := v_wake_p || v_head.process_id;
                 v_granted_here := true;
@@ -635,9 +645,12 @@ BEGIN
             END IF;
             PERFORM @schema@._drop_ticket(v_head.id, v_ids);
             v_moved := v_moved || v_ids;
-            PERFORM @schema@._take(v_head.id, v_head.process_id, v_head.holder, v_head.host,
-                                   v_head.pid, v_head.occupy, v_head.kind, v_active, '{}',
-                                   true, p_now);
+            v_grant := @schema@._take(v_head.id, v_head.process_id, v_head.holder,
+                                      v_head.host, v_head.pid, v_head.occupy, v_head.kind,
+                                      v_active, '{}', true, p_now);
+            IF v_head.kind = 'concurrency' THEN
+                v_grants := v_grants || jsonb_build_object(v_head.id, v_grant);
+            END IF;
             v_wake_t := v_wake_t || v_head.id;
             v_wake_p := v_wake_p || v_head.process_id;
             v_granted_here := true;
@@ -657,10 +670,12 @@ BEGIN
         FROM unnest(v_wake_p, v_wake_t) AS w(p, t)
         WHERE w.p IS DISTINCT FROM p_me GROUP BY w.p
     LOOP
-        FOR v_chunk IN 0 .. (cardinality(v_target.tickets) - 1) / 200 LOOP
-            PERFORM pg_notify('sluice_' || v_target.p,
-                              array_to_string(v_target.tickets[v_chunk * 200 + 1 :
-                                                               v_chunk * 200 + 200], ','));
+        FOR v_chunk IN 0 .. (cardinality(v_target.tickets) - 1) / 20 LOOP
+            v_ids_chunk := v_target.tickets[v_chunk * 20 + 1 : v_chunk * 20 + 20];
+            PERFORM pg_notify('sluice_' || v_target.p, jsonb_build_object(
+                'w', to_jsonb(v_ids_chunk),
+                'g', (SELECT coalesce(jsonb_object_agg(g.key, g.value), '{}')
+                      FROM jsonb_each(v_grants) g WHERE g.key = ANY(v_ids_chunk)))::text);
         END LOOP;
     END LOOP;
     RETURN ARRAY(SELECT DISTINCT w.t FROM unnest(v_wake_p, v_wake_t) AS w(p, t)
