@@ -390,6 +390,19 @@ def test_a_waiters_timeout_still_holds_while_redis_is_down(own_redis: OwnRedis) 
             held.release()
 
 
+def test_a_holder_whose_renewals_fail_past_its_ttl_is_told_lease_lost(
+    own_redis: OwnRedis,
+) -> None:
+    url = f"redis://127.0.0.1:{own_redis.port}/0"
+    with Limits(url) as limits:
+        limits.create("db", slots=1, lease_ttl=1)
+        lease = limits.acquire("db")
+        own_redis.kill()  # renewals fail from now on
+        wait_until(lambda: lease.lost, 5.0, "the lease to be marked lost")
+        with pytest.raises(LeaseLost):  # not StoreUnavailable: the lease is gone for good
+            lease.release()
+
+
 def test_waiters_in_threads_survive_an_outage_without_exceeding_the_limit(
     own_redis: OwnRedis,
 ) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import threading
 from collections.abc import Callable
 
+from sluice.errors import StoreError
 from sluice.limits import counters
 from sluice.limits.client import Attempt, LeaseState, Session, raise_if_lost
 from sluice.limits.model import AcquireRequest, Granted, Queued, WaitInfo
@@ -193,15 +194,32 @@ async def _withdraw(
 
 
 def release_lease(store: Store, session: Session, state: LeaseState) -> None:
-    """Give a lease's units back; raise LeaseLost if it had been lost."""
+    """Give a lease's units back; raise LeaseLost if it had been lost.
+
+    A lease already known lost (its renewals failed past its TTL) is reported
+    as LeaseLost even when the store cannot be reached to release it: it has
+    expired there, and the store reclaims it.
+    """
     session.keeper.untrack_lease(state.id)
-    raise_if_lost(state, store.release(state.id))
+    try:
+        found = store.release(state.id)
+    except StoreError:
+        if not state.lost:
+            raise
+        found = False
+    raise_if_lost(state, found)
 
 
 async def release_lease_async(astore: AsyncStore, session: Session, state: LeaseState) -> None:
     """The async twin; shielded, so a cancellation cannot leave the units held."""
     session.keeper.untrack_lease(state.id)
-    raise_if_lost(state, await asyncio.shield(astore.release(state.id)))
+    try:
+        found = await asyncio.shield(astore.release(state.id))
+    except StoreError:
+        if not state.lost:
+            raise
+        found = False
+    raise_if_lost(state, found)
 
 
 def close_store(store: Store, session: Session) -> None:
