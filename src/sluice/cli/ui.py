@@ -45,7 +45,7 @@ def plan_ui(store_url: str, host: str, port: int, interval: float, read_only: bo
     """Build the dashboard on ``store_url`` and bind its socket, without serving yet."""
     require_modules("sluice ui", "ui", _MODULES)
     from sluice.limits.sync import Limits
-    from sluice.ui.app import Dashboard, create_app
+    from sluice.ui.app import LOOPBACK_HOSTS, Dashboard, create_app
     from sluice.ui.sampler import Sampler
     from sluice.ui.views import RunIndex
 
@@ -64,7 +64,9 @@ def plan_ui(store_url: str, host: str, port: int, interval: float, read_only: bo
         f"every limit is inspected every {format_duration(interval)}, which reclaims expired "
         "leases; Ctrl-C to stop"
     )
-    return UIPlan(create_app(dashboard), sock, url, token, lines)
+    # Bound to loopback: answer only to loopback names, so DNS rebinding cannot reach it.
+    hosts = LOOPBACK_HOSTS if host in LOOPBACK_HOSTS else None
+    return UIPlan(create_app(dashboard, allowed_hosts=hosts), sock, url, token, lines)
 
 
 def serve(plan: UIPlan) -> None:

@@ -15,13 +15,14 @@ import contextlib
 import hmac
 import html
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -222,8 +223,22 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(dashboard: Dashboard, *, sample_in_background: bool = True) -> Starlette:
-    """The dashboard app on ``dashboard``'s store; the sampler runs while the app does."""
+LOOPBACK_HOSTS: Final = ("127.0.0.1", "localhost")
+"""Host headers a dashboard bound to loopback answers (others: 400, against DNS rebinding)."""
+
+
+def create_app(
+    dashboard: Dashboard,
+    *,
+    sample_in_background: bool = True,
+    allowed_hosts: Sequence[str] | None = None,
+) -> Starlette:
+    """The dashboard app on ``dashboard``'s store; the sampler runs while the app does.
+
+    With ``allowed_hosts``, a request whose Host header names another host is
+    refused (400), so a web page elsewhere cannot read the dashboard through a
+    DNS name rebound to this machine.
+    """
     d = dashboard
     registry = build_registry(
         [LimitsCollector(d.sampler), ProcessCollector(), FlowsCollector(d.runs.url)]
@@ -354,5 +369,7 @@ def create_app(dashboard: Dashboard, *, sample_in_background: bool = True) -> St
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.add_middleware(_SecurityHeaders)
     return app
