@@ -26,7 +26,6 @@ from sluice.history.base import (
     HistoryRecord,
     StateRecord,
     TaskRunDetail,
-    TaskRunRecord,
 )
 from sluice.history.rows import (
     FLOW_COLUMNS,
@@ -35,7 +34,9 @@ from sluice.history.rows import (
     check_list_limit,
     check_prune,
     check_run_id,
+    flow_record,
     rows_of,
+    task_record,
 )
 from sluice.store.postgres_engine import PgConfig, parse_url, translate
 
@@ -177,7 +178,7 @@ class PostgresHistory:
                 " ORDER BY created_at DESC, id DESC LIMIT %s",
                 (limit,),
             ).fetchall()
-        return [_flow(r) for r in rows]
+        return [flow_record(r) for r in rows]
 
     def get_flow_run(self, run_id: str) -> FlowRunDetail:
         """One flow run with its states and task runs."""
@@ -203,8 +204,8 @@ class PostgresHistory:
         by_run: dict[str, list[StateRecord]] = {}
         for s in state_rows:
             by_run.setdefault(s[0], []).append(StateRecord(*s))
-        tasks = tuple(TaskRunDetail(_task(t), tuple(by_run.get(t[0], ()))) for t in task_rows)
-        return FlowRunDetail(_flow(row), tuple(by_run.get(run_id, ())), tasks)
+        tasks = tuple(TaskRunDetail(task_record(t), tuple(by_run.get(t[0], ()))) for t in task_rows)
+        return FlowRunDetail(flow_record(row), tuple(by_run.get(run_id, ())), tasks)
 
     def prune(self, keep_runs: int, max_age_seconds: float | None = None) -> int:
         """Delete old ended flow runs with their task runs and states."""
@@ -237,27 +238,6 @@ class PostgresHistory:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
-
-
-def _flow(r: Sequence[Any]) -> FlowRunRecord:
-    return FlowRunRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], int(r[9]))
-
-
-def _task(r: Sequence[Any]) -> TaskRunRecord:
-    return TaskRunRecord(
-        r[0],
-        r[1],
-        r[2],
-        r[3],
-        r[4],
-        r[5],
-        r[6],
-        r[7],
-        tuple(r[8]),
-        int(r[9]),
-        int(r[10]),
-        tuple(r[11]),
-    )
 
 
 def from_url(url: str) -> PostgresHistory:

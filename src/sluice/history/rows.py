@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sluice.errors import InvalidRequest
 from sluice.history.base import FlowRunRecord, HistoryRecord, StateRecord, TaskRunRecord
@@ -21,7 +22,9 @@ __all__ = [
     "check_list_limit",
     "check_prune",
     "check_run_id",
+    "flow_record",
     "rows_of",
+    "task_record",
 ]
 
 FLOW_COLUMNS = "id, flow, state, created_at, started_at, ended_at, message, parent_id, host, pid"
@@ -127,3 +130,32 @@ def check_prune(keep_runs: object, max_age_seconds: object) -> tuple[int, float 
             f"max_age_seconds must be None or a number >= 0, got {max_age_seconds!r}"
         )
     return keep_runs, float(max_age_seconds)
+
+
+def flow_record(row: Sequence[Any]) -> FlowRunRecord:
+    """A flow run from a row in FLOW_COLUMNS order."""
+    r = row
+    return FlowRunRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], int(r[9]))
+
+
+def task_record(row: Sequence[Any]) -> TaskRunRecord:
+    """A task run from a row in TASK_COLUMNS order; limits and tags as JSON text or lists."""
+
+    def names(value: Any) -> tuple[str, ...]:
+        return tuple(json.loads(value) if isinstance(value, str) else value)
+
+    r = row
+    return TaskRunRecord(
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+        r[6],
+        r[7],
+        names(r[8]),
+        int(r[9]),
+        int(r[10]),
+        names(r[11]),
+    )

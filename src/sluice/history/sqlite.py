@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import sqlite3
 import threading
@@ -28,7 +27,6 @@ from sluice.history.base import (
     HistoryRecord,
     StateRecord,
     TaskRunDetail,
-    TaskRunRecord,
 )
 from sluice.history.rows import (
     FLOW_COLUMNS,
@@ -37,7 +35,9 @@ from sluice.history.rows import (
     check_list_limit,
     check_prune,
     check_run_id,
+    flow_record,
     rows_of,
+    task_record,
 )
 
 __all__ = ["SQLiteHistory", "from_url"]
@@ -206,7 +206,7 @@ class SQLiteHistory:
             " ORDER BY created_at DESC, id DESC LIMIT ?",
             (limit,),
         )
-        return [_flow(r) for r in rows]
+        return [flow_record(r) for r in rows]
 
     def get_flow_run(self, run_id: str) -> FlowRunDetail:
         """One flow run with its states and task runs."""
@@ -241,8 +241,8 @@ class SQLiteHistory:
             by_run.setdefault(s[0], []).append(
                 StateRecord(s[0], s[1], int(s[2]), s[3], float(s[4]), s[5], s[6], s[7])
             )
-        tasks = tuple(TaskRunDetail(_task(t), tuple(by_run.get(t[0], ()))) for t in task_rows)
-        return FlowRunDetail(_flow(row), tuple(by_run.get(run_id, ())), tasks)
+        tasks = tuple(TaskRunDetail(task_record(t), tuple(by_run.get(t[0], ()))) for t in task_rows)
+        return FlowRunDetail(flow_record(row), tuple(by_run.get(run_id, ())), tasks)
 
     def prune(self, keep_runs: int, max_age_seconds: float | None = None) -> int:
         """Delete old ended flow runs with their task runs and states."""
@@ -282,27 +282,6 @@ class SQLiteHistory:
             if self._file_lock is not None:
                 self._file_lock.close()
                 self._file_lock = None
-
-
-def _flow(r: Sequence[Any]) -> FlowRunRecord:
-    return FlowRunRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], int(r[9]))
-
-
-def _task(r: Sequence[Any]) -> TaskRunRecord:
-    return TaskRunRecord(
-        r[0],
-        r[1],
-        r[2],
-        r[3],
-        r[4],
-        r[5],
-        r[6],
-        r[7],
-        tuple(json.loads(r[8])),
-        int(r[9]),
-        int(r[10]),
-        tuple(json.loads(r[11])),
-    )
 
 
 def from_url(url: str) -> SQLiteHistory:
