@@ -73,8 +73,7 @@ STEPS = (
     "release",
     "renew",
     "abandon",
-    "create_limit",
-    "ensure_limit",
+    "define_limit",
     "get_limit",
     "list_limits",
     "update_limit",
@@ -382,17 +381,18 @@ class Engine:
     # ------------------------------------------------------------- admin
 
     def create_limit(self, limit: Limit) -> Plan[Limit]:
-        yield self._define("create_limit", limit)
+        yield self._define(limit, ensure=False)
         return limit
 
     def ensure_limit(self, limit: Limit) -> Plan[Limit]:
-        data = yield self._define("ensure_limit", limit)
+        data = yield self._define(limit, ensure=True)
         return _limit(data["limit"])
 
-    def _define(self, fn: str, limit: Limit) -> Call[Any]:
+    def _define(self, limit: Limit, *, ensure: bool) -> Call[Any]:
         return self._step(
-            fn,
-            "%s::text, %s::integer, %s::float8, %s::integer, %s::boolean, %s::float8, %s::text",
+            "define_limit",
+            "%s::text, %s::integer, %s::float8, %s::integer, %s::boolean, %s::float8, %s::text,"
+            " %s::boolean",
             limit.name,
             limit.slots,
             limit.rate,
@@ -400,6 +400,7 @@ class Engine:
             limit.active,
             limit.lease_ttl,
             self.process_id,
+            ensure,
         )
 
     def update_limit(self, name: str, changes: LimitChanges) -> Plan[Limit]:

@@ -1,15 +1,17 @@
--- Step: create_limit — create a limit with a full rate bucket (one transaction).
+-- Step: define_limit — create a limit with a full rate bucket; with p_ensure, leave an
+-- existing one as it is (one transaction).
 -- Parameters:
 --   p_name, p_slots, p_rate, p_burst, p_active, p_lease_ttl   the limit (validated by the client)
 --   p_process_id  text      the calling process
+--   p_ensure      boolean   true: a limit with this name already is the answer, untouched
 -- Returns: jsonb {limit: the stored limit, wake: ticket ids of the caller's process}.
 --   Waiters that named it while it was missing join its queue.
--- Raises: SL409 (detail: the name) if a limit has this name; 40001 if its waiters queued
---   elsewhere while it waited (retried).
+-- Raises: SL409 (detail: the name) if a limit has this name and not p_ensure; 40001 if its
+--   waiters queued elsewhere while it waited (retried).
 -- Locks: the limits its waiters wait on, in name order.
-CREATE OR REPLACE FUNCTION @schema@.create_limit(
+CREATE OR REPLACE FUNCTION @schema@.define_limit(
     p_name text, p_slots integer, p_rate double precision, p_burst integer,
-    p_active boolean, p_lease_ttl double precision, p_process_id text
+    p_active boolean, p_lease_ttl double precision, p_process_id text, p_ensure boolean
 ) RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_limit @schema@.limits;
@@ -25,11 +27,14 @@ BEGIN
     VALUES (p_name, p_slots, p_rate, p_burst, p_active, p_lease_ttl, 0, v_now, v_now)
     ON CONFLICT (name) DO NOTHING
     RETURNING * INTO v_limit;
-    IF NOT FOUND THEN
+    IF FOUND THEN
+        IF p_active THEN
+            PERFORM @schema@._join_waiters(v_limit.id, p_name, v_locked);
+        END IF;
+    ELSIF p_ensure THEN
+        SELECT * INTO v_limit FROM @schema@.limits WHERE name = p_name;
+    ELSE
         RAISE EXCEPTION 'limit % already exists', p_name USING ERRCODE = 'SL409', DETAIL = p_name;
-    END IF;
-    IF p_active THEN
-        PERFORM @schema@._join_waiters(v_limit.id, p_name, v_locked);
     END IF;
     RETURN jsonb_build_object('limit', @schema@._limit_json(v_limit), 'wake', '[]'::jsonb);
 END $$;
