@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -410,3 +411,34 @@ class Renewal:
     lost_leases: frozenset[str] = frozenset()
     lost_tickets: frozenset[str] = frozenset()
     expires_at: dict[str, float] = field(default_factory=dict)
+
+
+class ClockOffset:
+    """A store's clock minus this host's, estimated from readings of the store's clock.
+
+    A reading taken by the store at ``store_now`` and seen here at ``local_now``
+    can only underestimate the offset (the reply spent time on its way, perhaps
+    a long time if this process was paused), so the estimate is the largest
+    recent reading; it is let down by 1 ms per second so a drifting host clock
+    is followed.
+    """
+
+    DRIFT = 0.001  # seconds of downward allowance per second since the last estimate
+
+    def __init__(self) -> None:
+        self._offset: float | None = None
+        self._at = 0.0
+
+    def observe(self, store_now: float, local_now: float) -> None:
+        """Take one reading: the store's clock at ``store_now``, seen here at ``local_now``."""
+        sample = store_now - local_now
+        moment = time.monotonic()
+        if self._offset is None:
+            self._offset = sample
+        else:
+            self._offset = max(sample, self._offset - (moment - self._at) * self.DRIFT)
+        self._at = moment
+
+    def store_now(self) -> float:
+        """The store's clock now, as best known here (this host's clock if never read)."""
+        return time.time() + (self._offset or 0.0)

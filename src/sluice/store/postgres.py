@@ -356,8 +356,8 @@ class PostgresStore:
     def _take_handed(self, request: AcquireRequest) -> Granted | None:
         """A grant the wake-up carried, so a woken waiter need not ask the store again."""
         listener = self._listener
-        offset = listener.clock_offset if listener is not None else 0.0
-        return self._engine.take_handed(request, time.time() + offset)
+        store_now = listener.clock.store_now() if listener is not None else time.time()
+        return self._engine.take_handed(request, store_now)
 
     def acquire(self, request: AcquireRequest) -> Granted | Queued:
         self._check_fork()

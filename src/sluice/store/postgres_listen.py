@@ -33,6 +33,7 @@ from typing import Any
 import psycopg
 
 from sluice.errors import StoreUnavailable
+from sluice.limits.model import ClockOffset
 
 __all__ = ["PING_INTERVAL", "Listener"]
 
@@ -72,8 +73,8 @@ class Listener:
         self.backend_pid: int | None = None
         """The server process of the current LISTEN connection (for tests and diagnostics)."""
         self.reconnects = 0
-        self.clock_offset = 0.0
-        """The database's clock minus this host's, measured at connect and at each ping."""
+        self.clock = ClockOffset()
+        """The database's clock against this host's, read at connect and at each ping."""
 
     def start(self, timeout: float = 10.0) -> None:
         """Start listening (once); return when LISTEN is in force, else StoreUnavailable."""
@@ -188,11 +189,11 @@ class Listener:
         self._deliver(notify.payload)
 
     def _measure_clock(self, conn: psycopg.Connection[object]) -> None:
-        before = time.time()
         row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
         after = time.time()
         if row is not None:
-            self.clock_offset = float(row[0]) - (before + after) / 2  # type: ignore[index]
+            # Read before ``after``: a late reply makes the reading low, never high.
+            self.clock.observe(float(row[0]), after)  # type: ignore[index]
 
     def _deliver(self, payload: str) -> None:
         if payload.startswith("{"):  # {"w": [ticket ids], "g": {ticket id: grant}}

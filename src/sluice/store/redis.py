@@ -58,6 +58,7 @@ from sluice.errors import (
 )
 from sluice.limits.model import (
     AcquireRequest,
+    ClockOffset,
     Granted,
     Holder,
     Limit,
@@ -208,7 +209,7 @@ class _Core:
         self._waiting: dict[str, Queued] = {}  # request id -> its last queued answer
         self._queued_in: dict[str, str] = {}  # request id -> epoch its ticket was queued in
         self._handed: dict[str, Granted] = {}  # ticket id -> grant its wake-up brought
-        self._clock_offset = 0.0  # the store's clock minus this host's, as last seen
+        self._clock = ClockOffset()  # the store's clock against this host's
         self._failures: dict[str, int] = {}  # request id -> connection failures in a row
         self._owned: set[str] = set()  # request ids with a ticket or lease of ours
         self._new_identity()
@@ -253,7 +254,7 @@ class _Core:
         reply: dict[str, Any] = json.loads(text)
         self._epoch = str(reply.get("epoch", self._epoch))
         if "now" in reply:
-            self._clock_offset = float(reply["now"]) - time.time()
+            self._clock.observe(float(reply["now"]), time.time())
         wake = reply.get("wake")
         if wake:
             self._deliver(wake)
@@ -287,7 +288,7 @@ class _Core:
                 return None
             # Trusted for the first half of its TTL, on the store's clock as last seen
             # from here; a waiter that was away longer (paused, frozen) asks the store.
-            store_now = time.time() + self._clock_offset
+            store_now = self._clock.store_now()
             if granted.expires_at - store_now < granted.lease_ttl / 2:
                 return None
             self._waiting.pop(request.request_id, None)
