@@ -13,7 +13,8 @@ import os
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final
+
+from sluice.limits.model import WAIT_BUCKETS
 
 __all__ = [
     "WAIT_BUCKETS",
@@ -23,9 +24,6 @@ __all__ = [
     "record_timeout",
     "snapshot",
 ]
-
-WAIT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
-"""Upper bounds (seconds) of the wait-time histogram; a last, unbounded bucket follows."""
 
 
 @dataclass(frozen=True)

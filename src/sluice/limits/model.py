@@ -30,10 +30,12 @@ __all__ = [
     "Limit",
     "LimitChanges",
     "LimitStatus",
+    "LimitTotals",
     "MissingPolicy",
     "Names",
     "Queued",
     "Renewal",
+    "WAIT_BUCKETS",
     "WaitInfo",
     "Waiter",
     "default_burst",
@@ -48,6 +50,8 @@ DEFAULT_LEASE_TTL: Final = 30.0
 MIN_LEASE_TTL: Final = 1.0
 MAX_LEASE_TTL: Final = 86_400.0
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+WAIT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+"""Upper bounds (seconds) of the wait-time histograms; a last, unbounded bucket follows."""
 
 MissingPolicy = Literal["raise", "warn", "ignore"]
 Names = str | Sequence[str]
@@ -347,6 +351,64 @@ class WaitInfo:
     """Seconds waited so far."""
 
 
+def wait_bucket(seconds: float) -> int:
+    """The index of the :data:`WAIT_BUCKETS` bucket a wait falls in (the first bound >= it)."""
+    for i, bound in enumerate(WAIT_BUCKETS):
+        if seconds <= bound:
+            return i
+    return len(WAIT_BUCKETS)
+
+
+@dataclass(frozen=True)
+class LimitTotals:
+    """What a limit has done since it was created, counted by the store for every process.
+
+    Counters only grow; deleting the limit deletes them, and a limit created
+    again starts from zero. A disabled limit counts nothing (it records nothing).
+    """
+
+    grants: int = 0
+    """Acquisitions granted on the limit (concurrency and rate)."""
+    granted_units: int = 0
+    """Units granted: the sum of ``occupy`` over those grants."""
+    timeouts: int = 0
+    """Acquisitions that gave up with AcquireTimeout while queued behind the limit."""
+    expired_leases_reclaimed: int = 0
+    """Leases holding the limit that the store took back because they expired (their
+    holder stopped renewing: it crashed, hung or lost the store) or their process died."""
+    wait_buckets: tuple[int, ...] = (0,) * (len(WAIT_BUCKETS) + 1)
+    """Grants per wait-time bucket (not cumulative): one per bound of
+    :data:`WAIT_BUCKETS`, then the overflow. A wait runs from the request's first
+    arrival at the store to its grant, on the store's clock; a grant at once waited 0."""
+    wait_seconds: float = 0.0
+    """Seconds waited, summed over the grants."""
+
+    @classmethod
+    def from_store(
+        cls,
+        grants: int,
+        granted_units: int,
+        timeouts: int,
+        reclaimed: int,
+        queued_waits: Sequence[int],
+        wait_seconds: float,
+    ) -> LimitTotals:
+        """Totals as stores keep them: ``queued_waits`` counts only grants that had queued;
+        every other grant waited 0 and belongs to the first bucket."""
+        waits = [int(n) for n in queued_waits]
+        if len(waits) != len(WAIT_BUCKETS) + 1:
+            waits = (waits + [0] * (len(WAIT_BUCKETS) + 1))[: len(WAIT_BUCKETS) + 1]
+        waits[0] += max(int(grants) - sum(waits), 0)
+        return cls(
+            int(grants),
+            int(granted_units),
+            int(timeouts),
+            int(reclaimed),
+            tuple(waits),
+            max(float(wait_seconds), 0.0),
+        )
+
+
 @dataclass(frozen=True)
 class LimitStatus:
     """A snapshot of one limit: its definition, who holds it and who waits."""
@@ -357,6 +419,8 @@ class LimitStatus:
     waiters: list[Waiter] = field(default_factory=list)
     next_token_in: float | None = None
     taken_at: datetime | None = None
+    totals: LimitTotals = field(default_factory=LimitTotals)
+    """What the limit has done since it was created (every process's grants, waits ...)."""
 
 
 # --------------------------------------------------------------------------- store I/O

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 from collections.abc import Callable
 
-from sluice.errors import StoreError
+from sluice.errors import AcquireTimeout, StoreError
 from sluice.limits import counters
 from sluice.limits.client import Attempt, LeaseState, Session, raise_if_lost
 from sluice.limits.model import AcquireRequest, Granted, Queued, WaitInfo
@@ -100,7 +101,7 @@ def wait_for_grant(
         # grant that landed after all.
         session.keeper.untrack_lease(request.request_id)
         with contextlib.suppress(Exception):
-            store.abandon(request.request_id)
+            store.abandon(request.request_id, _timed_out_on())
         raise
     finally:
         session.unregister(request.request_id)
@@ -146,7 +147,7 @@ async def wait_for_grant_async(
         state = _track(session, request, outcome, attempt)
     except BaseException:
         session.keeper.untrack_lease(request.request_id)
-        await _withdraw(astore, request.request_id, step)
+        await _withdraw(astore, request.request_id, step, _timed_out_on())
         raise
     finally:
         session.unregister(request.request_id)
@@ -174,8 +175,17 @@ def _releaser(signal: threading.Lock) -> Callable[[], None]:
     return wake
 
 
+def _timed_out_on() -> str | None:
+    """The limit an AcquireTimeout being handled was queued behind, else None."""
+    exc = sys.exc_info()[1]
+    return exc.blocked_on if isinstance(exc, AcquireTimeout) else None
+
+
 async def _withdraw(
-    astore: AsyncStore, request_id: str, step: asyncio.Future[Granted | Queued] | None
+    astore: AsyncStore,
+    request_id: str,
+    step: asyncio.Future[Granted | Queued] | None,
+    timed_out_on: str | None,
 ) -> None:
     """Leave the queue and give back a late grant, even while being cancelled."""
 
@@ -183,7 +193,7 @@ async def _withdraw(
         if step is not None and not step.done():
             with contextlib.suppress(BaseException):
                 await step  # let the in-flight attempt finish, then undo it
-        await astore.abandon(request_id)
+        await astore.abandon(request_id, timed_out_on)
 
     cleanup = asyncio.ensure_future(withdraw())
     with contextlib.suppress(BaseException):  # a second cancel: the cleanup still runs

@@ -28,6 +28,11 @@ Rules every backend follows:
   request id. No capacity sits idle while its head waiter could use it, and
   no waiter ever needs to poll.
 * **The store's clock is the clock** for lease expiry and rate tokens.
+* **Totals.** Each limit counts, inside the same atomic steps and for every
+  process, its grants and units granted, each grant's wait (from the ticket's
+  ``created_at`` to the grant; 0 for a grant at once), timeouts reported
+  through :meth:`Store.abandon`, and the leases it reclaimed because they
+  expired or their process died (:class:`~sluice.limits.model.LimitTotals`).
 * **Errors** are :mod:`sluice.errors` exceptions; driver errors are translated
   (``raise StoreError(...) from exc``).
 """
@@ -117,7 +122,8 @@ class Store(Protocol):
         """Delete a limit; raise LimitBusy if leases hold it, unless ``force`` revokes them."""
 
     def inspect_limit(self, name: str) -> LimitStatus:
-        """Return the limit with its live holders, waiters in order, and next token time."""
+        """Return the limit with its live holders, waiters in order, next token time and
+        totals (:class:`~sluice.limits.model.LimitTotals`)."""
 
     def acquire(self, request: AcquireRequest) -> Granted | Queued:
         """Grant the request now, or queue it (keeping ``request.seq`` if given).
@@ -135,8 +141,13 @@ class Store(Protocol):
     def renew(self, lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> Renewal:
         """Extend this process's leases and tickets by their TTL; report those that are gone."""
 
-    def abandon(self, request_id: str) -> None:
-        """Withdraw a request: drop its ticket and release any lease granted to it."""
+    def abandon(self, request_id: str, timed_out_on: str | None = None) -> None:
+        """Withdraw a request: drop its ticket and release any lease granted to it.
+
+        ``timed_out_on`` names the limit the request gave up queueing behind
+        (AcquireTimeout); that limit's ``totals.timeouts`` counts it, if the
+        limit exists. Any other withdrawal (cancelled, interrupted) counts nothing.
+        """
 
     def set_wake_handler(self, handler: WakeHandler) -> None:
         """Deliver this process's wake-ups (ticket ids) to ``handler``."""
@@ -173,7 +184,7 @@ class AsyncStore(Protocol):
     async def inspect_limit(self, name: str) -> LimitStatus: ...
     async def acquire(self, request: AcquireRequest) -> Granted | Queued: ...
     async def release(self, lease_id: str) -> bool: ...
-    async def abandon(self, request_id: str) -> None: ...
+    async def abandon(self, request_id: str, timed_out_on: str | None = None) -> None: ...
 
 
 class ThreadedAsyncStore:
@@ -230,5 +241,5 @@ class ThreadedAsyncStore:
     async def release(self, lease_id: str) -> bool:
         return await self._run(self.sync.release, lease_id)
 
-    async def abandon(self, request_id: str) -> None:
-        await self._run(self.sync.abandon, request_id)
+    async def abandon(self, request_id: str, timed_out_on: str | None = None) -> None:
+        await self._run(self.sync.abandon, request_id, timed_out_on)

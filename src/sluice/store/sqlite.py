@@ -64,7 +64,22 @@ from sluice.store.sqlite_ipc import ProcessInfo
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_MIGRATE_1_TO_2 = (
+    *(
+        f"ALTER TABLE sluice_limits ADD COLUMN {column}"
+        for column in (
+            "grants INTEGER NOT NULL DEFAULT 0",
+            "granted_units INTEGER NOT NULL DEFAULT 0",
+            "timeouts INTEGER NOT NULL DEFAULT 0",
+            "reclaimed INTEGER NOT NULL DEFAULT 0",
+            "queued_waits TEXT NOT NULL DEFAULT ''",
+            "wait_seconds REAL NOT NULL DEFAULT 0",
+        )
+    ),
+    "UPDATE sluice_meta SET value = '2' WHERE key = 'schema_version'",
+)
+"""Schema version 1 (no totals) to 2: the limits' totals start at zero."""
 _forked_leftovers: list[object] = []
 
 
@@ -244,6 +259,10 @@ class SQLiteStore(SQLiteEngine):
                     f"Sluice understands ({SCHEMA_VERSION}); upgrade Sluice"
                 )
             if version is not None and int(version[0]) == SCHEMA_VERSION:
+                return
+            if version is not None and int(version[0]) == 1:
+                for statement in _MIGRATE_1_TO_2:
+                    conn.execute(statement)
                 return
         script = resources.files("sluice.store").joinpath("sqlite_schema.sql").read_text()
         code = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
@@ -454,6 +473,7 @@ class SQLiteStore(SQLiteEngine):
                 waiters=waiters,
                 next_token_in=token_in,
                 taken_at=utc(tx.now),
+                totals=self._totals(tx, row.id),
             )
 
     # ------------------------------------------------------------- acquire
@@ -479,12 +499,15 @@ class SQLiteStore(SQLiteEngine):
             active = [r for r in sorted(rows.values(), key=lambda r: r.name) if r.active]
             self._check_request(request, active)
             has_ticket = False
+            queued_since = None
             if seq is not None:  # keep the place the ticket already has
                 ticket = tx.one(
-                    "SELECT seq FROM sluice_tickets WHERE id = ?", (request.request_id,)
+                    "SELECT seq, created_at FROM sluice_tickets WHERE id = ?",
+                    (request.request_id,),
                 )
                 has_ticket = ticket is not None
-                seq = int(ticket[0]) if ticket is not None else seq
+                if ticket is not None:
+                    seq, queued_since = int(ticket[0]), float(ticket[1])
 
             blocked = self._blockers(tx, request.kind, request.occupy, active, seq)
             # Reclaim what is in the way (expired, or of dead processes), unless only
@@ -508,7 +531,9 @@ class SQLiteStore(SQLiteEngine):
                 )
                 if request.seq is not None and self._drop_ticket(tx, request.request_id):
                     self._unwatch(request.request_id)
-                return self._take(tx, claim, active, missing, record_rate=False)
+                return self._take(
+                    tx, claim, active, missing, record_rate=False, queued_since=queued_since
+                )
             return self._queue(tx, request, active, missing, me, seq, has_ticket, blocked)
 
     def _peek_grant(self, request: AcquireRequest) -> Granted | None:
@@ -576,15 +601,20 @@ class SQLiteStore(SQLiteEngine):
                     if table == "sluice_leases":
                         expires.update(live)
             # Expired but not yet reclaimed is lost too, and final: reclaim it now.
-            self._revoke(tx, lost_leases)
+            self._revoke(tx, lost_leases, expired=True)
             for ticket_id in lost_tickets:
                 self._drop_ticket(tx, ticket_id)
         return Renewal(frozenset(lost_leases), frozenset(lost_tickets), expires)
 
-    def abandon(self, request_id: str) -> None:
+    def abandon(self, request_id: str, timed_out_on: str | None = None) -> None:
         with self._tx() as tx:
             self._drop_ticket(tx, request_id)
             self._revoke(tx, [request_id])
+            if timed_out_on is not None:
+                tx.run(
+                    "UPDATE sluice_limits SET timeouts = timeouts + 1 WHERE name = ?",
+                    (timed_out_on,),
+                )
         self._unwatch(request_id)
 
     # ------------------------------------------------------------- diagnosis
@@ -641,7 +671,7 @@ class SQLiteStore(SQLiteEngine):
             if self._process is not None:
                 try:
                     with self._tx() as tx:
-                        self._forget_process(tx, self._process.id)
+                        self._forget_process(tx, self._process.id, died=False)
                 except StoreError:
                     pass
             self._close_ipc()

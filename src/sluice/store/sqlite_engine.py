@@ -21,11 +21,14 @@ from sluice.errors import InvalidRequest, LimitNotFound
 from sluice.limits import gcra
 from sluice.limits.model import (
     DEFAULT_LEASE_TTL,
+    WAIT_BUCKETS,
     AcquireRequest,
     Granted,
     Kind,
     Limit,
+    LimitTotals,
     Queued,
+    wait_bucket,
 )
 from sluice.store.sqlite_ipc import ProcessInfo
 
@@ -187,7 +190,7 @@ class SQLiteEngine:
         if row[1] == Kind.CONCURRENCY.value and float(row[3]) <= tx.now:
             # Handed over, but its waiter was away past the lease's TTL: the units
             # go back and the waiter queues again at its old place.
-            self._revoke(tx, [request_id])
+            self._revoke(tx, [request_id], expired=True)
             return None
         self._unwatch(request_id)
         names = tuple(n for n in str(row[0]).split(",") if n)
@@ -240,16 +243,31 @@ class SQLiteEngine:
         active: list[LimitRow],
         missing: tuple[str, ...],
         record_rate: bool,
+        queued_since: float | None = None,
     ) -> Granted:
-        """Take the claim's tokens and units on every active limit and record its lease.
+        """Take the claim's tokens and units on every active limit, count the grant in
+        their totals, and record its lease.
 
         A rate grant is recorded only when handed to a sleeping waiter
         (``record_rate``), for it to collect; otherwise it leaves nothing behind.
+        ``queued_since`` is when the claim's ticket was created, if it queued.
         """
         for row in active:
             if row.rate is not None and row.burst is not None:
                 decision = gcra.decide(row.tat, tx.now, row.rate, row.burst, claim.occupy)
-                tx.run("UPDATE sluice_limits SET tat = ? WHERE id = ?", (decision.tat, row.id))
+                tx.run(
+                    "UPDATE sluice_limits SET tat = ?, grants = grants + 1,"
+                    " granted_units = granted_units + ? WHERE id = ?",
+                    (decision.tat, claim.occupy, row.id),
+                )
+            else:
+                tx.run(
+                    "UPDATE sluice_limits SET grants = grants + 1,"
+                    " granted_units = granted_units + ? WHERE id = ?",
+                    (claim.occupy, row.id),
+                )
+            if queued_since is not None:
+                self._count_wait(tx, row.id, max(tx.now - queued_since, 0.0))
         names = tuple(r.name for r in active)
         if claim.kind is Kind.RATE and not record_rate:
             return Granted(None, names, tx.now, None, None, missing)
@@ -284,6 +302,37 @@ class SQLiteEngine:
         if claim.kind is Kind.RATE:
             return Granted(None, names, tx.now, None, None, missing)
         return Granted(claim.id, names, tx.now, expires, ttl, missing)
+
+    def _count_wait(self, tx: Tx, limit_id: int, waited: float) -> None:
+        """Add a queued grant's wait to the limit's histogram of queued waits."""
+        row = tx.one("SELECT queued_waits FROM sluice_limits WHERE id = ?", (limit_id,))
+        waits = [int(n) for n in str(row[0] if row else "").split(",") if n]
+        waits += [0] * (len(WAIT_BUCKETS) + 1 - len(waits))
+        waits[wait_bucket(waited)] += 1
+        tx.run(
+            "UPDATE sluice_limits SET queued_waits = ?, wait_seconds = wait_seconds + ?"
+            " WHERE id = ?",
+            (",".join(map(str, waits)), waited, limit_id),
+        )
+
+    def _totals(self, tx: Tx, limit_id: int) -> LimitTotals:
+        """The limit's totals as its row keeps them."""
+        row = tx.one(
+            "SELECT grants, granted_units, timeouts, reclaimed, queued_waits, wait_seconds"
+            " FROM sluice_limits WHERE id = ?",
+            (limit_id,),
+        )
+        if row is None:
+            return LimitTotals()
+        waits = [int(n) for n in str(row[4]).split(",") if n]
+        return LimitTotals.from_store(row[0], row[1], row[2], row[3], waits, row[5])
+
+    def _count_reclaimed(self, tx: Tx, limit_ids: Iterable[int]) -> None:
+        """Count one expired (or dead process's) lease reclaimed on each of these limits."""
+        for limit_id in limit_ids:
+            tx.run(
+                "UPDATE sluice_limits SET reclaimed = reclaimed + 1 WHERE id = ?", (limit_id,)
+            )
 
     def _queue(
         self,
@@ -408,7 +457,10 @@ class SQLiteEngine:
         if row is None:
             return False
         self._delete_holdings(tx, lease_id, row[1])
-        return float(row[0]) > tx.now
+        if float(row[0]) > tx.now:
+            return True
+        self._count_reclaimed(tx, id_list(row[1]))  # released too late: it had expired
+        return False
 
     def _lease_ids_on(self, tx: Tx, limit_id: int) -> list[str]:
         return [
@@ -416,8 +468,12 @@ class SQLiteEngine:
             for r in tx.all("SELECT lease_id FROM sluice_holdings WHERE limit_id = ?", (limit_id,))
         ]
 
-    def _revoke(self, tx: Tx, lease_ids: Iterable[str]) -> None:
-        """Delete leases and every unit they hold, marking their limits for wake-ups."""
+    def _revoke(self, tx: Tx, lease_ids: Iterable[str], expired: bool = False) -> None:
+        """Delete leases and every unit they hold, marking their limits for wake-ups.
+
+        ``expired``: they are reclaimed because they expired or their process
+        died, which the totals of the limits they held count.
+        """
         ids = list(lease_ids)
         for chunk in chunks(ids):
             qs = marks(len(chunk))
@@ -425,6 +481,8 @@ class SQLiteEngine:
                 f"SELECT id, limit_ids FROM sluice_leases WHERE id IN ({qs})", chunk
             ):
                 self._delete_lease(tx, lease_id, limit_ids)
+                if expired:
+                    self._count_reclaimed(tx, id_list(limit_ids))
 
     def _delete_lease(self, tx: Tx, lease_id: str, limit_ids: str) -> None:
         self._delete_holdings(tx, lease_id, limit_ids)
@@ -478,19 +536,23 @@ class SQLiteEngine:
         expired_tickets = {str(r[0]) for r in tickets if float(r[1]) <= tx.now or r[2] in dead}
         for process_id in dead:
             self._forget_process(tx, process_id)
-        self._revoke(tx, expired_leases)
+        self._revoke(tx, expired_leases, expired=True)
         for tid in expired_tickets:
             self._drop_ticket(tx, tid)
         return bool(dead or expired_leases or expired_tickets)
 
-    def _forget_process(self, tx: Tx, process_id: str) -> None:
-        """Drop every lease and ticket of a process that is gone, and its row."""
+    def _forget_process(self, tx: Tx, process_id: str, died: bool = True) -> None:
+        """Drop every lease and ticket of a process that is gone, and its row.
+
+        ``died``: found gone (its leases count as reclaimed), not closing itself.
+        """
         self._revoke(
             tx,
             [
                 str(r[0])
                 for r in tx.all("SELECT id FROM sluice_leases WHERE process_id = ?", (process_id,))
             ],
+            expired=died,
         )
         for (tid,) in tx.all("SELECT id FROM sluice_tickets WHERE process_id = ?", (process_id,)):
             self._drop_ticket(tx, str(tid))
@@ -523,7 +585,7 @@ class SQLiteEngine:
                     "SELECT t.id, t.seq, t.process_id, t.holder, t.host, t.pid, t.occupy, t.kind,"
                     f" t.limit_count, {PREFIXED_COLUMNS},"
                     " (SELECT COALESCE(SUM(units), 0) FROM sluice_holdings h"
-                    "  WHERE h.limit_id = q.limit_id)"
+                    "  WHERE h.limit_id = q.limit_id), t.created_at"
                     " FROM sluice_queue q JOIN sluice_tickets t ON t.id = q.ticket_id"
                     " JOIN sluice_limits l ON l.id = q.limit_id"
                     " WHERE q.limit_id = ? ORDER BY q.seq LIMIT 1",
@@ -570,7 +632,7 @@ class SQLiteEngine:
                         continue
                     tx.alive.add(process_id)
                 self._drop_ticket(tx, ticket_id, [r.id for r in rows])
-                self._take(tx, claim, active, (), record_rate=True)
+                self._take(tx, claim, active, (), record_rate=True, queued_since=head[18])
                 wakes[ticket_id] = process_id
                 granted_here = True
                 if (

@@ -1,4 +1,4 @@
--- Sluice schema for the SQLite and memory stores (schema version 1).
+-- Sluice schema for the SQLite and memory stores (schema version 2).
 -- Created on first use, inside one write transaction; SCHEMA_VERSION in
 -- sqlite.py must match the value inserted into sluice_meta below.
 --
@@ -12,6 +12,9 @@ CREATE TABLE IF NOT EXISTS sluice_meta (
 
 -- One row per limit. tat is the GCRA theoretical arrival time (0 = full bucket).
 -- id is never reused, so holdings of a deleted limit can't leak into a new one.
+-- The totals (grants ... wait_seconds) count what the limit did since it was
+-- created, for every process; queued_waits holds, comma-separated, the wait
+-- histogram of grants that had queued (every other grant waited 0).
 CREATE TABLE IF NOT EXISTS sluice_limits (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     name        TEXT NOT NULL UNIQUE,
@@ -22,7 +25,13 @@ CREATE TABLE IF NOT EXISTS sluice_limits (
     lease_ttl   REAL NOT NULL,
     tat         REAL NOT NULL DEFAULT 0,
     created_at  REAL NOT NULL,
-    updated_at  REAL NOT NULL
+    updated_at  REAL NOT NULL,
+    grants        INTEGER NOT NULL DEFAULT 0,
+    granted_units INTEGER NOT NULL DEFAULT 0,
+    timeouts      INTEGER NOT NULL DEFAULT 0,
+    reclaimed     INTEGER NOT NULL DEFAULT 0,
+    queued_waits  TEXT NOT NULL DEFAULT '',
+    wait_seconds  REAL NOT NULL DEFAULT 0
 );
 
 -- Processes that hold leases or wait; each holds an OS lock on its own lock
@@ -91,4 +100,4 @@ CREATE TABLE IF NOT EXISTS sluice_queue (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sluice_queue_by_ticket ON sluice_queue (ticket_id);
 
-INSERT OR IGNORE INTO sluice_meta (key, value) VALUES ('schema_version', '1');
+INSERT OR REPLACE INTO sluice_meta (key, value) VALUES ('schema_version', '2');
