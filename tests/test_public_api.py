@@ -21,6 +21,7 @@ def test_top_level_exports_are_exactly_the_curated_list() -> None:
             "LimitExists",
             "LimitNotFound",
             "LimitStatus",
+            "LimitTotals",
             "Limit",
             "Limits",
             "MissingLimitWarning",

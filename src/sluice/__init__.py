@@ -34,7 +34,7 @@ from sluice.flows import (
     task,
     wait,
 )
-from sluice.limits.model import Holder, Limit, LimitStatus, Waiter
+from sluice.limits.model import Holder, Limit, LimitStatus, LimitTotals, Waiter
 from sluice.limits.sync import Lease, Limits, concurrency, rate_limit
 
 __version__ = "0.1.0"
@@ -50,6 +50,7 @@ __all__ = [
     "LimitExists",
     "LimitNotFound",
     "LimitStatus",
+    "LimitTotals",
     "Limits",
     "MissingLimitWarning",
     "RunNotFound",

@@ -3,14 +3,15 @@
 Three collectors, each with its own scope (docs/cli.md lists every metric):
 
 * :class:`LimitsCollector` — the whole store, from a :class:`~sluice.ui.sampler.Sampler`:
-  each limit's slots, rate, units in use, holders, waiters (gauges), and the
-  expired leases the sampler saw reclaimed (a counter of this exporter's
-  observations, since it started).
-* :class:`ProcessCollector` — this process's own acquisitions, exactly
-  (:mod:`sluice.limits.counters`): grants, units granted, timeouts, leases
-  lost, wait-time histogram. Register it in the processes that acquire:
-  ``prometheus_client.REGISTRY.register(sluice.metrics.ProcessCollector())``;
-  Prometheus sums it over processes.
+  each limit's slots, rate, units in use, holders, waiters (gauges), and its
+  totals as the store counts them for every process (grants, units granted,
+  timeouts, expired leases reclaimed, the wait-time histogram), with the
+  delivered rate over the last minute. ``sluice ui`` and ``sluice metrics
+  serve`` export these.
+* :class:`ProcessCollector` — one process's own acquisitions, exactly
+  (:mod:`sluice.limits.counters`), including the leases it found lost. Register
+  it in a worker to see that worker alone:
+  ``prometheus_client.REGISTRY.register(sluice.metrics.ProcessCollector())``.
 * :class:`FlowsCollector` — flow runs recorded in the store's run history by
   any process: task runs by final state, and their wait times.
 """
@@ -35,7 +36,7 @@ from sluice import runs
 from sluice.errors import RunNotFound, SluiceError
 from sluice.flows.why import task_times
 from sluice.limits import counters
-from sluice.limits.counters import WAIT_BUCKETS
+from sluice.limits.model import WAIT_BUCKETS, wait_bucket
 from sluice.ui.sampler import Sampler
 
 __all__ = [
@@ -104,8 +105,49 @@ class LimitsCollector(Collector):
             "Seconds until the next rate token is due; 0 if one is available now.",
             labels=label,
         )
+        grants = CounterMetricFamily(
+            "sluice_limit_grants",
+            "Acquisitions granted on the limit since it was created, by every process.",
+            labels=label,
+        )
+        units = CounterMetricFamily(
+            "sluice_limit_granted_units",
+            "Units granted on the limit since it was created (rate() of it is the delivered rate).",
+            labels=label,
+        )
+        timeouts = CounterMetricFamily(
+            "sluice_limit_timeouts",
+            "Acquisitions that timed out queued behind the limit.",
+            labels=label,
+        )
+        reclaimed = CounterMetricFamily(
+            "sluice_limit_expired_leases_reclaimed",
+            "Leases on the limit the store took back because they expired or their process "
+            "died (crashed or hung holders).",
+            labels=label,
+        )
+        waits = HistogramMetricFamily(
+            "sluice_limit_wait_seconds",
+            "Seconds each grant on the limit waited, from reaching the store to the grant "
+            "(store clock).",
+            labels=label,
+        )
+        delivered = GaugeMetricFamily(
+            "sluice_limit_delivered_rate_per_second",
+            "Units granted per second over the last minute of samples.",
+            labels=label,
+        )
         for status in sample.statuses:
             name = [status.limit.name]
+            totals = status.totals
+            grants.add_metric(name, totals.grants)
+            units.add_metric(name, totals.granted_units)
+            timeouts.add_metric(name, totals.timeouts)
+            reclaimed.add_metric(name, totals.expired_leases_reclaimed)
+            _histogram(waits, name, totals.wait_buckets, totals.wait_seconds)
+            per_second = self.sampler.delivered_rate(status.limit.name)
+            if per_second is not None:
+                delivered.add_metric(name, per_second)
             if status.limit.slots is not None:
                 slots.add_metric(name, status.limit.slots)
             in_use.add_metric(name, status.in_use)
@@ -120,15 +162,7 @@ class LimitsCollector(Collector):
             if status.next_token_in is not None:
                 token.add_metric(name, max(status.next_token_in, 0.0))
         yield from (slots, in_use, holders, waiters, waiting, active, rate, burst, token)
-        reclaimed = CounterMetricFamily(
-            "sluice_limit_expired_leases_reclaimed",
-            "Expired leases this exporter saw reclaimed since it started (seen in one sample, "
-            "gone from a later one taken after their expiry).",
-            labels=label,
-        )
-        for limit, count in sorted(self.sampler.reclaimed().items()):
-            reclaimed.add_metric([limit], count)
-        yield reclaimed
+        yield from (grants, units, timeouts, reclaimed, waits, delivered)
 
 
 class ProcessCollector(Collector):
@@ -138,25 +172,23 @@ class ProcessCollector(Collector):
         """Grants, units granted, timeouts, leases lost and the wait-time histogram."""
         label = ["limit"]
         grants = CounterMetricFamily(
-            "sluice_limit_grants", "Acquisitions granted to this process.", labels=label
+            "sluice_process_grants", "Acquisitions granted to this process.", labels=label
         )
         units = CounterMetricFamily(
-            "sluice_limit_granted_units",
-            "Units granted to this process (rate() of it is the delivered rate).",
-            labels=label,
+            "sluice_process_granted_units", "Units granted to this process.", labels=label
         )
         timeouts = CounterMetricFamily(
-            "sluice_limit_timeouts",
+            "sluice_process_timeouts",
             "Acquisitions of this process that timed out queued behind the limit.",
             labels=label,
         )
         lost = CounterMetricFamily(
-            "sluice_limit_leases_lost",
+            "sluice_process_leases_lost",
             "Leases of this process found lost: expired before renewal, or revoked.",
             labels=label,
         )
         waits = HistogramMetricFamily(
-            "sluice_limit_wait_seconds",
+            "sluice_process_wait_seconds",
             "Seconds this process's granted acquisitions waited, from the call to the grant.",
             labels=label,
         )
@@ -203,7 +235,7 @@ class FlowsCollector(Collector):
             for task_run in detail.task_runs:
                 self._task_runs[(run.flow, task_run.run.state)] += 1
                 waited, _ = task_times(task_run.states, run.ended_at)
-                buckets[_bucket(waited)] += 1
+                buckets[wait_bucket(waited)] += 1
                 self._wait_sums[run.flow] += waited
         self._counted &= {run.id for run in listed}  # the rest cannot be listed again
 
@@ -242,13 +274,6 @@ class FlowsCollector(Collector):
         for flow, buckets, total in waits:
             _histogram(hist, [flow], buckets, total)
         yield from (fr, tr, hist)
-
-
-def _bucket(seconds: float) -> int:
-    for i, bound in enumerate(WAIT_BUCKETS):
-        if seconds <= bound:
-            return i
-    return len(WAIT_BUCKETS)
 
 
 def build_registry(collectors: Iterable[Collector]) -> CollectorRegistry:

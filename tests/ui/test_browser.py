@@ -108,7 +108,7 @@ def test_limits_page_shows_a_holder_come_and_go_and_a_run_has_one_bar_per_task_r
             driver.execute_script(  # type: ignore[attr-defined]
                 """for (const row of document.querySelectorAll('#content tbody tr')) {
                      const cells = row.querySelectorAll('td');
-                     if (cells[0].textContent === 'browser-db') return cells[4].textContent;
+                     if (cells[0].textContent === 'browser-db') return cells[5].textContent;
                    }
                    return '';"""
             )
@@ -135,6 +135,8 @@ def test_limits_page_shows_a_holder_come_and_go_and_a_run_has_one_bar_per_task_r
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         wait.until(lambda _: holders_cell() == "1")
         assert "1 / 2" in text_of("content")
+        wide = driver.execute_script("return document.documentElement.scrollWidth")  # type: ignore[attr-defined]
+        assert wide <= 1280, f"the limits page scrolls sideways at 1280x800: {wide}px wide"
         _shot(driver, "limits-page-with-holder")
 
         driver.get(f"{base}limits/browser-db?token={token}")  # type: ignore[attr-defined]
@@ -168,6 +170,15 @@ def test_limits_page_shows_a_holder_come_and_go_and_a_run_has_one_bar_per_task_r
         width = driver.execute_script("return document.documentElement.scrollWidth")  # type: ignore[attr-defined]
         assert width <= 375, f"the page scrolls sideways on a phone: {width}px wide"
         _shot(driver, "run-page-phone")
+        for path, ready, shot in (
+            ("", "#content tbody tr", "limits-page-phone"),
+            ("limits/browser-db", "#content dl.facts", "limit-page-phone"),
+        ):
+            driver.get(base + path)  # type: ignore[attr-defined]
+            wait.until(lambda _, css=ready: driver.find_elements(By.CSS_SELECTOR, css))  # type: ignore[attr-defined]
+            width = driver.execute_script("return document.documentElement.scrollWidth")  # type: ignore[attr-defined]
+            assert width <= 375, f"/{path} scrolls sideways on a phone: {width}px wide"
+            _shot(driver, shot)
         logs = [e for e in driver.get_log("browser") if "favicon" not in e["message"]]  # type: ignore[attr-defined]
         assert not [e for e in logs if e["level"] == "SEVERE"], logs
     finally:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+import threading
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -12,9 +11,10 @@ from prometheus_client.samples import Sample as PromSample
 from starlette.testclient import TestClient
 
 import sluice.runs
-from sluice import AcquireTimeout, Holder, Limit, Limits, LimitStatus
+from sluice import AcquireTimeout, LeaseLost, Limits
 from sluice.limits import counters
-from sluice.ui.sampler import Sampler
+from sluice.metrics import ProcessCollector, build_registry, exposition
+from sluice.ui.app import Dashboard
 
 from . import _flows
 
@@ -53,37 +53,101 @@ def test_limit_gauges_describe_the_store_now(client: TestClient, limits: Limits)
     assert value(metrics["sluice_limit_burst"], "sluice_limit_burst", limit="api") == 4
 
 
-def test_this_process_counts_grants_units_timeouts_and_waits(
-    client: TestClient, limits: Limits
+def test_limit_totals_count_every_grant_timeout_and_wait_in_the_store(
+    client: TestClient, limits: Limits, store_url: str
 ) -> None:
+    limits.create("db", slots=1)
+    with limits.concurrency("db"), pytest.raises(AcquireTimeout):
+        limits.acquire("db", timeout=0.05)
+    limits.acquire("db", occupy=1).release()
+    # Another client (as another process would) is counted too: the store counts.
+    with Limits(store_url) as other:
+        other.acquire("db").release()
+    metrics = scrape(client)
+    assert value(metrics["sluice_limit_grants"], "sluice_limit_grants_total", limit="db") == 3
+    units = metrics["sluice_limit_granted_units"]
+    assert value(units, "sluice_limit_granted_units_total", limit="db") == 3
+    timeouts = metrics["sluice_limit_timeouts"]
+    assert value(timeouts, "sluice_limit_timeouts_total", limit="db") == 1
+    waits = metrics["sluice_limit_wait_seconds"]
+    assert value(waits, "sluice_limit_wait_seconds_count", limit="db") == 3
+    assert value(waits, "sluice_limit_wait_seconds_bucket", limit="db", le="0.001") == 3
+    assert value(waits, "sluice_limit_wait_seconds_bucket", limit="db", le="+Inf") == 3
+    assert value(waits, "sluice_limit_wait_seconds_sum", limit="db") < 1.0
+    reclaimed = metrics["sluice_limit_expired_leases_reclaimed"]
+    assert value(reclaimed, "sluice_limit_expired_leases_reclaimed_total", limit="db") == 0
+
+
+def test_a_queued_grant_lands_in_its_wait_bucket(client: TestClient, limits: Limits) -> None:
+    limits.create("db", slots=1)
+    held = limits.acquire("db")
+    waiter = threading.Thread(target=lambda: limits.acquire("db", timeout=10).release())
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while not limits.inspect("db").waiters:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.2)
+    held.release()
+    waiter.join(10)
+    waits = scrape(client)["sluice_limit_wait_seconds"]
+    assert value(waits, "sluice_limit_wait_seconds_bucket", limit="db", le="0.1") == 1
+    assert value(waits, "sluice_limit_wait_seconds_bucket", limit="db", le="0.5") == 2
+    assert 0.2 <= value(waits, "sluice_limit_wait_seconds_sum", limit="db") < 5
+
+
+def test_an_expired_lease_reclaimed_is_counted(client: TestClient, limits: Limits) -> None:
+    limits.create("db", slots=1, lease_ttl=1)
+    lapsed = limits.acquire("db")
+    limits._session.keeper.untrack_lease(lapsed.id)  # it stops renewing, as if hung
+    time.sleep(1.1)
+    limits.acquire("db", timeout=5).release()  # reclaims it on the way in
+    reclaimed = scrape(client)["sluice_limit_expired_leases_reclaimed"]
+    assert value(reclaimed, "sluice_limit_expired_leases_reclaimed_total", limit="db") == 1
+
+
+def test_the_delivered_rate_is_measured_over_the_samples(
+    client: TestClient, limits: Limits, dashboard: Dashboard
+) -> None:
+    limits.create("api", rate=50, burst=5)
+    scrape(client)  # a first sample: no rate yet
+    assert scrape(client).get("sluice_limit_delivered_rate_per_second", []) == []
+    started = time.monotonic()
+    while time.monotonic() - started < 1.2:
+        limits.rate_limit("api")
+    dashboard.sampler.sample(force=True)
+    delivered = scrape(client)["sluice_limit_delivered_rate_per_second"]
+    per_second = value(delivered, "sluice_limit_delivered_rate_per_second", limit="api")
+    assert 20 <= per_second <= 60, per_second
+
+
+def test_the_process_collector_counts_this_process_under_its_own_names(
+    limits: Limits,
+) -> None:
+    registry = build_registry([ProcessCollector()])
     limits.create("pc-db", slots=1)
     before = {c.limit: c for c in counters.snapshot()}.get("pc-db")
     assert before is None  # a new limit name: nothing counted yet
     with limits.concurrency("pc-db"), pytest.raises(AcquireTimeout):
         limits.acquire("pc-db", timeout=0.05)
-    limits.acquire("pc-db", occupy=1).release()
-    metrics = scrape(client)
-    assert value(metrics["sluice_limit_grants"], "sluice_limit_grants_total", limit="pc-db") == 2
-    units = metrics["sluice_limit_granted_units"]
-    assert value(units, "sluice_limit_granted_units_total", limit="pc-db") == 2
-    timeouts = metrics["sluice_limit_timeouts"]
-    assert value(timeouts, "sluice_limit_timeouts_total", limit="pc-db") == 1
-    waits = metrics["sluice_limit_wait_seconds"]
-    assert value(waits, "sluice_limit_wait_seconds_count", limit="pc-db") == 2
-    assert value(waits, "sluice_limit_wait_seconds_bucket", limit="pc-db", le="+Inf") == 2
-    assert value(waits, "sluice_limit_wait_seconds_sum", limit="pc-db") < 1.0
-
-
-def test_a_lease_lost_to_a_reset_is_counted_by_its_process(
-    client: TestClient, limits: Limits
-) -> None:
-    limits.create("pc-lost", slots=1)
-    lease = limits.acquire("pc-lost")
-    limits.reset("pc-lost")
-    with pytest.raises(Exception, match="lost"):
+    lease = limits.acquire("pc-db")
+    limits.reset("pc-db")
+    with pytest.raises(LeaseLost):
         lease.release()
-    lost = scrape(client)["sluice_limit_leases_lost"]
-    assert value(lost, "sluice_limit_leases_lost_total", limit="pc-lost") == 1
+    metrics = {
+        f.name: list(f.samples)
+        for f in text_string_to_metric_families(exposition(registry).decode())
+    }
+    grants = metrics["sluice_process_grants"]
+    assert value(grants, "sluice_process_grants_total", limit="pc-db") == 2
+    units = metrics["sluice_process_granted_units"]
+    assert value(units, "sluice_process_granted_units_total", limit="pc-db") == 2
+    timeouts = metrics["sluice_process_timeouts"]
+    assert value(timeouts, "sluice_process_timeouts_total", limit="pc-db") == 1
+    lost = metrics["sluice_process_leases_lost"]
+    assert value(lost, "sluice_process_leases_lost_total", limit="pc-db") == 1
+    waits = metrics["sluice_process_wait_seconds"]
+    assert value(waits, "sluice_process_wait_seconds_count", limit="pc-db") == 2
 
 
 def test_flow_metrics_count_task_runs_by_final_state_and_their_waits(
@@ -121,52 +185,3 @@ def test_metric_and_label_names_follow_prometheus_conventions(
             assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
         for sample in family.samples:
             assert all(label.islower() for label in sample.labels), sample
-
-
-# --------------------------------------------------------------------------- reclaims
-
-
-@dataclass
-class _FakeLimits:
-    """Stands in for Limits: the sampler reads list() and inspect() only."""
-
-    statuses: list[LimitStatus] = field(default_factory=list)
-
-    def list(self) -> list[Limit]:
-        return [s.limit for s in self.statuses]
-
-    def inspect(self, name: str) -> LimitStatus:
-        return next(s for s in self.statuses if s.limit.name == name)
-
-
-T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
-
-
-def _status(at: float, *leases: tuple[str, float]) -> LimitStatus:
-    holders = [
-        Holder(lease, 1, "h", "host", 1, T0, T0 + timedelta(seconds=expires))
-        for lease, expires in leases
-    ]
-    limit = Limit("db", slots=5)
-    return LimitStatus(limit, len(holders), holders, [], None, T0 + timedelta(seconds=at))
-
-
-@pytest.fixture
-def fake() -> Iterator[tuple[_FakeLimits, Sampler]]:
-    limits = _FakeLimits()
-    yield limits, Sampler(limits, interval=0.05)  # type: ignore[arg-type]
-
-
-def test_a_lease_gone_after_its_expiry_counts_as_reclaimed_one_gone_before_does_not(
-    fake: tuple[_FakeLimits, Sampler],
-) -> None:
-    limits, sampler = fake
-    limits.statuses = [_status(0, ("released", 30), ("expired", 1), ("renewed", 2))]
-    sampler.sample(force=True)
-    limits.statuses = [_status(1.5, ("renewed", 31))]  # "renewed" renewed: still there
-    sampler.sample(force=True)
-    assert sampler.reclaimed() == {"db": 1}  # "expired" (due at 1 s), not "released" (30 s)
-    limits.statuses = [_status(40)]
-    sampler.sample(force=True)
-    assert sampler.reclaimed() == {"db": 2}  # "renewed", due at 31 s, gone at 40 s
-    assert [p.in_use for p in sampler.history("db")] == [3, 1, 0]

@@ -80,6 +80,8 @@ def test_api_limits_lists_every_limit_with_usage_rate_and_waiters(
     assert by_name["api"]["rate"] == 5.0 and by_name["api"]["burst"] == 2
     assert by_name["api"]["active"] is False
     assert by_name["api"]["next_token_in"] == 0.0
+    assert by_name["db"]["grants"] == 1 and by_name["api"]["grants"] == 0
+    assert by_name["db"]["delivered_rate"] is None  # one sample: no rate measured yet
     assert data["interval"] == 0.05
 
 
@@ -107,6 +109,12 @@ def test_api_limit_shows_holders_waiters_and_the_trend(client: TestClient, limit
     (waiter,) = data["waiters"]
     assert waiter["position"] == 1 and waiter["holder"] == "second"
     assert waiter["task_run_id"] is None
+    totals = data["totals"]
+    assert (totals["grants"], totals["granted_units"], totals["timeouts"]) == (1, 1, 0)
+    assert totals["expired_leases_reclaimed"] == 0
+    assert totals["wait_buckets"][0] == {"le": 0.001, "count": 1}
+    assert totals["wait_buckets"][-1] == {"le": None, "count": 0}
+    assert "delivered_rate" in data
     assert data["history"] and data["history"][-1]["in_use"] == 1
     assert data["history"][-1]["waiting"] == 1
     assert client.get("/api/limits/nope").status_code == 404

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sluice.cli._units import format_age, format_duration, format_rate
-from sluice.limits.model import Limit, LimitStatus
+from sluice.limits.model import WAIT_BUCKETS, Limit, LimitStatus, LimitTotals
 
 __all__ = [
     "changes_json",
@@ -95,7 +95,34 @@ def status_json(status: LimitStatus) -> dict[str, Any]:
             }
             for w in status.waiters
         ],
+        "totals": totals_json(status.totals),
     }
+
+
+def totals_json(totals: LimitTotals) -> dict[str, Any]:
+    """A limit's totals since it was created, every process's (``inspect --json``)."""
+    return {
+        "grants": totals.grants,
+        "granted_units": totals.granted_units,
+        "timeouts": totals.timeouts,
+        "expired_leases_reclaimed": totals.expired_leases_reclaimed,
+        "wait_seconds": totals.wait_seconds,
+        "wait_buckets": [
+            {"le": bound, "count": count}
+            for bound, count in zip((*WAIT_BUCKETS, None), totals.wait_buckets, strict=True)
+        ],
+    }
+
+
+def _totals_text(totals: LimitTotals) -> str:
+    if not totals.grants and not totals.timeouts and not totals.expired_leases_reclaimed:
+        return "nothing granted yet"
+    mean = totals.wait_seconds / totals.grants if totals.grants else 0.0
+    return (
+        f"{totals.grants} grants ({totals.granted_units} units), mean wait "
+        f"{f'{mean * 1000:.0f}ms' if mean < 1 else format_age(mean)}, {totals.timeouts} timed out, "
+        f"{totals.expired_leases_reclaimed} expired leases reclaimed"
+    )
 
 
 def describe_limit(limit: Limit) -> str:
@@ -152,6 +179,7 @@ def inspect_text(status: LimitStatus) -> str:
         + (f", burst {limit.burst}" if limit.burst is not None else ""),
         f"  next token  {_token_text(status)}",
         f"  lease TTL   {format_duration(limit.lease_ttl)}",
+        f"  totals      {_totals_text(status.totals)}",
         "",
         f"holders ({len(status.holders)})",
     ]

@@ -28,12 +28,12 @@ def make_server(store_url: str, host: str, port: int, interval: float) -> tuple[
     from prometheus_client import make_wsgi_app
 
     from sluice.limits.sync import Limits
-    from sluice.metrics import FlowsCollector, LimitsCollector, ProcessCollector, build_registry
+    from sluice.metrics import FlowsCollector, LimitsCollector, build_registry
     from sluice.ui.sampler import Sampler
 
     limits = Limits(store_url)
     sampler = Sampler(limits, interval)
-    collectors = [LimitsCollector(sampler), ProcessCollector(), FlowsCollector(store_url)]
+    collectors = [LimitsCollector(sampler), FlowsCollector(store_url)]
     app = make_wsgi_app(build_registry(collectors))
     try:
         server = wsgi_server(host, port, app, handler_class=_Quiet)

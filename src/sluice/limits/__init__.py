@@ -5,7 +5,7 @@ Knows nothing of flows or tasks; usable on its own.
 
 from __future__ import annotations
 
-from sluice.limits.model import Holder, Limit, LimitStatus, Waiter, WaitInfo
+from sluice.limits.model import Holder, Limit, LimitStatus, LimitTotals, Waiter, WaitInfo
 from sluice.limits.sync import Lease, Limits, concurrency, rate_limit
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Lease",
     "Limit",
     "LimitStatus",
+    "LimitTotals",
     "Limits",
     "WaitInfo",
     "Waiter",

@@ -23,6 +23,7 @@ __all__ = [
     "MAX_LEASE_TTL",
     "MIN_LEASE_TTL",
     "NAME_PATTERN",
+    "WAIT_BUCKETS",
     "AcquireRequest",
     "Granted",
     "Holder",
@@ -35,7 +36,6 @@ __all__ = [
     "Names",
     "Queued",
     "Renewal",
-    "WAIT_BUCKETS",
     "WaitInfo",
     "Waiter",
     "default_burst",
@@ -44,6 +44,7 @@ __all__ = [
     "validate_names",
     "validate_occupy",
     "validate_timeout",
+    "wait_bucket",
 ]
 
 DEFAULT_LEASE_TTL: Final = 30.0

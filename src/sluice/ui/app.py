@@ -45,7 +45,6 @@ from sluice.metrics import (
     CONTENT_TYPE,
     FlowsCollector,
     LimitsCollector,
-    ProcessCollector,
     build_registry,
     exposition,
 )
@@ -240,9 +239,7 @@ def create_app(
     DNS name rebound to this machine.
     """
     d = dashboard
-    registry = build_registry(
-        [LimitsCollector(d.sampler), ProcessCollector(), FlowsCollector(d.runs.url)]
-    )
+    registry = build_registry([LimitsCollector(d.sampler), FlowsCollector(d.runs.url)])
 
     async def limits_page(request: Request) -> Response:
         return _page("limits", "Limits", "Limits", {})
@@ -278,7 +275,8 @@ def create_app(
 
     async def api_limits(request: Request) -> Response:
         sample = await run_in_threadpool(d.sampler.latest)
-        return JSONResponse({**limits_json(sample), "interval": d.sampler.interval})
+        data = limits_json(sample, d.sampler.delivered_rate)
+        return JSONResponse({**data, "interval": d.sampler.interval})
 
     async def api_limit(request: Request) -> Response:
         name = request.path_params["name"]
@@ -288,7 +286,8 @@ def create_app(
         status = sample.status(name)
         if status is None:
             return _json_error(f"no limit named {name!r}", 404)
-        return JSONResponse(limit_json(status, d.sampler.history(name), sample))
+        delivered = d.sampler.delivered_rate(name)
+        return JSONResponse(limit_json(status, d.sampler.history(name), sample, delivered))
 
     async def api_runs(request: Request) -> Response:
         raw = request.query_params.get("limit", "50")

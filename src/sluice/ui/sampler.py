@@ -5,8 +5,8 @@ the exporter therefore never inspect per request. A sampler inspects each
 limit at most once per ``interval`` (a background thread does it on the
 interval, and a request finding the last sample stale takes a new one), and
 every page, API call and scrape reads the latest sample. It also keeps, per
-limit, a ring buffer of units in use and waiters for the chart, and counts the
-expired leases it sees reclaimed.
+limit, a ring buffer of units in use, waiters and units granted so far, for the
+chart and the delivered rate.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sluice.errors import LimitNotFound, SluiceError
 from sluice.limits.model import LimitStatus
@@ -32,6 +32,8 @@ class Point:
     in_use: int
     waiting: int
     """Waiters (queued requests), not units."""
+    granted_units: int = 0
+    """Units granted since the limit was created (its totals), every process's."""
 
 
 @dataclass(frozen=True)
@@ -50,13 +52,6 @@ class Sample:
         return None
 
 
-@dataclass
-class _Seen:
-    """The leases of one limit in the previous sample: id -> expiry (store clock)."""
-
-    leases: dict[str, float] = field(default_factory=dict)
-
-
 class Sampler:
     """Inspects every limit of a store at most once per ``interval`` and remembers the trend."""
 
@@ -69,8 +64,6 @@ class Sampler:
         self._lock = threading.Lock()
         self._latest: Sample | None = None
         self._points: dict[str, deque[Point]] = {}
-        self._seen: dict[str, _Seen] = {}
-        self._reclaimed: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -91,18 +84,22 @@ class Sampler:
         with self._lock:
             return list(self._points.get(name, ()))
 
-    def reclaimed(self) -> dict[str, int]:
-        """Per limit, expired leases this sampler saw reclaimed since it started.
+    def delivered_rate(self, name: str, window: float = 60.0) -> float | None:
+        """Units per second the limit granted over the last ``window`` seconds of samples.
 
-        A lease counts when it was in one sample and is gone from a later one
-        taken (store clock) at or after the expiry it had: it was past its
-        expiry, so whatever removed it reclaimed an expired lease. Leases that
-        live and expire entirely between two samples are not seen; with lease
-        TTLs under about 1.5 intervals, a holder that renewed and then released
-        between two samples may be counted.
+        None until two samples at least a second apart are kept; a limit
+        deleted and created again in between restarts the count.
         """
         with self._lock:
-            return dict(self._reclaimed)
+            points = self._points.get(name)
+            if not points:
+                return None
+            last = points[-1]
+            first = next((p for p in points if last.at - p.at <= window), last)
+        span = last.at - first.at
+        if span < 1.0 or last.granted_units < first.granted_units:
+            return None
+        return (last.granted_units - first.granted_units) / span
 
     # ------------------------------------------------------------- sampling
 
@@ -143,19 +140,17 @@ class Sampler:
             points = self._points.get(name)
             if points is None:
                 points = self._points[name] = deque(maxlen=keep)
-            points.append(Point(sample.at, status.in_use, len(status.waiters)))
-            now = status.taken_at.timestamp() if status.taken_at else None
-            current = {h.lease_id: h.expires_at.timestamp() for h in status.holders}
-            seen = self._seen.setdefault(name, _Seen())
-            if now is not None:
-                gone = [e for lease, e in seen.leases.items() if lease not in current and e <= now]
-                if gone:
-                    self._reclaimed[name] = self._reclaimed.get(name, 0) + len(gone)
-            seen.leases = current
+            points.append(
+                Point(
+                    sample.at,
+                    status.in_use,
+                    len(status.waiters),
+                    status.totals.granted_units,
+                )
+            )
         for name in list(self._points):
-            if name not in present:  # deleted: its trend and leases go with it
+            if name not in present:  # deleted: its trend goes with it
                 del self._points[name]
-                self._seen.pop(name, None)
 
     # ------------------------------------------------------------- background
 

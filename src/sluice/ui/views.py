@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Final
@@ -46,8 +47,11 @@ def task_run_of(holder: str) -> str | None:
     return match.group(1) if match else None
 
 
-def limits_json(sample: Sample) -> dict[str, Any]:
-    """``GET /api/limits``: every limit as ``limit ls --json`` has it, plus the next token."""
+def limits_json(
+    sample: Sample, delivered: Callable[[str], float | None] = lambda name: None
+) -> dict[str, Any]:
+    """``GET /api/limits``: every limit as ``limit ls --json`` has it, plus the next token,
+    its grants so far and the rate they were delivered at over the last minute."""
     return {
         "sampled_at": _iso(sample.at),
         "error": sample.error,
@@ -56,15 +60,21 @@ def limits_json(sample: Sample) -> dict[str, Any]:
                 **summary_json(s),
                 "next_token_in": s.next_token_in,
                 "waiting_units": sum(w.occupy for w in s.waiters),
+                "grants": s.totals.grants,
+                "delivered_rate": delivered(s.limit.name),
             }
             for s in sample.statuses
         ],
     }
 
 
-def limit_json(status: LimitStatus, points: list[Point], sample: Sample) -> dict[str, Any]:
-    """``GET /api/limits/NAME``: ``limit inspect --json`` plus task runs and the trend."""
+def limit_json(
+    status: LimitStatus, points: list[Point], sample: Sample, delivered_rate: float | None = None
+) -> dict[str, Any]:
+    """``GET /api/limits/NAME``: ``limit inspect --json`` plus task runs, the trend and the
+    delivered rate over the last minute."""
     data = status_json(status)
+    data["delivered_rate"] = delivered_rate
     for holder in data["holders"]:
         holder["task_run_id"] = task_run_of(holder["holder"])
     for waiter in data["waiters"]:

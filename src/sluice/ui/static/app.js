@@ -78,6 +78,15 @@
     return +(perSecond * 3600).toPrecision(4) + "/h";
   }
 
+  function delivered(perSecond) {
+    return perSecond === 0 ? "0/s" : rate(perSecond);
+  }
+
+  function totalsText(t) {
+    const mean = t.grants ? t.wait_seconds / t.grants : 0;
+    return plural(t.grants, "grant") + " (" + plural(t.granted_units, "unit") + "), mean wait " + seconds(mean);
+  }
+
   function clock(iso) {
     if (!iso) return "–";
     return new Date(iso).toLocaleTimeString();
@@ -232,6 +241,7 @@
         gauge(l.in_use, l.slots, l.active),
         l.rate === null ? "–" : rate(l.rate) + " (burst " + l.burst + ")",
         tokenText(l.next_token_in),
+        l.grants.toLocaleString("en") + (l.delivered_rate === null ? "" : " (" + delivered(l.delivered_rate) + ")"),
         String(l.holders),
         l.waiters + (l.waiters ? " (" + l.waiting_units + " units)" : ""),
         el("span", { class: l.active ? "badge on" : "badge off", text: l.active ? "active" : "disabled" }),
@@ -240,7 +250,7 @@
         holder,
         table(
           "Every limit, refreshed every " + seconds(info.interval),
-          ["Limit", "In use / slots", "Rate", "Next token", "Holders", "Waiters", "Active"],
+          ["Limit", "In use / slots", "Rate", "Next token", "Grants (rate, last min)", "Holders", "Waiters", "Active"],
           rows,
           "No limits yet. Create one with: sluice limit create NAME --slots N"
         )
@@ -425,6 +435,10 @@
           el("dt", { text: "Rate" }), el("dd", { text: l.rate === null ? "none" : rate(l.rate) + ", burst " + l.burst }),
           el("dt", { text: "Next token" }), el("dd", { text: tokenText(l.next_token_in) }),
           el("dt", { text: "Waiters" }), el("dd", { text: String(l.waiters.length) }),
+          el("dt", { text: "Granted" }), el("dd", { text: totalsText(l.totals) }),
+          el("dt", { text: "Delivered" }), el("dd", { text: l.delivered_rate === null ? "– (measured over the last minute)" : delivered(l.delivered_rate) + " over the last minute" + (l.rate === null ? "" : ", of " + rate(l.rate) + " configured") }),
+          el("dt", { text: "Timed out" }), el("dd", { text: l.totals.timeouts.toLocaleString("en") }),
+          el("dt", { text: "Expired leases reclaimed" }), el("dd", { text: l.totals.expired_leases_reclaimed.toLocaleString("en") }),
           el("dt", { text: "Active" }), el("dd", {}, el("span", { class: l.active ? "badge on" : "badge off", text: l.active ? "active" : "disabled: admits everyone" })),
           el("dt", { text: "Lease TTL" }), el("dd", { text: seconds(l.lease_ttl) }))
       );
