@@ -12,6 +12,7 @@ import pytest
 from sluice import Limits
 from sluice.errors import StoreError, StoreUnavailable
 from sluice.store import acquire_store, known_schemes, release_store
+from sluice.store.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA
 
 from ._run import sluice
 
@@ -80,7 +81,7 @@ def test_doctor_counts_limits_holders_waiters_and_expired_leases(
     assert doc["reachable"] is True and doc["error"] is None
     assert doc["backend"] == "sqlite"
     assert doc["detail"].startswith("SQLite 3.") and "WAL" in doc["detail"]
-    assert (doc["schema_version"], doc["schema_current"]) == (1, True)
+    assert (doc["schema_version"], doc["schema_current"]) == (SQLITE_SCHEMA, True)
     assert abs(doc["clock_offset"]) < 1.0
     assert (doc["limits"], doc["disabled_limits"]) == (3, 1)
     assert (doc["holders"], doc["waiters"]) == (1, 1)  # the lapsed lease no longer holds
@@ -88,7 +89,7 @@ def test_doctor_counts_limits_holders_waiters_and_expired_leases(
     assert text.exit_code == 0
     out = text.stdout
     assert "reachable    yes, sqlite store: SQLite 3." in out
-    assert "schema       version 1 (current)" in out
+    assert f"schema       version {SQLITE_SCHEMA} (current)" in out
     assert "limits       3 (1 disabled)" in out
     assert "expired      0 lease(s) past expiry, not reclaimed" in out  # reclaimed since
 
@@ -147,7 +148,7 @@ def test_memory_store_diagnosis(mem_url: str) -> None:
     assert (doc["backend"], doc["schema_version"], doc["limits"]) == ("memory", None, 0)
     sluice("limit", "create", "m", "--slots", "1", "--url", mem_url)
     doc = sluice("doctor", "--json", "--url", mem_url).json()
-    assert (doc["schema_version"], doc["schema_current"], doc["limits"]) == (1, True, 1)
+    assert (doc["schema_version"], doc["schema_current"], doc["limits"]) == (SQLITE_SCHEMA, True, 1)
     assert "this process only" in doc["detail"]
 
 

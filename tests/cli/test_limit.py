@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sluice import LeaseLost, Limit, Limits
+from sluice import AcquireTimeout, LeaseLost, Limit, Limits
 
 from ._run import sluice
 
@@ -200,6 +200,26 @@ def test_inspect_says_when_the_next_rate_token_is_due(db_url: str, limits: Limit
     assert "next token  in " in text
     assert 50 < doc["next_token_in"] <= 60
     assert doc["rate"] == pytest.approx(1 / 60)
+
+
+def test_inspect_shows_the_totals_every_process_added_up(db_url: str, limits: Limits) -> None:
+    limits.create("db", slots=1)
+    assert (
+        "totals      nothing granted yet"
+        in sluice("limit", "inspect", "db", "--url", db_url).stdout
+    )
+    held = limits.acquire("db", occupy=1)
+    with pytest.raises(AcquireTimeout):
+        limits.acquire("db", timeout=0)
+    held.release()
+    text = sluice("limit", "inspect", "db", "--url", db_url).stdout
+    assert "totals      1 grant (1 unit), mean wait 0ms, 1 timed out, 0 expired leases" in text
+    doc = sluice("limit", "inspect", "db", "--json", "--url", db_url).json()
+    totals = doc["totals"]
+    assert (totals["grants"], totals["granted_units"], totals["timeouts"]) == (1, 1, 1)
+    assert totals["expired_leases_reclaimed"] == 0
+    assert [b["count"] for b in totals["wait_buckets"]] == [1] + [0] * 12
+    assert totals["wait_buckets"][-1]["le"] is None
 
 
 def test_inspect_of_a_missing_limit_exits_3(db_url: str) -> None:

@@ -114,12 +114,16 @@ def totals_json(totals: LimitTotals) -> dict[str, Any]:
     }
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _totals_text(totals: LimitTotals) -> str:
     if not totals.grants and not totals.timeouts and not totals.expired_leases_reclaimed:
         return "nothing granted yet"
     mean = totals.wait_seconds / totals.grants if totals.grants else 0.0
     return (
-        f"{totals.grants} grants ({totals.granted_units} units), mean wait "
+        f"{_count(totals.grants, 'grant')} ({_count(totals.granted_units, 'unit')}), mean wait "
         f"{f'{mean * 1000:.0f}ms' if mean < 1 else format_age(mean)}, {totals.timeouts} timed out, "
         f"{totals.expired_leases_reclaimed} expired leases reclaimed"
     )
