@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from sluice import Limits
 from sluice.cli import cli
 
 # The package's `ui` and `metrics` attributes are the commands; these are their modules.
@@ -166,6 +167,10 @@ def _get(url: str, **headers: str) -> tuple[int, str]:
 
 @pytest.mark.slow
 def test_sluice_ui_and_metrics_serve_answer_http(tmp_path: Path, store_url: str) -> None:
+    with Limits(store_url) as limits:  # this process acquires; the exporters count it
+        limits.create("served", slots=2)
+        limits.acquire("served", occupy=2).release()
+        limits.acquire("served").release()
     ui, base = _start(["ui", "--port", "0", "--url", store_url], tmp_path)
     exporter, exporter_base = _start(
         ["metrics", "serve", "--port", "0", "--url", store_url], tmp_path
@@ -175,7 +180,10 @@ def test_sluice_ui_and_metrics_serve_answer_http(tmp_path: Path, store_url: str)
         assert status == 200 and 'data-page="limits"' in page
         assert _get(base + "api/limits")[1].startswith('{"sampled_at"')
         assert "sluice_store_up 1.0" in _get(base + "metrics")[1]
-        assert "sluice_store_up 1.0" in _get(exporter_base + "metrics")[1]
+        exported = _get(exporter_base + "metrics")[1]
+        assert "sluice_store_up 1.0" in exported
+        assert 'sluice_limit_grants_total{limit="served"} 2.0' in exported
+        assert 'sluice_limit_granted_units_total{limit="served"} 3.0' in exported
     finally:
         for proc in (ui, exporter):
             proc.terminate()
