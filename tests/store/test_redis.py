@@ -7,6 +7,7 @@ Against the real server on 127.0.0.1:6379; the restart tests start their own
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -124,7 +125,7 @@ def test_every_key_shares_the_deployment_hash_tag(prefix: str) -> None:
         held.release()
         waiter.result().release()
     kinds = {key.split(":")[1] for key in ours}
-    assert {"meta", "limits", "l", "h", "he", "q", "qe", "lease", "t"} <= kinds, kinds
+    assert {"meta", "limits", "l", "h", "he", "q", "qe", "lease", "t", "tot"} <= kinds, kinds
     assert all(key.startswith(f"{{{prefix}}}:") for key in ours), ours
 
 
@@ -263,6 +264,102 @@ def test_an_acquire_sent_again_after_a_lost_reply_takes_nothing_twice(prefix: st
         assert [h.lease_id for h in limits.inspect("db").holders] == ["lost-reply-2"]
         assert store.release("lost-reply-2")
         assert limits.inspect("db").in_use == 0
+
+
+# --------------------------------------------------------------------------- totals
+
+
+def test_the_scripts_bucket_waits_as_the_model_does(prefix: str) -> None:
+    from sluice.limits.model import WAIT_BUCKETS, wait_bucket
+    from sluice.store.redis import _Scripts
+
+    lib = _Scripts.source("abandon").split("\n-- abandon:", 1)[0]  # _lib.lua as the steps see it
+    waits = [0.0, *WAIT_BUCKETS, *(b * 1.0001 for b in WAIT_BUCKETS), 1e9]
+    probe = "\n".join(
+        [
+            lib,
+            "local out = {}",
+            "for i = 3, #ARGV do out[i - 2] = wait_bucket(tonumber(ARGV[i])) end",
+            "return cjson.encode(out)",
+        ]
+    )
+    with redis.Redis(REDIS_HOST, REDIS_PORT, decode_responses=True) as client:
+        raw = client.eval(probe, 1, f"{{{prefix}}}:meta", "probe", "", *map(repr, waits))
+    assert json.loads(raw) == [wait_bucket(w) for w in waits]
+
+
+def test_totals_live_in_one_hash_per_limit_as_long_as_the_limit(prefix: str) -> None:
+    from sluice.limits.model import LimitTotals
+
+    key = f"{{{prefix}}}:tot:db"
+    with (
+        Limits(_url(prefix)) as limits,
+        redis.Redis(REDIS_HOST, REDIS_PORT, decode_responses=True) as client,
+    ):
+        limits.create("db", slots=2)
+        limits.acquire("db", occupy=2).release()
+        assert client.hgetall(key) == {"grants": "1", "granted_units": "2"}  # a grant at once
+        assert client.ttl(key) == -1  # no expiry, like the limit's own hash
+        client.script_flush()  # totals are data: reloading the scripts keeps them
+        limits.acquire("db").release()
+        t = limits.inspect("db").totals
+        assert (t.grants, t.granted_units) == (2, 3)
+        limits.update("db", slots=3)
+        limits.reset("db")
+        assert limits.inspect("db").totals.grants == 2
+        limits.delete("db")
+        assert not client.exists(key)
+        client.hset(key, mapping={"grants": 7})  # left behind by a Sluice that kept no totals
+        limits.create("db", slots=2)
+        assert limits.inspect("db").totals == LimitTotals()
+
+
+def test_a_handed_off_grant_counts_once_and_a_lapsed_one_as_reclaimed(prefix: str) -> None:
+    from sluice.limits.model import AcquireRequest, Granted, Queued
+
+    with Limits(_url(prefix)) as limits:
+        limits.create("db", slots=1, lease_ttl=1)
+        store = limits._store
+        for waiter, late in (("w-in-time", False), ("w-late", True)):
+            holder = store.acquire(AcquireRequest(f"h-{waiter}", ("db",)))
+            assert isinstance(holder, Granted)
+            queued = store.acquire(AcquireRequest(waiter, ("db",)))
+            assert isinstance(queued, Queued)
+            assert store.release(f"h-{waiter}")  # hands the slot to the waiter
+            if late:
+                time.sleep(1.2)  # its TTL lapses before it collects: revoked, reclaimed
+            store._handed.clear()  # type: ignore[attr-defined]  # collect from the store
+            collected = store.acquire(AcquireRequest(waiter, ("db",), seq=queued.seq))
+            if isinstance(collected, Queued):  # late: queued anew and handed the slot at once
+                collected = store.acquire(AcquireRequest(waiter, ("db",), seq=collected.seq))
+            assert isinstance(collected, Granted)
+            assert store.release(waiter)
+        t = limits.inspect("db").totals
+        # Two holders and two hand-offs, plus the late waiter's grant anew once its
+        # lapsed grant was revoked; collecting a grant (in time) adds nothing.
+        assert (t.grants, t.expired_leases_reclaimed, t.timeouts) == (5, 1, 0)
+        assert sum(t.wait_buckets) == 5
+        assert t.wait_seconds < 1.0  # counted when handed, not when (late) collected
+
+
+def test_an_abandon_sent_again_after_a_lost_reply_counts_one_timeout(prefix: str) -> None:
+    from sluice.limits.model import AcquireRequest, Granted, Queued
+
+    with (
+        Limits(_url(prefix)) as limits,
+        redis.Redis(REDIS_HOST, REDIS_PORT, decode_responses=True) as client,
+    ):
+        limits.create("db", slots=1)
+        store = limits._store
+        assert isinstance(store.acquire(AcquireRequest("holder", ("db",))), Granted)
+        assert isinstance(store.acquire(AcquireRequest("gave-up", ("db",))), Queued)
+        store._step("abandon", ["db", 1, "gave-up"])  # type: ignore[attr-defined]
+        store._step("abandon", ["db", 1, "gave-up", "resent"])  # type: ignore[attr-defined]
+        assert limits.inspect("db").totals.timeouts == 1
+        store.abandon("gave-up-too", timed_out_on="nope")  # no such limit: nothing counted
+        assert not client.exists(f"{{{prefix}}}:tot:nope")
+        assert store.release("holder")
+        assert limits.inspect("db").totals.timeouts == 1
 
 
 # --------------------------------------------------------------------------- restarts

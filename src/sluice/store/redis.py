@@ -13,6 +13,10 @@ the processes that own them. Lease expiry is the only crash detection: a
 killed holder's units come back once its lease TTL runs out, and the waiter
 behind it is told when that is, so it looks again right then.
 
+Each limit's totals (grants, units, waits, timeouts, expired leases reclaimed)
+are counted by the scripts whose step causes them, in a hash of its own next to
+the limit's (``{<prefix>}:tot:<name>``), which lives and dies with the limit.
+
 URL: ``redis://[:password@]host[:port][/db][?prefix=sluice]`` (``rediss://``
 for TLS). Recommended server settings are in the README ("Redis store").
 """
@@ -64,6 +68,7 @@ from sluice.limits.model import (
     Limit,
     LimitChanges,
     LimitStatus,
+    LimitTotals,
     Queued,
     Renewal,
     Waiter,
@@ -109,6 +114,7 @@ class _Call(Generic[_T]):
     args: Sequence[object]
     finish: Callable[[dict[str, Any]], _T]
     attempts: int = _ATTEMPTS
+    resent: str | None = None  # appended to the arguments of a try after the first
 
 
 class _Scripts:
@@ -453,6 +459,19 @@ class _Core:
             waiters=waiters,
             next_token_in=None if token_in is None else float(token_in),
             taken_at=utc(float(reply["now"])),
+            totals=self._totals(reply.get("totals") or {}),
+        )
+
+    @staticmethod
+    def _totals(data: dict[str, Any]) -> LimitTotals:
+        """Totals as inspect_limit.lua sends them: numbers as strings."""
+        return LimitTotals.from_store(
+            int(data.get("grants", 0)),
+            int(data.get("granted_units", 0)),
+            int(data.get("timeouts", 0)),
+            int(data.get("reclaimed", 0)),
+            [int(n) for n in data.get("queued_waits") or ()],
+            float(data.get("wait_seconds", 0)),
         )
 
     # ------------------------------------------------------------- calls shared by both twins
@@ -545,11 +564,13 @@ class _Core:
 
         return _Call("renew", [len(lease_ids), *lease_ids, *ticket_ids], finish)
 
-    def _abandon_call(self, request_id: str) -> _Call[None]:
+    def _abandon_call(self, request_id: str, timed_out_on: str | None) -> _Call[None]:
         def finish(reply: dict[str, Any]) -> None:
             self._forget([request_id])
 
-        return _Call("abandon", [request_id], finish)
+        # Marked when resent, so a timeout whose first try ran is not counted twice.
+        args = ["" if timed_out_on is None else timed_out_on, 1, request_id]
+        return _Call("abandon", args, finish, resent="resent")
 
     def _released(self, lease_id: str, reply: dict[str, Any], attempt: int) -> bool:
         self._forget([lease_id])
@@ -715,7 +736,9 @@ class RedisStore(_Core):
         return float(seconds) + float(micros) / 1e6
 
     def _do(self, call: _Call[_T]) -> _T:
-        return call.finish(self._step(call.step, call.args, attempts=call.attempts))
+        return call.finish(
+            self._step(call.step, call.args, attempts=call.attempts, resent=call.resent)
+        )
 
     def create_limit(self, limit: Limit) -> Limit:
         return self._do(self._create_call(limit, ensure=False))
@@ -815,8 +838,8 @@ class RedisStore(_Core):
     def renew(self, lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> Renewal:
         return self._do(self._renew_call(lease_ids, ticket_ids))
 
-    def abandon(self, request_id: str) -> None:
-        self._do(self._abandon_call(request_id))
+    def abandon(self, request_id: str, timed_out_on: str | None = None) -> None:
+        self._do(self._abandon_call(request_id, timed_out_on))
 
     # ------------------------------------------------------------- lifecycle
 
@@ -841,7 +864,7 @@ class RedisStore(_Core):
                 owned = sorted(self._owned)
             if owned:
                 with contextlib.suppress(StoreError):
-                    self._step("abandon", owned, attempts=1)
+                    self._step("abandon", ["", len(owned), *owned], attempts=1)
             if self._listener is not None:
                 self._listener.stop()
             self._client.close()
@@ -926,7 +949,9 @@ class RedisAsyncStore:
         return float(seconds) + float(micros) / 1e6
 
     async def _do(self, call: _Call[_T]) -> _T:
-        return call.finish(await self._step(call.step, call.args, attempts=call.attempts))
+        return call.finish(
+            await self._step(call.step, call.args, attempts=call.attempts, resent=call.resent)
+        )
 
     async def create_limit(self, limit: Limit) -> Limit:
         return await self._do(self.sync._create_call(limit, ensure=False))
@@ -993,8 +1018,8 @@ class RedisAsyncStore:
             return self.sync._released(lease_id, reply, attempt)
         raise AssertionError("unreachable")
 
-    async def abandon(self, request_id: str) -> None:
-        await self._do(self.sync._abandon_call(request_id))
+    async def abandon(self, request_id: str, timed_out_on: str | None = None) -> None:
+        await self._do(self.sync._abandon_call(request_id, timed_out_on))
 
     async def aclose(self) -> None:
         """Close the running event loop's connections (others reconnect on next use)."""

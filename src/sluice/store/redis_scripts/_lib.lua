@@ -20,6 +20,10 @@
 --   P:n:NAME        set    ids of tickets that named NAME (queued on it or not)
 --   P:lease:ID      hash   kind names holds process_id holder host pid occupy lease_ttl acquired_at expires_at
 --   P:t:ID          hash   seq process_id holder host pid occupy kind names queues lease_ttl created_at expires_at
+--   P:tot:NAME      hash   NAME's totals, counted by the steps that cause them: grants
+--                          granted_units timeouts reclaimed wait_seconds, and qw0 .. qw12:
+--                          grants that had queued, per wait bucket (WAIT_BUCKETS below);
+--                          no TTL, like P:l:NAME; deleted (and cleared on create) with NAME
 --   channel P:wake:PROCESS_ID   comma-separated ticket ids to look at again
 --
 -- Lua scripts are not rolled back on error: every step validates before it
@@ -31,6 +35,9 @@ local ME = ARGV[1]
 local KNOWN_EPOCH = ARGV[2]
 local GRACE = 60 -- seconds a lapsed lease or ticket hash outlives its expiry (GC backstop)
 local DEFAULT_TTL = 30
+-- Upper bounds (seconds) of the wait buckets, as sluice.limits.model.WAIT_BUCKETS; a
+-- last, unbounded bucket follows. Bucket i (0-based) is totals field 'qw' .. i.
+local WAIT_BUCKETS = {0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0}
 
 local NOW
 do
@@ -87,6 +94,46 @@ local function limit_reply(l)
           active = l.active, lease_ttl = fmt(l.lease_ttl), version = l.version}
 end
 
+-- --------------------------------------------------------------------- totals
+
+-- The bucket (0-based, as sluice.limits.model.wait_bucket) a wait falls in.
+local function wait_bucket(seconds)
+  for i, bound in ipairs(WAIT_BUCKETS) do
+    if seconds <= bound then return i - 1 end
+  end
+  return #WAIT_BUCKETS
+end
+
+-- Count a grant of `occupy` units in a limit's totals; `queued_since` is the
+-- created_at of its ticket if it queued (nil for a grant at once, which waited 0
+-- and which the reader puts in the first bucket itself: two HINCRBYs, no more).
+local function count_grant(name, occupy, queued_since)
+  local tkey = key('tot', name)
+  redis.call('HINCRBY', tkey, 'grants', 1)
+  redis.call('HINCRBY', tkey, 'granted_units', occupy)
+  if queued_since then
+    local waited = math.max(NOW - queued_since, 0)
+    redis.call('HINCRBY', tkey, 'qw' .. wait_bucket(waited), 1)
+    redis.call('HINCRBYFLOAT', tkey, 'wait_seconds', fmt(waited))
+  end
+end
+
+-- Count one expired lease that held units of the limit reclaimed.
+local function count_reclaimed(name)
+  redis.call('HINCRBY', key('tot', name), 'reclaimed', 1)
+end
+
+-- The limit's totals, as strings (cjson would round big counters and fractions).
+local function totals_reply(name)
+  local fields = {'grants', 'granted_units', 'timeouts', 'reclaimed', 'wait_seconds'}
+  for i = 0, #WAIT_BUCKETS do fields[#fields + 1] = 'qw' .. i end
+  local v = redis.call('HMGET', key('tot', name), unpack(fields))
+  local waits = {}
+  for i = 6, #fields do waits[#waits + 1] = v[i] or '0' end
+  return {grants = v[1] or '0', granted_units = v[2] or '0', timeouts = v[3] or '0',
+          reclaimed = v[4] or '0', wait_seconds = v[5] or '0', queued_waits = waits}
+end
+
 local function head_seq(name)
   local h = redis.call('ZRANGE', key('q', name), 0, 0, 'WITHSCORES')
   if h[1] then return tonumber(h[2]), h[1] end
@@ -129,7 +176,8 @@ end
 
 -- --------------------------------------------------------------------- leases
 
--- Give back the units one lease holds on one limit (tolerates a missing lease hash).
+-- Give back the units one lease holds on one limit (tolerates a missing lease hash);
+-- true if it held some.
 local function drop_holding(name, lease_id)
   local units = redis.call('HGET', key('h', name), lease_id)
   redis.call('ZREM', key('he', name), lease_id)
@@ -137,25 +185,36 @@ local function drop_holding(name, lease_id)
     redis.call('HDEL', key('h', name), lease_id)
     redis.call('HINCRBY', key('l', name), 'in_use', -tonumber(units))
     touched[name] = true
+    return true
   end
+  return false
 end
 
 -- Delete a lease and every unit it holds; returns its expires_at, or nil if absent.
-local function revoke(lease_id)
+-- `expired`: the store takes it back because it expired (reclaim, renew, a release
+-- or collection too late); if it is indeed past its expiry, each limit it held units
+-- of counts it in its totals' `reclaimed`. Releases, abandon, reset and delete pass nothing.
+local function revoke(lease_id, expired)
   local v = redis.call('HMGET', key('lease', lease_id), 'holds', 'expires_at')
   if not v[2] then return nil end
-  for _, name in ipairs(split(v[1])) do drop_holding(name, lease_id) end
+  local expires = tonumber(v[2])
+  local lapsed = expired and expires <= NOW
+  for _, name in ipairs(split(v[1])) do
+    if drop_holding(name, lease_id) and lapsed then count_reclaimed(name) end
+  end
   redis.call('DEL', key('lease', lease_id))
-  return tonumber(v[2])
+  return expires
 end
 
--- Take the claim's tokens and units on every active limit and record its lease.
--- A rate grant is recorded only when handed to a sleeping waiter (record_rate).
+-- Take the claim's tokens and units on every active limit, count the grant in their
+-- totals, and record its lease. A rate grant is recorded only when handed to a
+-- sleeping waiter (record_rate). claim.queued_since: its ticket's created_at, if it queued.
 local function take(claim, active, record_rate)
   local names = {}
   local ttl = nil
   for _, l in ipairs(active) do
     names[#names + 1] = l.name
+    count_grant(l.name, claim.occupy, claim.queued_since)
     if not ttl or l.lease_ttl < ttl then ttl = l.lease_ttl end
     if l.rate and l.burst then
       local tat = math.max(l.tat, NOW) + claim.occupy / l.rate
@@ -228,7 +287,9 @@ local function reclaim(names)
   for _, name in ipairs(names) do
     for _, lease_id in ipairs(redis.call('ZRANGEBYSCORE', key('he', name), '-inf', fmt(NOW))) do
       any = true
-      if not revoke(lease_id) then drop_holding(name, lease_id) end
+      if not revoke(lease_id, true) and drop_holding(name, lease_id) then
+        count_reclaimed(name) -- an expired holding whose lease hash is gone
+      end
     end
     for _, ticket_id in ipairs(redis.call('ZRANGEBYSCORE', key('qe', name), '-inf', fmt(NOW))) do
       any = true
@@ -240,11 +301,12 @@ end
 
 local function load_ticket(ticket_id)
   local v = redis.call('HMGET', key('t', ticket_id), 'seq', 'process_id', 'holder', 'host',
-    'pid', 'occupy', 'kind', 'queues', 'expires_at', 'names')
+    'pid', 'occupy', 'kind', 'queues', 'expires_at', 'names', 'created_at')
   if not v[1] then return nil end
   return {id = ticket_id, seq = tonumber(v[1]), process_id = v[2], holder = v[3], host = v[4],
           pid = tonumber(v[5]), occupy = tonumber(v[6]), kind = v[7], queues = split(v[8]),
-          expires_at = tonumber(v[9]), names = split(v[10])}
+          expires_at = tonumber(v[9]), names = split(v[10]),
+          created_at = tonumber(v[11]) or NOW}
 end
 
 -- Queue on a limit that now counts (enabled, or created) every waiter naming it.
@@ -332,7 +394,8 @@ local function hand_off()
             and here.in_use + t.occupy >= here.slots
           drop_ticket(ticket_id)
           local g = take({id = ticket_id, process_id = t.process_id, holder = t.holder,
-                          host = t.host, pid = t.pid, occupy = t.occupy, kind = t.kind},
+                          host = t.host, pid = t.pid, occupy = t.occupy, kind = t.kind,
+                          queued_since = t.created_at},
                          active, true)
           if g.lease_id then
             handed[ticket_id] = {join(g.names), g.acquired_at, g.expires_at, g.lease_ttl}

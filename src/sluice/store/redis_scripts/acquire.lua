@@ -6,6 +6,8 @@
 --           kind ('concurrency' or 'rate'), holder label, missing policy (raise, warn,
 --           ignore), seq of its ticket ('' on a first attempt), host, pid]
 -- ARGV[4]  'resent' when the client sends this attempt again after a lost reply
+-- A grant counts in the totals of its active limits (with its wait if it had a
+-- ticket); a grant collected from an earlier hand-off was counted when handed.
 -- Reply: {granted, names, acquired_at, lease_id, expires_at, lease_ttl, missing}
 --     or {queued, seq, blocked_on, position, retry_in, lease_ttl, missing}
 --     or {error = 'not_found', names} / {error = 'rate_without_rate' | 'occupy_too_big', ...}
@@ -40,8 +42,8 @@ if seq or resent then
     local expires = tonumber(v[4])
     if v[1] == 'concurrency' and expires <= NOW then
       -- Handed over, but its waiter was away past the lease's TTL: the units go
-      -- back and the waiter queues again at its old place.
-      revoke(request_id)
+      -- back (an expired lease reclaimed) and the waiter queues again at its old place.
+      revoke(request_id, true)
     elseif v[1] == 'rate' then
       redis.call('DEL', key('lease', request_id))
       return reply({granted = true, names = split(v[2]), acquired_at = v[3], missing = missing})
@@ -69,10 +71,10 @@ for _, l in ipairs(active) do
   end
 end
 
-local has_ticket = false
+local has_ticket, queued_since = false, nil
 if seq or resent then
-  local own = redis.call('HGET', key('t', request_id), 'seq')
-  if own then has_ticket = true; seq = tonumber(own) end
+  local own = redis.call('HMGET', key('t', request_id), 'seq', 'created_at')
+  if own[1] then has_ticket = true; seq = tonumber(own[1]); queued_since = tonumber(own[2]) end
 end
 
 local active_names = {}
@@ -84,7 +86,8 @@ if #blocked > 0 and reclaim(active_names) then
   blocked = blockers(kind, occupy, active, seq)
 end
 local claim = {id = request_id, process_id = ME, holder = holder, host = host,
-               pid = pid, occupy = occupy, kind = kind}
+               pid = pid, occupy = occupy, kind = kind,
+               queued_since = has_ticket and (queued_since or NOW) or nil}
 if #blocked == 0 then
   if has_ticket then drop_ticket(request_id) end
   local granted = take(claim, active, false)
@@ -109,6 +112,7 @@ if has_ticket then
     end
   end
   redis.call('HSET', tkey, 'expires_at', fmt(expires), 'queues', join(active_names))
+  if not queued_since then redis.call('HSET', tkey, 'created_at', fmt(NOW)) end
 else
   if not seq then seq = redis.call('HINCRBY', META, 'seq', 1) end
   redis.call('HSET', tkey, 'seq', string.format('%d', seq), 'process_id', ME, 'holder', holder,

@@ -3,6 +3,7 @@
 -- ARGV[1]  caller process id        ARGV[2]  known epoch
 -- ARGV[3]  name                     ARGV[4]  '1' to force (revoke its leases)
 -- Reply: {} or {error = 'not_found'} or {error = 'busy', holders = count}
+-- Its totals (P:tot:NAME) go with it; leases it revokes are not counted as reclaimed.
 
 local name = ARGV[3]
 local l = load_limit(name)
@@ -24,6 +25,7 @@ for _, ticket_id in ipairs(redis.call('ZRANGE', key('q', name), 0, -1)) do
 end
 touched[name] = nil
 moved[name] = nil
-redis.call('DEL', key('l', name), key('h', name), key('he', name), key('q', name), key('qe', name))
+redis.call('DEL', key('l', name), key('h', name), key('he', name), key('q', name), key('qe', name),
+  key('tot', name))
 redis.call('SREM', P .. ':limits', name)
 return reply({})

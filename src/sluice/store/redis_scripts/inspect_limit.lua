@@ -1,9 +1,12 @@
--- inspect_limit: a limit with its live holders, its waiters in order, and next token time.
+-- inspect_limit: a limit with its live holders, its waiters in order, next token time
+-- and totals.
 -- KEYS[1]  P:meta
 -- ARGV[1]  caller process id        ARGV[2]  known epoch
 -- ARGV[3]  name
 -- Reply: {limit, holders = [[lease, units, holder, host, pid, since, expires]],
---         waiters = [[ticket, occupy, holder, host, pid, since]], next_token_in}
+--         waiters = [[ticket, occupy, holder, host, pid, since]], next_token_in,
+--         totals = {grants, granted_units, timeouts, reclaimed, wait_seconds,
+--                   queued_waits = [13 per wait bucket]}} (totals' numbers as strings)
 
 local name = ARGV[3]
 if not load_limit(name) then return fail('not_found', {names = {name}}) end
@@ -36,4 +39,4 @@ end
 local token_in = nil
 if l.rate and l.burst then token_in = fmt(math.max(0, allow_at(l.tat, l.rate, l.burst, 1) - NOW)) end
 return reply({limit = limit_reply(l), holders = holders, waiters = waiters,
-              next_token_in = token_in})
+              next_token_in = token_in, totals = totals_reply(name)})

@@ -3,6 +3,7 @@
 -- ARGV[1]  caller process id        ARGV[2]  known epoch
 -- ARGV[3]  number of lease ids L    ARGV[4..3+L] lease ids    ARGV[4+L..] ticket ids
 -- Reply: {lost_leases = [...], lost_tickets = [...], expires = {lease id: expires_at}}
+-- A lease found expired is reclaimed here and counted in its limits' totals.
 
 local count = tonumber(ARGV[3])
 local lost_leases, lost_tickets, expires = {}, {}, {}
@@ -13,7 +14,7 @@ for i = 4, 3 + count do
   if not v[1] or tonumber(v[1]) <= NOW then
     -- Expired but not yet reclaimed is lost too, and final: reclaim it now.
     lost_leases[#lost_leases + 1] = id
-    revoke(id)
+    revoke(id, true)
   else
     local at = NOW + tonumber(v[2])
     redis.call('HSET', lkey, 'expires_at', fmt(at))

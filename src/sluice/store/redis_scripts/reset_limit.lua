@@ -3,6 +3,7 @@
 -- ARGV[1]  caller process id        ARGV[2]  known epoch
 -- ARGV[3]  name
 -- Reply: {revoked = count} or {error = 'not_found'}
+-- Its totals stay; the leases it revokes are not counted as reclaimed.
 
 local name = ARGV[3]
 local l = load_limit(name)
