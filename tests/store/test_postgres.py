@@ -16,14 +16,15 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from importlib import resources
 from typing import Any
 
 import pytest
 
 from conftest import PG_DSN, PG_HOW_TO_START, drop_pg_schema, require_server
 from sluice import Limits, aio
-from sluice.errors import ConfigError, LeaseLost, StoreError, StoreUnavailable
-from sluice.limits.model import Limit
+from sluice.errors import AcquireTimeout, ConfigError, LeaseLost, StoreError, StoreUnavailable
+from sluice.limits.model import WAIT_BUCKETS, Limit, LimitTotals, wait_bucket
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -338,6 +339,123 @@ def test_migrations_run_forward_from_the_stored_version(schema: str) -> None:
     assert not any("CREATE TABLE" in script for script in current)  # functions only
     assert all("@schema@" not in script for script in fresh)
     assert f"'{SCHEMA_VERSION}'" in fresh[-1]
+    from_1 = migration_sql(schema, 1)  # schema 1 has landed: it is altered, not made again
+    assert not any("CREATE TABLE" in script for script in from_1)
+    assert any("ALTER TABLE" in script and "grants" in script for script in from_1)
+    assert len(fresh) == len(from_1) + 1 == len(current) + SCHEMA_VERSION
+
+
+def make_schema_1(schema: str) -> None:
+    """A store as Sluice left it at schema version 1: migration 1's tables, the version,
+    and (as stand-ins for its step functions) the functions whose parameters changed since."""
+    s = f'"{schema}"'
+    script = resources.files("sluice.store").joinpath("postgres_sql/migrate_001.sql").read_text()
+    admin(f"CREATE SCHEMA {s}")
+    admin(script.replace("@schema@", s))
+    admin(f"INSERT INTO {s}.meta (key, value) VALUES ('schema_version', '1')")
+    admin(
+        f"CREATE FUNCTION {s}.abandon(p_request_id text, p_process_id text) RETURNS jsonb"
+        " LANGUAGE sql AS $$ SELECT '{\"v1\": true}'::jsonb $$"
+    )
+    admin(
+        f"CREATE FUNCTION {s}._take(p_id text, p_process_id text, p_holder text, p_host text,"
+        " p_pid integer, p_occupy integer, p_kind text,"
+        f" p_active {s}.limit_row[], p_missing text[], p_record_rate boolean,"
+        " p_now double precision) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{}'::jsonb $$"
+    )
+
+
+def test_a_schema_1_store_is_migrated_in_place_and_counts_totals_from_zero(
+    url: str, schema: str
+) -> None:
+    make_schema_1(schema)
+    s = f'"{schema}"'
+    # A limit held by one lease, with a waiter queued behind it for 2 s so far, and
+    # a rate limit, all written by schema 1's steps (here: by hand, as they would).
+    admin(
+        f"INSERT INTO {s}.limits (name, slots, lease_ttl, in_use, created_at, updated_at)"
+        " VALUES ('db', 1, 30, 1, 0, 0)"
+    )
+    admin(
+        f"INSERT INTO {s}.limits (name, rate, burst, lease_ttl, created_at, updated_at)"
+        " VALUES ('api', 100, 5, 30, 0, 0)"
+    )
+    [(db_id, now)] = admin(
+        f"SELECT id, extract(epoch FROM clock_timestamp())::float8 FROM {s}.limits"
+        " WHERE name = 'db'"
+    )
+    admin(
+        f"INSERT INTO {s}.leases (id, limit_ids, names, kind, process_id, holder, host, pid,"
+        " occupy, lease_ttl, acquired_at, expires_at) VALUES ('held', %s, '{db}', 'concurrency',"
+        " 'v1-process', 'worker', 'host-1', 1, 1, 30, %s, %s)",
+        ([db_id], now - 5, now + 25),
+    )
+    admin(f"INSERT INTO {s}.holdings (limit_id, lease_id, units) VALUES (%s, 'held', 1)", (db_id,))
+    admin(
+        f"INSERT INTO {s}.tickets (seq, id, process_id, holder, host, pid, occupy, kind, names,"
+        f" limit_count, lease_ttl, created_at, expires_at) VALUES (nextval('{s}.ticket_seq'),"
+        " 'waiting', 'v1-process', 'queued', 'host-1', 1, 1, 'concurrency', '{db}', 1, 30,"
+        " %s, %s)",
+        (now - 2, now + 28),
+    )
+    admin(
+        f"INSERT INTO {s}.queue (limit_id, seq, ticket_id, occupy, kind)"
+        f" SELECT %s, seq, id, occupy, kind FROM {s}.tickets WHERE id = 'waiting'",
+        (db_id,),
+    )
+
+    with Limits(url) as limits:
+        status = limits.inspect("db")
+        assert admin(f"SELECT value FROM {s}.meta WHERE key = 'schema_version'") == [
+            (str(SCHEMA_VERSION),)
+        ]
+        assert SCHEMA_VERSION == 2
+        assert status.limit == Limit("db", slots=1)
+        assert [(h.lease_id, h.occupy, h.holder) for h in status.holders] == [("held", 1, "worker")]
+        assert [(w.ticket_id, w.holder) for w in status.waiters] == [("waiting", "queued")]
+        assert status.totals == LimitTotals()
+        assert limits.get("api") == Limit("api", rate=100, burst=5)
+        assert limits.inspect("api").totals == LimitTotals()
+        assert broken_invariants(schema) == {}
+
+        # The waiter is handed the slot when the holder leaves: a grant that queued ~2 s.
+        store = store_of(limits)
+        assert store.release("held")
+        t = limits.inspect("db").totals
+        assert (t.grants, t.granted_units, t.timeouts, t.expired_leases_reclaimed) == (1, 1, 0, 0)
+        assert 2.0 <= t.wait_seconds < 10.0, t
+        assert t.wait_buckets[wait_bucket(t.wait_seconds)] == 1 and sum(t.wait_buckets) == 1
+        assert store.release("waiting")
+        limits.acquire("db").release()  # at once: waited 0
+        limits.rate_limit("api", occupy=3)
+        held = limits.acquire("db")
+        with pytest.raises(AcquireTimeout):
+            limits.acquire("db", timeout=0)
+        held.release()
+        t = limits.inspect("db").totals
+        assert (t.grants, t.granted_units, t.timeouts) == (3, 3, 1)
+        assert t.wait_buckets[0] == 2 and sum(t.wait_buckets) == 3
+        assert limits.inspect("api").totals.granted_units == 3
+        report = store.diagnose()
+        assert (report.schema_version, report.schema_current) == (SCHEMA_VERSION, True)
+
+    # Schema 1's functions whose parameters changed are gone: a call as schema 1's
+    # code makes it (abandon with two arguments) reaches the new step, unambiguously.
+    assert admin(f"SELECT {s}.abandon('nobody', 'v1-process')") == [({"wake": []},)]
+    assert admin(
+        "SELECT count(*) FROM pg_proc WHERE pronamespace = %s::regnamespace"
+        " AND proname IN ('abandon', '_take')",
+        (s,),
+    ) == [(2,)]
+    assert broken_invariants(schema) == {}
+
+
+def test_the_wait_buckets_are_the_clients(url: str, schema: str) -> None:
+    with Limits(url) as limits:
+        limits.list()  # creates the schema
+    waits = [0.0, 0.0005, *WAIT_BUCKETS, *(b * 1.0001 for b in WAIT_BUCKETS), 1e9]
+    rows = admin(f'SELECT w, "{schema}"._wait_bucket(w) FROM unnest(%s::float8[]) AS w', (waits,))
+    assert [(w, b - 1) for w, b in rows] == [(w, wait_bucket(w)) for w in waits]
 
 
 def test_an_empty_schema_made_beforehand_is_filled(url: str, schema: str) -> None:

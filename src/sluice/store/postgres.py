@@ -5,7 +5,10 @@ run in autocommit mode: one round trip, one transaction. The functions lock
 the rows of the limits they work on in name order, so concurrent multi-limit
 acquisitions cannot deadlock; time is the database's ``clock_timestamp()``.
 The schema (default ``sluice``) is created on first use and migrated forward
-under an advisory lock, so processes starting together do not race.
+under an advisory lock, so processes starting together do not race. Each
+limit's totals (:class:`~sluice.limits.model.LimitTotals`) live in its own row
+and are counted by the same step functions that grant, time out and reclaim
+(``postgres_sql/migrate_002.sql`` lists where).
 
 Wake-ups are LISTEN/NOTIFY: a step that grants or wakes tickets notifies the
 processes that own them inside its own transaction, and each process has one
@@ -374,8 +377,8 @@ class PostgresStore:
     def renew(self, lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> Renewal:
         return self._drive(lambda: self._engine.renew(lease_ids, ticket_ids))
 
-    def abandon(self, request_id: str) -> None:
-        self._drive(lambda: self._engine.abandon(request_id))
+    def abandon(self, request_id: str, timed_out_on: str | None = None) -> None:
+        self._drive(lambda: self._engine.abandon(request_id, timed_out_on))
 
     def diagnose(self) -> StoreDiagnosis:
         """Read-only facts for ``sluice doctor``; never creates or migrates the schema."""
@@ -594,8 +597,8 @@ class AsyncPostgresStore:
     async def release(self, lease_id: str) -> bool:
         return await self._drive(lambda: self.sync._engine.release(lease_id))
 
-    async def abandon(self, request_id: str) -> None:
-        await self._drive(lambda: self.sync._engine.abandon(request_id))
+    async def abandon(self, request_id: str, timed_out_on: str | None = None) -> None:
+        await self._drive(lambda: self.sync._engine.abandon(request_id, timed_out_on))
 
 
 def from_url(url: str) -> PostgresStore:

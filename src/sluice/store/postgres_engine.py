@@ -39,6 +39,7 @@ from sluice.limits.model import (
     Limit,
     LimitChanges,
     LimitStatus,
+    LimitTotals,
     Queued,
     Renewal,
     Waiter,
@@ -63,8 +64,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
-"""The schema this code needs; ``postgres_sql/migrate_<NNN>.sql`` for each version up to it."""
+SCHEMA_VERSION = 2
+"""The schema this code needs; ``postgres_sql/migrate_<NNN>.sql`` for each version up to it
+(1: the tables; 2: the limits' totals)."""
 
 DEFAULT_SCHEMA = "sluice"
 STEPS = (
@@ -279,6 +281,17 @@ def _limit(data: dict[str, Any]) -> Limit:
     )
 
 
+def _totals(data: dict[str, Any]) -> LimitTotals:
+    return LimitTotals.from_store(
+        data["grants"],
+        data["granted_units"],
+        data["timeouts"],
+        data["reclaimed"],
+        data["queued_waits"],
+        data["wait_seconds"],
+    )
+
+
 def _outcome(data: dict[str, Any]) -> Granted | Queued:
     missing = tuple(data.get("missing") or ())
     if data["granted"]:
@@ -469,6 +482,7 @@ class Engine:
             waiters=waiters,
             next_token_in=token_in,
             taken_at=utc(data["now"]),
+            totals=_totals(data["totals"]),
         )
 
     # ------------------------------------------------------------- acquire & co
@@ -514,10 +528,12 @@ class Engine:
             {k: float(v) for k, v in data["expires_at"].items()},
         )
 
-    def abandon(self, request_id: str) -> Plan[None]:
+    def abandon(self, request_id: str, timed_out_on: str | None = None) -> Plan[None]:
         self.waiting.discard(request_id)
         self.handed.pop(request_id, None)
-        yield self._step("abandon", "%s::text, %s::text", request_id, self.process_id)
+        yield self._step(
+            "abandon", "%s::text, %s::text, %s::text", request_id, self.process_id, timed_out_on
+        )
 
     def forget_process(self) -> Plan[None]:
         """Give back every lease and queue place of this process (a normal exit)."""

@@ -31,6 +31,7 @@ DECLARE
     v_missing text[];
     v_seq bigint := p_seq;
     v_has_ticket boolean := false;
+    v_queued_since double precision;  -- its ticket's created_at, if it has one
     v_why text[];
     v_touched bigint[] := '{}';
     v_moved bigint[] := '{}';
@@ -65,13 +66,16 @@ BEGIN
             IF v_head IS NULL AND v_tat IS NOT NULL AND (
                     p_kind = 'rate' OR v_one.slots IS NULL
                     OR v_one.in_use + p_occupy <= v_one.slots) THEN
+                -- One UPDATE of the locked row: tokens, units and the grant's totals.
+                UPDATE @schema@.limits
+                SET tat = v_tat,
+                    in_use = in_use + CASE WHEN p_kind = 'concurrency' AND v_one.slots IS NOT NULL
+                                           THEN p_occupy ELSE 0 END,
+                    grants = grants + 1, granted_units = granted_units + p_occupy
+                WHERE id = v_one.id;
                 IF p_kind = 'concurrency' AND v_one.slots IS NOT NULL THEN
-                    UPDATE @schema@.limits SET tat = v_tat, in_use = in_use + p_occupy
-                    WHERE id = v_one.id;
                     INSERT INTO @schema@.holdings (limit_id, lease_id, units)
                     VALUES (v_one.id, p_request_id, p_occupy);
-                ELSIF v_tat IS DISTINCT FROM v_one.tat THEN
-                    UPDATE @schema@.limits SET tat = v_tat WHERE id = v_one.id;
                 END IF;
                 IF p_kind = 'rate' THEN
                     RETURN @schema@._granted(NULL, p_names, v_now, NULL, NULL, '{}');
@@ -104,9 +108,9 @@ BEGIN
             RETURN v_result;
         END IF;
         -- Handed over, but its waiter was away past the lease's TTL: the units go
-        -- back and the waiter queues again at its old place. (Its limits are
-        -- among the names, so they are locked.)
-        v_touched := @schema@._revoke(ARRAY[p_request_id]);
+        -- back (reclaimed: it expired) and the waiter queues again at its old
+        -- place. (Its limits are among the names, so they are locked.)
+        v_touched := @schema@._revoke(ARRAY[p_request_id], v_now);
     END IF;
     v_rows := @schema@._rows(v_locked);
     v_missing := ARRAY(SELECT n FROM unnest(p_names) AS n
@@ -135,7 +139,8 @@ BEGIN
         END IF;
     END LOOP;
     IF v_seq IS NOT NULL THEN  -- keep the place the ticket already has
-        SELECT seq INTO v_seq FROM @schema@.tickets WHERE id = p_request_id;
+        SELECT seq, created_at INTO v_seq, v_queued_since
+        FROM @schema@.tickets WHERE id = p_request_id;
         v_has_ticket := FOUND;
         v_seq := coalesce(v_seq, p_seq);
     END IF;
@@ -164,7 +169,8 @@ BEGIN
             END IF;
         END IF;
         v_result := @schema@._take(p_request_id, p_process_id, p_holder, p_host, p_pid,
-                                   p_occupy, p_kind, v_active, v_missing, false, v_now);
+                                   p_occupy, p_kind, v_active, v_missing, false, v_now,
+                                   v_queued_since);
     ELSE
         v_result := @schema@._queue(p_request_id, p_names, p_occupy, p_kind, p_holder,
                                     p_process_id, p_host, p_pid, v_active, v_missing, v_seq,

@@ -162,6 +162,28 @@ LANGUAGE sql IMMUTABLE AS $$
         OR array_position(p_why, 'rate') IS NOT NULL
 $$;
 
+-- The bucket of the totals' histogram of queued waits a wait falls in, 1-based:
+-- the first bound of sluice.limits.model.WAIT_BUCKETS it does not exceed (the
+-- wait_bucket() there, plus one), or 13 past the last. NULL for NULL.
+CREATE OR REPLACE FUNCTION @schema@._wait_bucket(p_wait double precision) RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT CASE
+        WHEN p_wait <= 0.001::double precision THEN 1
+        WHEN p_wait <= 0.005::double precision THEN 2
+        WHEN p_wait <= 0.01::double precision THEN 3
+        WHEN p_wait <= 0.05::double precision THEN 4
+        WHEN p_wait <= 0.1::double precision THEN 5
+        WHEN p_wait <= 0.5::double precision THEN 6
+        WHEN p_wait <= 1.0::double precision THEN 7
+        WHEN p_wait <= 5.0::double precision THEN 8
+        WHEN p_wait <= 10.0::double precision THEN 9
+        WHEN p_wait <= 30.0::double precision THEN 10
+        WHEN p_wait <= 60.0::double precision THEN 11
+        WHEN p_wait <= 300.0::double precision THEN 12
+        ELSE 13
+    END
+$$;
+
 -- A Granted outcome, as the client parses it.
 CREATE OR REPLACE FUNCTION @schema@._granted(
     p_lease_id text, p_names text[], p_acquired_at double precision,
@@ -175,7 +197,10 @@ $$;
 
 -- Delete leases and every unit they hold; returns the limits touched. With
 -- p_expired_at set, only leases still expired at that time go: a renewal that
--- committed while this step waited for the row wins.
+-- committed while this step waited for the row wins. Those are reclaimed
+-- because they expired, which the totals of the limits they held units of
+-- count (reclaimed); without it (release by abandon, reset, a forced delete,
+-- a process's exit) nothing is counted.
 CREATE OR REPLACE FUNCTION @schema@._revoke(
     p_lease_ids text[], p_expired_at double precision DEFAULT NULL
 ) RETURNS bigint[] LANGUAGE plpgsql VOLATILE AS $$
@@ -194,8 +219,11 @@ BEGIN
         WHERE h.lease_id = g.id AND h.limit_id = ANY(g.limit_ids)
         RETURNING h.limit_id, h.units
     ), counted AS (
-        UPDATE @schema@.limits l SET in_use = l.in_use - u.units
-        FROM (SELECT limit_id, sum(units) AS units FROM units GROUP BY limit_id) u
+        UPDATE @schema@.limits l
+        SET in_use = l.in_use - u.units,
+            reclaimed = l.reclaimed + CASE WHEN p_expired_at IS NULL THEN 0 ELSE u.leases END
+        FROM (SELECT limit_id, sum(units) AS units, count(*) AS leases
+              FROM units GROUP BY limit_id) u
         WHERE l.id = u.limit_id
     )
     SELECT coalesce(array_agg(DISTINCT limit_id), '{}') INTO v_touched
@@ -228,13 +256,16 @@ BEGIN
     RETURN v_ids;
 END $$;
 
--- Take the claim's tokens and units on every active limit and record its lease.
--- A rate grant is recorded only when handed to a sleeping waiter (p_record_rate),
--- for it to collect; otherwise it leaves nothing behind. Returns a Granted.
+-- Take the claim's tokens and units on every active limit, count the grant in
+-- their totals, and record its lease. p_queued_since: when the claim's ticket
+-- was created, if it queued (its wait goes into the totals' histogram of queued
+-- waits), else NULL. A rate grant is recorded only when handed to a sleeping
+-- waiter (p_record_rate), for it to collect; otherwise it leaves nothing
+-- behind. Returns a Granted.
 CREATE OR REPLACE FUNCTION @schema@._take(
     p_id text, p_process_id text, p_holder text, p_host text, p_pid integer,
     p_occupy integer, p_kind text, p_active @schema@.limit_row[], p_missing text[],
-    p_record_rate boolean, p_now double precision
+    p_record_rate boolean, p_now double precision, p_queued_since double precision
 ) RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_row @schema@.limit_row;
@@ -244,6 +275,9 @@ DECLARE
     v_expires double precision;
     v_tat double precision;
     v_units integer;
+    v_wait double precision := CASE WHEN p_queued_since IS NOT NULL
+                                    THEN greatest(p_now - p_queued_since, 0) END;
+    v_bucket integer := @schema@._wait_bucket(v_wait);
 BEGIN
     FOREACH v_row IN ARRAY p_active LOOP
         v_names := v_names || v_row.name;
@@ -261,8 +295,17 @@ BEGIN
         IF v_units > 0 THEN
             v_hold := v_hold || v_row.id;
         END IF;
-        IF v_units > 0 OR v_tat IS DISTINCT FROM v_row.tat THEN
-            UPDATE @schema@.limits SET tat = v_tat, in_use = in_use + v_units WHERE id = v_row.id;
+        IF v_wait IS NULL THEN
+            UPDATE @schema@.limits
+            SET tat = v_tat, in_use = in_use + v_units, grants = grants + 1,
+                granted_units = granted_units + p_occupy
+            WHERE id = v_row.id;
+        ELSE
+            UPDATE @schema@.limits
+            SET tat = v_tat, in_use = in_use + v_units, grants = grants + 1,
+                granted_units = granted_units + p_occupy, wait_seconds = wait_seconds + v_wait,
+                queued_waits[v_bucket] = coalesce(queued_waits[v_bucket], 0) + 1
+            WHERE id = v_row.id;
         END IF;
     END LOOP;
     IF p_kind = 'rate' AND NOT p_record_rate THEN
@@ -526,6 +569,8 @@ DECLARE
     v_ids_chunk text[];
     v_grants jsonb := '{}';
     v_grant jsonb;
+    v_wait double precision;
+    v_bucket integer;
 BEGIN
     WHILE cardinality(v_work) > 0 LOOP
         v_limit := v_work[1];
@@ -535,8 +580,8 @@ BEGIN
         v_granted_here := false;
         LOOP
             SELECT t.id, t.seq, t.process_id, t.holder, t.host, t.pid, t.occupy, t.kind,
-                   t.limit_count, t.expires_at, l.id AS limit_id, l.name, l.slots, l.rate,
-                   l.burst, l.active, l.lease_ttl, l.tat, l.in_use
+                   t.limit_count, t.created_at, t.expires_at, l.id AS limit_id, l.name,
+                   l.slots, l.rate, l.burst, l.active, l.lease_ttl, l.tat, l.in_use
             INTO v_head
             FROM @schema@.queue q JOIN @schema@.tickets t ON t.id = q.ticket_id
             JOIN @schema@.limits l ON l.id = q.limit_id
@@ -561,17 +606,23 @@ BEGIN
                     AND (v_head.rate IS NULL OR v_head.tat + (v_head.occupy - v_head.burst)
                                                  ::double precision / v_head.rate <= p_now) THEN
                 -- Fast path, the same decision in scalars: a ticket waiting on this
-                -- limit only, with units (checked above) and a token now: grant it.
+                -- limit only, with units (checked above) and a token now: grant it,
+                -- and count the grant and its wait in the limit's totals (as _take).
                 DELETE FROM @schema@.tickets WHERE id = v_head.id;
                 DELETE FROM @schema@.queue WHERE ticket_id = v_head.id;
                 v_moved := v_moved || v_limit;
+                v_wait := greatest(p_now - v_head.created_at, 0);
+                v_bucket := @schema@._wait_bucket(v_wait);
                 UPDATE @schema@.limits
                 SET tat = CASE WHEN v_head.rate IS NULL THEN tat
                                ELSE greatest(v_head.tat, p_now)
                                     + v_head.occupy::double precision / v_head.rate END,
                     in_use = in_use + CASE WHEN v_head.kind = 'concurrency'
                                              AND v_head.slots IS NOT NULL
-                                           THEN v_head.occupy ELSE 0 END
+                                           THEN v_head.occupy ELSE 0 END,
+                    grants = grants + 1, granted_units = granted_units + v_head.occupy,
+                    wait_seconds = wait_seconds + v_wait,
+                    queued_waits[v_bucket] = coalesce(queued_waits[v_bucket], 0) + 1
                 WHERE id = v_limit;
                 INSERT INTO @schema@.leases (id, limit_ids, names, kind, process_id, holder, host,
                                              pid, occupy, lease_ttl, acquired_at, expires_at)
@@ -647,7 +698,7 @@ BEGIN
             v_moved := v_moved || v_ids;
             v_grant := @schema@._take(v_head.id, v_head.process_id, v_head.holder,
                                       v_head.host, v_head.pid, v_head.occupy, v_head.kind,
-                                      v_active, '{}', true, p_now);
+                                      v_active, '{}', true, p_now, v_head.created_at);
             IF v_head.kind = 'concurrency' THEN
                 v_grants := v_grants || jsonb_build_object(v_head.id, v_grant);
             END IF;

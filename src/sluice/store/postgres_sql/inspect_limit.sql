@@ -5,7 +5,9 @@
 --   p_process_id  text      the calling process
 -- Returns: jsonb {limit, holders: [{lease_id, units, holder, host, pid, since,
 --   expires_at}] by grant time, waiters: [{ticket_id, occupy, holder, host, pid,
---   since}] in queue order, tat, now, wake: ticket ids of the caller's process}.
+--   since}] in queue order, totals: {grants, granted_units, timeouts, reclaimed,
+--   queued_waits: grants that had queued per wait bucket, wait_seconds} (see
+--   migrate_002.sql), tat, now, wake: ticket ids of the caller's process}.
 -- Raises: SL404 if absent.
 -- Locks: the limit; the other limits of what expired only with SKIP LOCKED.
 CREATE OR REPLACE FUNCTION @schema@.inspect_limit(p_name text, p_process_id text)
@@ -41,5 +43,10 @@ BEGIN
                 'pid', t.pid, 'since', t.created_at) ORDER BY q.seq), '[]')
             FROM @schema@.queue q JOIN @schema@.tickets t ON t.id = q.ticket_id
             WHERE q.limit_id = v_limit.id),
+        'totals', jsonb_build_object(
+            'grants', v_limit.grants, 'granted_units', v_limit.granted_units,
+            'timeouts', v_limit.timeouts, 'reclaimed', v_limit.reclaimed,
+            'queued_waits', to_jsonb(v_limit.queued_waits),
+            'wait_seconds', v_limit.wait_seconds),
         'tat', v_limit.tat, 'now', v_now, 'wake', to_jsonb(v_wake));
 END $$;

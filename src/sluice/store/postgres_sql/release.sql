@@ -3,7 +3,9 @@
 --   p_lease_id    text      the lease
 --   p_process_id  text      the calling process (its own waiters are woken by the caller)
 -- Returns: jsonb {found: false when the lease was already gone (released, expired,
---   revoked), wake: ticket ids of the caller's process to wake}.
+--   revoked), wake: ticket ids of the caller's process to wake}. A lease released
+--   after it expired, before anything reclaimed it, counts as reclaimed in the
+--   totals of the limits it held.
 -- Locks: the lease's limits, in name order.
 CREATE OR REPLACE FUNCTION @schema@.release(p_lease_id text, p_process_id text)
 RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $$
@@ -35,7 +37,9 @@ BEGIN
             WHERE limit_id = v_lease.limit_ids[1] AND lease_id = p_lease_id
             RETURNING units
         )
-        UPDATE @schema@.limits SET in_use = in_use - (SELECT units FROM units)
+        UPDATE @schema@.limits
+        SET in_use = in_use - (SELECT units FROM units),
+            reclaimed = reclaimed + CASE WHEN v_lease.expires_at > v_now THEN 0 ELSE 1 END
         WHERE id = v_lease.limit_ids[1];
         IF NOT EXISTS (SELECT 1 FROM @schema@.queue WHERE limit_id = v_lease.limit_ids[1]) THEN
             RETURN jsonb_build_object('found', v_lease.expires_at > v_now, 'wake', '[]'::jsonb);
@@ -50,7 +54,10 @@ BEGIN
                                          AND limit_id = ANY(v_lease.limit_ids)
         RETURNING limit_id, units
     )
-    UPDATE @schema@.limits l SET in_use = l.in_use - u.units FROM units u WHERE l.id = u.limit_id;
+    UPDATE @schema@.limits l
+    SET in_use = l.in_use - u.units,
+        reclaimed = l.reclaimed + CASE WHEN v_lease.expires_at > v_now THEN 0 ELSE 1 END
+    FROM units u WHERE l.id = u.limit_id;
     RETURN jsonb_build_object(
         'found', v_lease.expires_at > v_now,
         'wake', to_jsonb(@schema@._hand_off(v_lease.limit_ids, '{}', v_locked, NULL, NULL,
