@@ -1,9 +1,11 @@
 """What this process's acquisitions did, per limit: grants, timeouts, waits, lost leases.
 
-The store keeps no counters; each process counts what its own clients saw,
-exactly, from its first acquisition (a forked child starts from zero). A
-metrics exporter in the process reads them with :func:`snapshot`; Prometheus
-sums them over processes. Counting is a few integer additions under a lock.
+The store counts every process's grants, timeouts and waits in each limit's
+totals (``LimitStatus.totals``); these counters are one process's own share,
+exactly, from its first acquisition (a forked child starts from zero), plus
+what only a process can see: its leases found lost. A metrics exporter in the
+process reads them with :func:`snapshot`. Counting is a few integer additions
+under a lock.
 """
 
 from __future__ import annotations
