@@ -5,12 +5,61 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import socket
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from sluice.cli._common import EXIT_ERROR, CLIError
+from sluice.cli._params import DURATION
+from sluice.cli._units import format_duration
 
-__all__ = ["bind", "browser_url", "is_loopback", "require_modules", "warn_if_exposed"]
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+__all__ = [
+    "bind",
+    "browser_url",
+    "check_interval",
+    "is_loopback",
+    "listen_options",
+    "require_modules",
+    "warn_if_exposed",
+]
+
+
+def listen_options(port: int, interval_help: str) -> Callable[[_F], _F]:
+    """The ``--host``, ``--port`` and ``--interval`` options of a server command."""
+
+    def decorate(command: _F) -> _F:
+        command = click.option(
+            "--interval",
+            type=DURATION,
+            default="1s",
+            show_default=True,
+            help=f"{interval_help} (250ms to 60s).",
+        )(command)
+        command = click.option(
+            "--port",
+            type=click.IntRange(0, 65535),
+            default=port,
+            show_default=True,
+            help="Port to listen on (0: any free port).",
+        )(command)
+        return click.option(
+            "--host", default="127.0.0.1", show_default=True, help="Address to listen on."
+        )(command)
+
+    return decorate
+
+
+def check_interval(interval: float) -> float:
+    """The sampling interval, if it is between 250ms and 60s."""
+    if not 0.25 <= interval <= 60:
+        raise click.BadParameter(
+            f"{format_duration(interval)} is out of range; use 250ms to 60s",
+            param_hint="'--interval'",
+        )
+    return interval
 
 
 def require_modules(command: str, extra: str, modules: tuple[str, ...]) -> None:

@@ -9,10 +9,14 @@ from wsgiref.simple_server import make_server as wsgi_server
 import click
 
 from sluice.cli._common import EXIT_ERROR, CLIError, SluiceGroup, redacted, resolved_url, url_option
-from sluice.cli._params import DURATION
-from sluice.cli._serve import browser_url, require_modules, warn_if_exposed
+from sluice.cli._serve import (
+    browser_url,
+    check_interval,
+    listen_options,
+    require_modules,
+    warn_if_exposed,
+)
 from sluice.cli._units import format_duration
-from sluice.cli.ui import check_interval
 
 __all__ = ["metrics"]
 
@@ -54,21 +58,7 @@ def metrics() -> None:
 
 
 @metrics.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=9787,
-    show_default=True,
-    help="Port to listen on (0: any free port).",
-)
-@click.option(
-    "--interval",
-    type=DURATION,
-    default="1s",
-    show_default=True,
-    help="How often every limit is inspected (250ms to 60s).",
-)
+@listen_options(9787, "How often every limit is inspected")
 @url_option
 def serve(host: str, port: int, interval: float) -> None:
     """Serve GET /metrics in the Prometheus text format until Ctrl-C."""

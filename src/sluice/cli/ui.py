@@ -10,8 +10,14 @@ from typing import Any
 import click
 
 from sluice.cli._common import redacted, resolved_url, url_option
-from sluice.cli._params import DURATION
-from sluice.cli._serve import bind, browser_url, require_modules, warn_if_exposed
+from sluice.cli._serve import (
+    bind,
+    browser_url,
+    check_interval,
+    listen_options,
+    require_modules,
+    warn_if_exposed,
+)
 from sluice.cli._units import format_duration
 
 __all__ = ["UIPlan", "plan_ui", "ui"]
@@ -29,16 +35,6 @@ class UIPlan:
     """The address to open (without the token)."""
     token: str | None
     lines: list[str]
-
-
-def check_interval(interval: float) -> float:
-    """The sampling interval, if it is between 250ms and 60s."""
-    if not 0.25 <= interval <= 60:
-        raise click.BadParameter(
-            f"{format_duration(interval)} is out of range; use 250ms to 60s",
-            param_hint="'--interval'",
-        )
-    return interval
 
 
 def plan_ui(store_url: str, host: str, port: int, interval: float, read_only: bool) -> UIPlan:
@@ -78,21 +74,7 @@ def serve(plan: UIPlan) -> None:
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=8787,
-    show_default=True,
-    help="Port to listen on (0: any free port).",
-)
-@click.option(
-    "--interval",
-    type=DURATION,
-    default="1s",
-    show_default=True,
-    help="How often every limit is inspected, for every viewer at once (250ms to 60s).",
-)
+@listen_options(8787, "How often every limit is inspected, for every viewer at once")
 @click.option("--read-only", is_flag=True, help="Print no admin token: nothing can be changed.")
 @url_option
 def ui(host: str, port: int, interval: float, read_only: bool) -> None:

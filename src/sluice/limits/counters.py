@@ -10,13 +10,12 @@ under a lock.
 
 from __future__ import annotations
 
-import bisect
 import os
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sluice.limits.model import WAIT_BUCKETS
+from sluice.limits.model import WAIT_BUCKETS, wait_bucket
 
 __all__ = [
     "WAIT_BUCKETS",
@@ -70,7 +69,7 @@ def _tally(name: str) -> _Tally:
 
 def record_grant(names: Iterable[str], occupy: int, waited: float) -> None:
     """Count one grant of ``occupy`` units on each of ``names`` after ``waited`` seconds."""
-    bucket = bisect.bisect_left(WAIT_BUCKETS, waited)
+    bucket = wait_bucket(waited)
     with _lock:
         for name in names:
             tally = _tally(name)
