@@ -12,7 +12,8 @@ from sluice import settings
 from sluice.errors import InvalidRequest
 from sluice.flows.history import writer_for
 from sluice.flows.why import Cause, WhyReport, explain
-from sluice.history import FlowRunDetail, FlowRunRecord, HistoryStore, open_history
+from sluice.store import open_history
+from sluice.store.history import FlowRunDetail, FlowRunRecord, HistoryStore
 
 __all__ = ["Cause", "FlowRunDetail", "FlowRunRecord", "WhyReport", "get", "list", "why"]
 

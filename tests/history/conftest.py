@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from conftest import _memory_store, _postgres_store, _redis_store, _sqlite_store
-from sluice.history import HistoryStore, open_history
+from sluice.store import open_history
+from sluice.store.history import HistoryStore
 
 
 @dataclass(frozen=True)

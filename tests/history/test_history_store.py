@@ -7,13 +7,8 @@ import time
 import pytest
 
 from sluice.errors import InvalidRequest, RunNotFound, SluiceError
-from sluice.history import (
-    FlowRunRecord,
-    HistoryStore,
-    StateRecord,
-    TaskRunRecord,
-    open_history,
-)
+from sluice.store import open_history
+from sluice.store.history import FlowRunRecord, HistoryStore, StateRecord, TaskRunRecord
 
 
 def _flow(run_id: str, created: float, *, ended: float | None = 1.0, state: str = "Completed"):

@@ -29,8 +29,8 @@ from sluice.limits.model import WAIT_BUCKETS, Limit, LimitTotals, wait_bucket
 psycopg = pytest.importorskip("psycopg")
 
 from sluice.store.base import StoreDiagnosis  # noqa: E402
-from sluice.store.postgres import AsyncPostgresStore, PostgresStore  # noqa: E402
-from sluice.store.postgres_engine import SCHEMA_VERSION, migration_sql, parse_url  # noqa: E402
+from sluice.store.postgres.plans import SCHEMA_VERSION, migration_sql, parse_url  # noqa: E402
+from sluice.store.postgres.store import AsyncPostgresStore, PostgresStore  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -349,7 +349,7 @@ def make_schema_1(schema: str) -> None:
     """A store as Sluice left it at schema version 1: migration 1's tables, the version,
     and (as stand-ins for its step functions) the functions whose parameters changed since."""
     s = f'"{schema}"'
-    script = resources.files("sluice.store").joinpath("postgres_sql/migrate_001.sql").read_text()
+    script = resources.files("sluice.store.postgres").joinpath("sql/migrate_001.sql").read_text()
     admin(f"CREATE SCHEMA {s}")
     admin(script.replace("@schema@", s))
     admin(f"INSERT INTO {s}.meta (key, value) VALUES ('schema_version', '1')")

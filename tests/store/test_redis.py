@@ -109,7 +109,7 @@ def test_an_unreachable_server_is_store_unavailable_without_the_password() -> No
 
 def test_a_missing_driver_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "redis", None)  # import redis now fails
-    monkeypatch.delitem(sys.modules, "sluice.store.redis", raising=False)
+    monkeypatch.delitem(sys.modules, "sluice.store.redis.store", raising=False)
     with pytest.raises(ConfigError, match=r"pip install 'sluice\[redis\]'"):
         acquire_store("redis://127.0.0.1:6379/0?prefix=never-opened")
 
@@ -176,7 +176,7 @@ def test_the_async_store_reloads_scripts_too(prefix: str) -> None:
 
 
 def test_the_async_store_is_native_and_serves_several_event_loops(prefix: str) -> None:
-    from sluice.store.redis import RedisAsyncStore
+    from sluice.store.redis.store import RedisAsyncStore
 
     async def once(limits: aio.Limits) -> int:
         assert isinstance(limits._astore, RedisAsyncStore)
@@ -271,7 +271,7 @@ def test_an_acquire_sent_again_after_a_lost_reply_takes_nothing_twice(prefix: st
 
 def test_the_scripts_bucket_waits_as_the_model_does(prefix: str) -> None:
     from sluice.limits.model import WAIT_BUCKETS, wait_bucket
-    from sluice.store.redis import _Scripts
+    from sluice.store.redis.store import _Scripts
 
     lib = _Scripts.source("abandon").split("\n-- abandon:", 1)[0]  # _lib.lua as the steps see it
     waits = [0.0, *WAIT_BUCKETS, *(b * 1.0001 for b in WAIT_BUCKETS), 1e9]

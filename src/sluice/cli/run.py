@@ -18,9 +18,9 @@ from sluice.cli._common import (
 )
 from sluice.errors import RunNotFound
 from sluice.flows.why import explain, task_times
-from sluice.history import FlowRunDetail, FlowRunRecord
 from sluice.runs import get as get_run
 from sluice.runs import list as list_runs
+from sluice.store.history import FlowRunDetail, FlowRunRecord
 
 __all__ = ["run"]
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sluice.flows.history import HistoryWriter
 from sluice.flows.states import State, StateName
-from sluice.history import FlowRunRecord, StateRecord, TaskRunRecord
+from sluice.store.history import FlowRunRecord, StateRecord, TaskRunRecord
 
 if TYPE_CHECKING:
     from sluice.flows.dispatcher import Dispatcher, PoolExecutor

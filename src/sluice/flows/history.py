@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from sluice import settings
 from sluice.errors import SluiceError
-from sluice.history import HistoryRecord, HistoryStore, open_history
+from sluice.store import open_history
+from sluice.store.history import HistoryRecord, HistoryStore
 
 __all__ = ["HistoryWriter", "writer_for"]
 

@@ -33,7 +33,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sluice.history import FlowRunDetail, StateRecord
+from sluice.store.history import FlowRunDetail, StateRecord
 
 __all__ = ["Cause", "WhyReport", "explain", "task_times"]
 

@@ -19,8 +19,8 @@ from sluice.cli._views import status_json, summary_json
 from sluice.cli.run import run_json, task_run_json
 from sluice.errors import RunNotFound
 from sluice.flows.why import explain
-from sluice.history import FlowRunDetail, FlowRunRecord, StateRecord
 from sluice.limits.model import LimitStatus
+from sluice.store.history import FlowRunDetail, FlowRunRecord, StateRecord
 from sluice.ui.sampler import Point, Sample
 
 __all__ = [

@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from sluice.errors import ConfigError, RunNotFound, StoreError
-from sluice.history.base import (
+from sluice.store.history import (
     FlowRunDetail,
     FlowRunRecord,
     HistoryRecord,
     StateRecord,
     TaskRunDetail,
 )
-from sluice.history.rows import (
+from sluice.store.history_rows import (
     FLOW_COLUMNS,
     STATE_COLUMNS,
     TASK_COLUMNS,

@@ -6,7 +6,7 @@ expired or died. Units held are never counters: a limit's in_use is the sum of
 its holdings rows, so no admin action can leave a count wrong. The few things
 that depend on where the store lives (are other processes alive, how to wake
 them) are hooks that :class:`~sluice.store.sqlite.SQLiteStore` and
-:class:`~sluice.store.memory.MemoryStore` provide.
+:class:`~sluice.store.sqlite.memory.MemoryStore` provide.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from sluice.limits.model import (
     Queued,
     wait_bucket,
 )
-from sluice.store.sqlite_ipc import ProcessInfo
+from sluice.store.sqlite.ipc import ProcessInfo
 
 __all__ = [
     "HAS_RETURNING",

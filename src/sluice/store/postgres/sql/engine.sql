@@ -1,5 +1,5 @@
 -- Engine: the helpers every step function shares (schema @schema@), the PostgreSQL
--- twin of sluice/store/sqlite_engine.py: the same decisions, in the same order.
+-- twin of sluice/store/sqlite/engine.py: the same decisions, in the same order.
 -- Parameters: none (installed with the step functions). Internal: clients call
 -- the step functions (acquire.sql, release.sql, ...), never these.
 --

@@ -1,6 +1,6 @@
 """The PostgreSQL store: ``postgresql://user@host:5432/db?schema=sluice``, shared by many hosts.
 
-Each operation is one call of a PL/pgSQL step function (``postgres_sql/*.sql``),
+Each operation is one call of a PL/pgSQL step function (``sql/*.sql``),
 run in autocommit mode: one round trip, one transaction. The functions lock
 the rows of the limits they work on in name order, so concurrent multi-limit
 acquisitions cannot deadlock; time is the database's ``clock_timestamp()``.
@@ -8,15 +8,15 @@ The schema (default ``sluice``) is created on first use and migrated forward
 under an advisory lock, so processes starting together do not race. Each
 limit's totals (:class:`~sluice.limits.model.LimitTotals`) live in its own row
 and are counted by the same step functions that grant, time out and reclaim
-(``postgres_sql/migrate_002.sql`` lists where).
+(``sql/migrate_002.sql`` lists where).
 
 Wake-ups are LISTEN/NOTIFY: a step that grants or wakes tickets notifies the
 processes that own them inside its own transaction, and each process has one
-listening connection (:mod:`sluice.store.postgres_listen`). Crash detection
+listening connection (:mod:`sluice.store.postgres.listener`). Crash detection
 across hosts is lease expiry alone: a waiter blocked by a holder is told when
 that lease expires (``Queued.retry_in``) and reclaims it then.
 
-:class:`PostgresStore` drives the plans of :mod:`sluice.store.postgres_engine`
+:class:`PostgresStore` drives the plans of :mod:`sluice.store.postgres.plans`
 over psycopg ``Connection`` objects; :class:`AsyncPostgresStore` drives the
 same plans over ``AsyncConnection`` objects. Driver errors become Sluice errors.
 """
@@ -52,7 +52,8 @@ from sluice.limits.model import (
     Renewal,
 )
 from sluice.store.base import StoreDiagnosis, WakeHandler
-from sluice.store.postgres_engine import (
+from sluice.store.postgres.listener import Listener
+from sluice.store.postgres.plans import (
     RETRY_SQLSTATES,
     SCHEMA_VERSION,
     Call,
@@ -65,7 +66,6 @@ from sluice.store.postgres_engine import (
     translate,
     wakes_in,
 )
-from sluice.store.postgres_listen import Listener
 
 __all__ = ["SAFETY_INTERVAL", "AsyncPostgresStore", "PostgresStore", "from_url"]
 

@@ -1,6 +1,6 @@
 """The Redis store: the same limits shared by every process on every host.
 
-Each operation is one Lua script (``redis_scripts/<step>.lua``, with the shared
+Each operation is one Lua script (``scripts/<step>.lua``, with the shared
 ``_lib.lua`` prepended), loaded once and called by SHA; redis-py reloads a
 script transparently after ``SCRIPT FLUSH`` or a server restart. All keys of a
 deployment start with one hash tag, ``{<prefix>}``, so a Redis Cluster keeps
@@ -126,7 +126,7 @@ class _Scripts:
     @classmethod
     def sha(cls, step: str) -> str:
         if not cls._shas:
-            folder = resources.files("sluice.store").joinpath("redis_scripts")
+            folder = resources.files("sluice.store.redis").joinpath("scripts")
             lib = folder.joinpath("_lib.lua").read_text()
             for name in STEPS:
                 source = folder.joinpath(f"{name}.lua").read_text()
@@ -593,7 +593,7 @@ class _Listener:
         channel = store.config.channel(store.process_id)
         failures = 0
         while not self._stop.is_set():
-            pubsub = store.client.pubsub()  # type: ignore[no-untyped-call]
+            pubsub = store.client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
             try:
                 pubsub.subscribe(channel)
                 while not self._stop.is_set():

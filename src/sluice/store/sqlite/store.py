@@ -12,9 +12,9 @@ queue on a mutex before that), so writers block in the kernel and are woken
 when the lock frees, with no sleeping and no retry loop.
 
 The decision logic (grant, queue, hand-off, reclaim) lives in
-:mod:`sluice.store.sqlite_engine`, shared with the in-process memory store;
+:mod:`sluice.store.sqlite.engine`, shared with the in-process memory store;
 cross-process machinery (process liveness, wake-up sockets, exit watches) in
-:mod:`sluice.store.sqlite_ipc`.
+:mod:`sluice.store.sqlite.ipc`.
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ from sluice.limits.model import (
     Waiter,
     utc,
 )
-from sluice.store import sqlite_ipc
 from sluice.store.base import StoreDiagnosis, WakeHandler
-from sluice.store.sqlite_engine import (
+from sluice.store.sqlite import ipc as sqlite_ipc
+from sluice.store.sqlite.engine import (
     LIMIT_COLUMNS,
     Claim,
     LimitRow,
@@ -60,7 +60,7 @@ from sluice.store.sqlite_engine import (
     chunks,
     marks,
 )
-from sluice.store.sqlite_ipc import ProcessInfo
+from sluice.store.sqlite.ipc import ProcessInfo
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -264,7 +264,7 @@ class SQLiteStore(SQLiteEngine):
                 for statement in _MIGRATE_1_TO_2:
                     conn.execute(statement)
                 return
-        script = resources.files("sluice.store").joinpath("sqlite_schema.sql").read_text()
+        script = resources.files("sluice.store.sqlite").joinpath("schema.sql").read_text()
         code = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
         for statement in code.split(";"):
             if statement.strip():

@@ -1,7 +1,7 @@
 -- Migration 1: the tables of the Sluice PostgreSQL store, in schema @schema@.
 -- Parameters: none (@schema@ is replaced by the quoted schema name before running).
 -- Returns: nothing. Run once, inside the migration transaction that holds the
--- schema's advisory lock (see postgres_engine.migration_script); the step
+-- schema's advisory lock (see plans.migration_sql); the step
 -- functions are (re)installed after the last migration.
 --
 -- A limit's units in use are its holdings rows; limits.in_use caches their sum,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sluice.errors import InvalidRequest
-from sluice.history.base import FlowRunRecord, HistoryRecord, StateRecord, TaskRunRecord
+from sluice.store.history import FlowRunRecord, HistoryRecord, StateRecord, TaskRunRecord
 
 __all__ = [
     "FLOW_COLUMNS",

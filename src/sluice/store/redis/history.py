@@ -25,7 +25,7 @@ import redis
 from redis.exceptions import RedisError
 
 from sluice.errors import RunNotFound, StoreError, StoreUnavailable
-from sluice.history.base import (
+from sluice.store.history import (
     FlowRunDetail,
     FlowRunRecord,
     HistoryRecord,
@@ -33,8 +33,8 @@ from sluice.history.base import (
     TaskRunDetail,
     TaskRunRecord,
 )
-from sluice.history.rows import check_list_limit, check_prune, check_run_id, rows_of
-from sluice.store.redis import RedisConfig
+from sluice.store.history_rows import check_list_limit, check_prune, check_run_id, rows_of
+from sluice.store.redis.store import RedisConfig
 
 __all__ = ["RedisHistory", "from_url"]
 

@@ -20,14 +20,14 @@ from typing import Any
 import psycopg
 
 from sluice.errors import RunNotFound, StoreError
-from sluice.history.base import (
+from sluice.store.history import (
     FlowRunDetail,
     FlowRunRecord,
     HistoryRecord,
     StateRecord,
     TaskRunDetail,
 )
-from sluice.history.rows import (
+from sluice.store.history_rows import (
     FLOW_COLUMNS,
     STATE_COLUMNS,
     TASK_COLUMNS,
@@ -38,7 +38,7 @@ from sluice.history.rows import (
     rows_of,
     task_record,
 )
-from sluice.store.postgres_engine import PgConfig, parse_url, translate
+from sluice.store.postgres.plans import PgConfig, parse_url, translate
 
 __all__ = ["PostgresHistory", "from_url"]
 

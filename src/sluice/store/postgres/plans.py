@@ -1,7 +1,7 @@
 """The PostgreSQL store without I/O: its URL, its SQL, and each operation as a plan.
 
 Every store operation is a *plan*: a generator that yields :class:`Call` objects
-(one SQL statement each, a step function of ``postgres_sql/``, run as its own
+(one SQL statement each, a step function of ``sql/``, run as its own
 transaction) and receives each one's result, then returns the operation's
 outcome. The sync store (:class:`~sluice.store.postgres.PostgresStore`) and
 its asyncio twin drive the same plans over psycopg's ``Connection`` and
@@ -65,7 +65,7 @@ __all__ = [
 T = TypeVar("T")
 
 SCHEMA_VERSION = 2
-"""The schema this code needs; ``postgres_sql/migrate_<NNN>.sql`` for each version up to it
+"""The schema this code needs; ``sql/migrate_<NNN>.sql`` for each version up to it
 (1: the tables; 2: the limits' totals)."""
 
 DEFAULT_SCHEMA = "sluice"
@@ -188,7 +188,7 @@ def parse_url(url: str) -> PgConfig:
 
 
 def _sql(name: str, schema: str) -> str:
-    text = resources.files("sluice.store").joinpath(f"postgres_sql/{name}.sql").read_text()
+    text = resources.files("sluice.store.postgres").joinpath(f"sql/{name}.sql").read_text()
     return text.replace("@schema@", schema)
 
 

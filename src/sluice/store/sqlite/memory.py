@@ -2,7 +2,7 @@
 
 Every ``Limits("memory://NAME")`` in a process shares one store per NAME; it
 vanishes with the process and is never seen by another one. It runs exactly
-the decision logic of :mod:`sluice.store.sqlite` (so the two cannot disagree),
+the decision logic of :mod:`sluice.store.sqlite.store` (so the two cannot disagree),
 without lock files, sockets or process watches: every waiter is local.
 """
 
@@ -19,9 +19,10 @@ from collections.abc import Collection
 from contextlib import AbstractContextManager
 
 from sluice.store.base import StoreDiagnosis
-from sluice.store.sqlite import SCHEMA_VERSION, SQLiteStore, read_diagnosis
-from sluice.store.sqlite_engine import Tx
-from sluice.store.sqlite_ipc import ProcessInfo
+from sluice.store.sqlite.engine import Tx
+from sluice.store.sqlite.history import SQLiteHistory
+from sluice.store.sqlite.ipc import ProcessInfo
+from sluice.store.sqlite.store import SCHEMA_VERSION, SQLiteStore, read_diagnosis
 
 __all__ = ["MemoryStore"]
 
@@ -84,3 +85,21 @@ class MemoryStore(SQLiteStore):
 def from_url(url: str) -> MemoryStore:
     """Open a new memory store (the registry in sluice.store shares it per URL)."""
     return MemoryStore(url)
+
+
+class MemoryHistory(SQLiteHistory):
+    """Flow runs, task runs and states in a private in-memory database; gone with the process."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, ":memory:")
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+
+    def _write_lock(self) -> AbstractContextManager[object]:
+        return contextlib.nullcontext()
+
+
+def history_from_url(url: str) -> MemoryHistory:
+    """The in-process history of ``memory://NAME`` (one per NAME)."""
+    return MemoryHistory(url)
