@@ -1,8 +1,8 @@
 """One way to survive ``fork()``: callbacks run in the child, before any other code.
 
 A forked child shares nothing useful with its parent's threads, locks,
-connections or identity. Every object that holds such state registers a
-callback here; it runs in the child right after the fork (through
+connections or identity. Every module or object that holds such state
+registers here; its callback runs in the child right after the fork (through
 ``os.register_at_fork``), so no code path needs to compare PIDs.
 """
 
@@ -10,36 +10,28 @@ from __future__ import annotations
 
 import os
 import threading
-import types
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["after_fork_in_child", "forget"]
+__all__ = ["after_fork_in_child", "track"]
 
+_T = TypeVar("_T")
 _callbacks: list[Callable[[], None]] = []
-_methods: weakref.WeakKeyDictionary[Any, list[Callable[[Any], None]]] = weakref.WeakKeyDictionary()
+_owners: weakref.WeakKeyDictionary[Any, list[Callable[[Any], None]]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
-def after_fork_in_child(callback: Callable[[], None], owner: Any = None) -> None:
-    """Run ``callback`` in the child after every fork.
-
-    With ``owner``, ``callback`` must be a method of it: the owner is held
-    weakly and the callback stops once the owner is collected.
-    """
+def after_fork_in_child(callback: Callable[[], None]) -> None:
+    """Run ``callback`` in the child after every fork (module-level state)."""
     with _lock:
-        if owner is None:
-            _callbacks.append(callback)
-        else:
-            function: Callable[[Any], None] = callback.__func__
-            _methods.setdefault(owner, []).append(function)
+        _callbacks.append(callback)
 
 
-def forget(owner: Any) -> None:
-    """Stop running an owner's callbacks (it was closed)."""
+def track(owner: _T, reset: Callable[[_T], None]) -> None:
+    """Run ``reset(owner)`` in the child after every fork, for as long as ``owner`` lives."""
     with _lock:
-        _methods.pop(owner, None)
+        _owners.setdefault(owner, []).append(reset)
 
 
 def _run_in_child() -> None:
@@ -47,9 +39,9 @@ def _run_in_child() -> None:
     _lock = threading.Lock()
     for callback in list(_callbacks):
         callback()
-    for owner, functions in list(_methods.items()):
-        for function in functions:
-            function(owner)
+    for owner, resets in list(_owners.items()):
+        for reset in resets:
+            reset(owner)
 
 
 if hasattr(os, "register_at_fork"):
