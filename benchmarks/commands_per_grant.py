@@ -24,7 +24,7 @@ import redis
 from _common import Row, parse_args, print_table
 from _redis import REDIS_URL, available, commandstats_calls, temp_redis_url
 from sluice import Limits
-from sluice.limits.model import AcquireRequest, Granted, Queued
+from sluice.store.base import AcquireRequest, Granted, Queued
 
 LIMIT = "grants"
 SIZES = (1, 100, 1000)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from sluice.limits.model import ClockOffset
+from sluice.store.base import ClockOffset
 
 
 def test_a_late_reading_does_not_lower_the_estimate() -> None:

@@ -241,7 +241,7 @@ def test_killed_command_connections_are_reopened_transparently(prefix: str) -> N
 def test_an_acquire_sent_again_after_a_lost_reply_takes_nothing_twice(prefix: str) -> None:
     # What a resend after a connection error looks like to the server: the same
     # request id, marked as resent. It must find the grant the first one made.
-    from sluice.limits.model import AcquireRequest, Granted
+    from sluice.store.base import AcquireRequest, Granted
 
     with Limits(_url(prefix)) as limits:
         limits.create("db", slots=3)
@@ -315,7 +315,7 @@ def test_totals_live_in_one_hash_per_limit_as_long_as_the_limit(prefix: str) -> 
 
 
 def test_a_handed_off_grant_counts_once_and_a_lapsed_one_as_reclaimed(prefix: str) -> None:
-    from sluice.limits.model import AcquireRequest, Granted, Queued
+    from sluice.store.base import AcquireRequest, Granted, Queued
 
     with Limits(_url(prefix)) as limits:
         limits.create("db", slots=1, lease_ttl=1)
@@ -343,7 +343,7 @@ def test_a_handed_off_grant_counts_once_and_a_lapsed_one_as_reclaimed(prefix: st
 
 
 def test_an_abandon_sent_again_after_a_lost_reply_counts_one_timeout(prefix: str) -> None:
-    from sluice.limits.model import AcquireRequest, Granted, Queued
+    from sluice.store.base import AcquireRequest, Granted, Queued
 
     with (
         Limits(_url(prefix)) as limits,

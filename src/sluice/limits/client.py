@@ -31,12 +31,9 @@ from datetime import datetime
 from sluice.errors import AcquireTimeout, LeaseLost, MissingLimitWarning, StoreError
 from sluice.limits import counters
 from sluice.limits.model import (
-    AcquireRequest,
-    Granted,
     Kind,
     Limit,
     MissingPolicy,
-    Queued,
     WaitInfo,
     utc,
     validate_missing,
@@ -44,7 +41,7 @@ from sluice.limits.model import (
     validate_occupy,
     validate_timeout,
 )
-from sluice.store.base import Store
+from sluice.store.base import AcquireRequest, Granted, Queued, Store
 
 __all__ = [
     "Attempt",

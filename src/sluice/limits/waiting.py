@@ -17,9 +17,9 @@ from collections.abc import Callable
 from sluice.errors import AcquireTimeout, StoreError
 from sluice.limits import counters
 from sluice.limits.client import Attempt, LeaseState, Session, raise_if_lost
-from sluice.limits.model import AcquireRequest, Granted, Queued, WaitInfo
+from sluice.limits.model import WaitInfo
 from sluice.store import release_store
-from sluice.store.base import AsyncStore, Store, ThreadedAsyncStore
+from sluice.store.base import AcquireRequest, AsyncStore, Granted, Queued, Store, ThreadedAsyncStore
 
 __all__ = [
     "aclose_async_store",

@@ -41,27 +41,117 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from sluice.limits.model import (
-    AcquireRequest,
-    Granted,
-    Limit,
-    LimitChanges,
-    LimitStatus,
-    Queued,
-    Renewal,
-)
+from sluice.limits.model import Kind, Limit, LimitChanges, LimitStatus, MissingPolicy
 
-__all__ = ["AsyncStore", "Store", "StoreDiagnosis", "ThreadedAsyncStore", "WakeHandler"]
+__all__ = [
+    "AcquireRequest",
+    "AsyncStore",
+    "ClockOffset",
+    "Granted",
+    "Queued",
+    "Renewal",
+    "Store",
+    "StoreDiagnosis",
+    "ThreadedAsyncStore",
+    "WakeHandler",
+]
 
 WakeHandler = Callable[[Collection[str]], None]
 """Called (from any thread) with ticket ids whose waiters should try again."""
 
 _T = TypeVar("_T")
+
+
+# --------------------------------------------------------------------------- wire types
+# What the limits client and a store pass each other: requests and answers.
+
+
+@dataclass(frozen=True)
+class AcquireRequest:
+    """One attempt to take ``occupy`` units of every named limit, atomically.
+
+    ``request_id`` names the attempt across retries: it is the waiting ticket's id
+    while queued and the lease's id once granted, so abandoning it cleans up both.
+    """
+
+    request_id: str
+    names: tuple[str, ...]
+    occupy: int = 1
+    kind: Kind = Kind.CONCURRENCY
+    holder: str = ""
+    missing: MissingPolicy = "raise"
+    seq: int | None = None
+
+
+@dataclass(frozen=True)
+class Granted:
+    """The request holds its units now (``lease_id`` is None for a rate-only grant)."""
+
+    lease_id: str | None
+    names: tuple[str, ...]
+    acquired_at: float
+    expires_at: float | None
+    lease_ttl: float | None
+    missing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The request waits in line; look again when woken or after ``retry_in`` seconds."""
+
+    request_id: str
+    seq: int
+    blocked_on: str
+    position: int
+    retry_in: float | None
+    lease_ttl: float
+    missing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """What a renewal found: leases and tickets now gone, and the new lease expiries."""
+
+    lost_leases: frozenset[str] = frozenset()
+    lost_tickets: frozenset[str] = frozenset()
+    expires_at: dict[str, float] = field(default_factory=dict)
+
+
+class ClockOffset:
+    """A store's clock minus this host's, estimated from readings of the store's clock.
+
+    A reading taken by the store at ``store_now`` and seen here at ``local_now``
+    can only underestimate the offset (the reply spent time on its way, perhaps
+    a long time if this process was paused), so the estimate is the largest
+    recent reading; it is let down by 1 ms per second so a drifting host clock
+    is followed.
+    """
+
+    DRIFT = 0.001  # seconds of downward allowance per second since the last estimate
+
+    def __init__(self) -> None:
+        self._offset: float | None = None
+        self._at = 0.0
+
+    def observe(self, store_now: float, local_now: float) -> None:
+        """Take one reading: the store's clock at ``store_now``, seen here at ``local_now``."""
+        sample = store_now - local_now
+        moment = time.monotonic()
+        if self._offset is None:
+            self._offset = sample
+        else:
+            self._offset = max(sample, self._offset - (moment - self._at) * self.DRIFT)
+        self._at = moment
+
+    def store_now(self) -> float:
+        """The store's clock now, as best known here (this host's clock if never read)."""
+        return time.time() + (self._offset or 0.0)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 
 from sluice.errors import StoreUnavailable
-from sluice.limits.model import ClockOffset
+from sluice.store.base import ClockOffset
 
 __all__ = ["PING_INTERVAL", "Listener"]
 

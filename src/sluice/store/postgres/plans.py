@@ -32,21 +32,9 @@ from sluice.errors import (
     StoreUnavailable,
 )
 from sluice.limits import gcra
-from sluice.limits.model import (
-    AcquireRequest,
-    Granted,
-    Holder,
-    Limit,
-    LimitChanges,
-    LimitStatus,
-    LimitTotals,
-    Queued,
-    Renewal,
-    Waiter,
-    utc,
-)
+from sluice.limits.model import Holder, Limit, LimitChanges, LimitStatus, LimitTotals, Waiter, utc
 from sluice.store import redact_url
-from sluice.store.base import StoreDiagnosis
+from sluice.store.base import AcquireRequest, Granted, Queued, Renewal, StoreDiagnosis
 
 __all__ = [
     "DEFAULT_SCHEMA",

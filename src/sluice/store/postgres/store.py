@@ -42,16 +42,8 @@ except ImportError as exc:  # pragma: no cover - depends on the optional driver
     ) from exc
 
 from sluice.errors import StoreError
-from sluice.limits.model import (
-    AcquireRequest,
-    Granted,
-    Limit,
-    LimitChanges,
-    LimitStatus,
-    Queued,
-    Renewal,
-)
-from sluice.store.base import StoreDiagnosis, WakeHandler
+from sluice.limits.model import Limit, LimitChanges, LimitStatus
+from sluice.store.base import AcquireRequest, Granted, Queued, Renewal, StoreDiagnosis, WakeHandler
 from sluice.store.postgres.listener import Listener
 from sluice.store.postgres.plans import (
     RETRY_SQLSTATES,

@@ -60,21 +60,16 @@ from sluice.errors import (
     StoreError,
     StoreUnavailable,
 )
-from sluice.limits.model import (
+from sluice.limits.model import Holder, Limit, LimitChanges, LimitStatus, LimitTotals, Waiter, utc
+from sluice.store.base import (
     AcquireRequest,
     ClockOffset,
     Granted,
-    Holder,
-    Limit,
-    LimitChanges,
-    LimitStatus,
-    LimitTotals,
     Queued,
     Renewal,
-    Waiter,
-    utc,
+    StoreDiagnosis,
+    WakeHandler,
 )
-from sluice.store.base import StoreDiagnosis, WakeHandler
 
 __all__ = ["SCHEMA_VERSION", "RedisAsyncStore", "RedisStore", "from_url"]
 

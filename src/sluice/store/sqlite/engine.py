@@ -22,14 +22,12 @@ from sluice.limits import gcra
 from sluice.limits.model import (
     DEFAULT_LEASE_TTL,
     WAIT_BUCKETS,
-    AcquireRequest,
-    Granted,
     Kind,
     Limit,
     LimitTotals,
-    Queued,
     wait_bucket,
 )
+from sluice.store.base import AcquireRequest, Granted, Queued
 from sluice.store.sqlite.ipc import ProcessInfo
 
 __all__ = [
@@ -330,9 +328,7 @@ class SQLiteEngine:
     def _count_reclaimed(self, tx: Tx, limit_ids: Iterable[int]) -> None:
         """Count one expired (or dead process's) lease reclaimed on each of these limits."""
         for limit_id in limit_ids:
-            tx.run(
-                "UPDATE sluice_limits SET reclaimed = reclaimed + 1 WHERE id = ?", (limit_id,)
-            )
+            tx.run("UPDATE sluice_limits SET reclaimed = reclaimed + 1 WHERE id = ?", (limit_id,))
 
     def _queue(
         self,

@@ -37,19 +37,8 @@ from sluice.errors import (
     StoreUnavailable,
 )
 from sluice.limits import gcra
-from sluice.limits.model import (
-    AcquireRequest,
-    Granted,
-    Holder,
-    Limit,
-    LimitChanges,
-    LimitStatus,
-    Queued,
-    Renewal,
-    Waiter,
-    utc,
-)
-from sluice.store.base import StoreDiagnosis, WakeHandler
+from sluice.limits.model import Holder, Limit, LimitChanges, LimitStatus, Waiter, utc
+from sluice.store.base import AcquireRequest, Granted, Queued, Renewal, StoreDiagnosis, WakeHandler
 from sluice.store.sqlite import ipc as sqlite_ipc
 from sluice.store.sqlite.engine import (
     LIMIT_COLUMNS,
