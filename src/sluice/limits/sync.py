@@ -11,14 +11,8 @@ from collections.abc import Callable
 from types import TracebackType
 
 from sluice.errors import InvalidRequest, LeaseLost
-from sluice.limits.client import (
-    LeaseState,
-    LeaseView,
-    Session,
-    limit_spec,
-    new_request,
-    session_for,
-)
+from sluice.limits.attempt import limit_spec, new_request
+from sluice.limits.lease import LeaseState, LeaseView
 from sluice.limits.model import (
     DEFAULT_LEASE_TTL,
     UNSET,
@@ -33,6 +27,7 @@ from sluice.limits.model import (
     validate_name,
     validate_timeout,
 )
+from sluice.limits.session import Session, session_for
 from sluice.limits.waiting import (
     close_store,
     default_holder,

@@ -3,7 +3,7 @@
 Each operation here has a sync function and an ``_async`` twin of the same
 name. :mod:`sluice.limits.aio` calls the twins; ``scripts/unasync.py`` turns it
 into :mod:`sluice.limits.sync`, which calls the sync ones. Both drivers take
-their decisions from the same :class:`~sluice.limits.client.Attempt`.
+their decisions from the same :class:`~sluice.limits.attempt.Attempt`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from collections.abc import Callable
 
 from sluice.errors import AcquireTimeout, StoreError
 from sluice.limits import counters
-from sluice.limits.client import Attempt, LeaseState, Session, raise_if_lost
+from sluice.limits.attempt import Attempt
+from sluice.limits.lease import LeaseState, raise_if_lost
 from sluice.limits.model import WaitInfo
+from sluice.limits.session import Session
 from sluice.store import release_store
 from sluice.store.base import AcquireRequest, AsyncStore, Granted, Queued, Store, ThreadedAsyncStore
 

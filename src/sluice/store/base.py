@@ -4,7 +4,7 @@ A store keeps limits, leases and waiting tickets, and offers a handful of
 operations, each of which is ONE atomic step (a transaction, a Lua script):
 it decides and answers at once, and never waits. Waiting, wake-ups, timeouts,
 cancellation and lease renewal live once, above the store, in
-:mod:`sluice.limits.client`.
+:mod:`sluice.limits` (:mod:`~sluice.limits.waiting`, :mod:`~sluice.limits.session`).
 
 Rules every backend follows:
 
