@@ -2,7 +2,7 @@
 
 Three collectors, each with its own scope (docs/cli.md lists every metric):
 
-* :class:`LimitsCollector` — the whole store, from a :class:`~sluice.ui.sampler.Sampler`:
+* :class:`LimitsCollector` — the whole store, from a :class:`~sluice.report.sampler.Sampler`:
   each limit's slots, rate, units in use, holders, waiters (gauges), and its
   totals as the store counts them for every process (grants, units granted,
   timeouts, expired leases reclaimed, the wait-time histogram), with the
@@ -37,7 +37,7 @@ from sluice.errors import RunNotFound, SluiceError
 from sluice.flows.why import task_times
 from sluice.limits import counters
 from sluice.limits.model import WAIT_BUCKETS, wait_bucket
-from sluice.ui.sampler import Sampler
+from sluice.report.sampler import Sampler
 
 __all__ = [
     "CONTENT_TYPE",

@@ -13,8 +13,8 @@ pytest.importorskip("prometheus_client", reason="metrics need pip install 'sluic
 from starlette.testclient import TestClient
 
 from sluice import Limits
+from sluice.report.sampler import Sampler
 from sluice.ui.app import TOKEN_HEADER, Dashboard, create_app
-from sluice.ui.sampler import Sampler
 from sluice.ui.views import RunIndex
 
 TOKEN = "test-token-0123456789"

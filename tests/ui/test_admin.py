@@ -6,8 +6,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from sluice import Limits
+from sluice.report.sampler import Sampler
 from sluice.ui.app import Dashboard, create_app
-from sluice.ui.sampler import Sampler
 from sluice.ui.views import RunIndex
 
 ACTIONS = [

@@ -7,7 +7,7 @@ from typing import Any, Final
 
 import click
 
-from sluice.cli._units import parse_duration, parse_rate
+from sluice.report.units import parse_duration, parse_rate
 
 __all__ = ["DURATION", "RATE", "REMOVE", "OrNone"]
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from sluice.cli._common import EXIT_CONFLICT, CLIError
-from sluice.cli._units import parse_duration, parse_rate
-from sluice.cli._views import changes_json, diff_limits, limit_json
 from sluice.errors import ConfigError, InvalidRequest, LimitNotFound
 from sluice.limits.model import DEFAULT_LEASE_TTL, Limit, validate_name
 from sluice.limits.sync import Limits
+from sluice.report.limits import changes_json, diff_limits, limit_json
+from sluice.report.units import parse_duration, parse_rate
 from sluice.settings import ConfigFile, unknown_key
 
 __all__ = ["LIMIT_KEYS", "Action", "ActionKind", "Plan", "apply_plan", "make_plan", "read_declared"]

@@ -12,7 +12,7 @@ import click
 
 from sluice.cli._common import EXIT_ERROR, CLIError
 from sluice.cli._params import DURATION
-from sluice.cli._units import format_duration
+from sluice.report.units import format_duration
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 

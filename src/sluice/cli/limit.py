@@ -22,8 +22,9 @@ from sluice.cli._common import (
 )
 from sluice.cli._params import DURATION, RATE, REMOVE, OrNone
 from sluice.cli._plan import ActionKind, apply_plan, make_plan, read_declared
-from sluice.cli._units import format_duration
-from sluice.cli._views import (
+from sluice.errors import LimitNotFound
+from sluice.limits.model import LimitStatus
+from sluice.report.limits import (
     changes_text,
     describe_limit,
     diff_limits,
@@ -32,8 +33,7 @@ from sluice.cli._views import (
     status_json,
     summary_json,
 )
-from sluice.errors import LimitNotFound
-from sluice.limits.model import LimitStatus
+from sluice.report.units import format_duration
 from sluice.settings import find_config, load_config
 
 __all__ = ["limit"]

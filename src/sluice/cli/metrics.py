@@ -16,7 +16,7 @@ from sluice.cli._serve import (
     require_modules,
     warn_if_exposed,
 )
-from sluice.cli._units import format_duration
+from sluice.report.units import format_duration
 
 __all__ = ["metrics"]
 
@@ -33,7 +33,7 @@ def make_server(store_url: str, host: str, port: int, interval: float) -> tuple[
 
     from sluice.limits.sync import Limits
     from sluice.metrics import FlowsCollector, LimitsCollector, build_registry
-    from sluice.ui.sampler import Sampler
+    from sluice.report.sampler import Sampler
 
     limits = Limits(store_url)
     sampler = Sampler(limits, interval)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
-from typing import Any
 
 import click
 
@@ -17,43 +15,15 @@ from sluice.cli._common import (
     url_option,
 )
 from sluice.errors import RunNotFound
-from sluice.flows.why import explain, task_times
+from sluice.flows.why import explain
+from sluice.report.runs import duration, iso, run_json, task_run_json
 from sluice.runs import get as get_run
 from sluice.runs import list as list_runs
-from sluice.store.history import FlowRunDetail, FlowRunRecord
+from sluice.store.history import FlowRunDetail
 
 __all__ = ["run"]
 
 _JSON_HELP = "Print JSON (schema in docs/cli.md) instead of a table."
-
-
-def _iso(moment: float | None) -> str | None:
-    if moment is None:
-        return None
-    return datetime.fromtimestamp(moment, timezone.utc).isoformat()
-
-
-def _duration(run: FlowRunRecord) -> float | None:
-    if run.started_at is None:
-        return None
-    return (run.ended_at if run.ended_at is not None else run.started_at) - run.started_at
-
-
-def run_json(run: FlowRunRecord) -> dict[str, Any]:
-    """One flow run, as ``run ls --json`` lists it."""
-    return {
-        "id": run.id,
-        "flow": run.flow,
-        "state": run.state,
-        "message": run.message,
-        "created_at": _iso(run.created_at),
-        "started_at": _iso(run.started_at),
-        "ended_at": _iso(run.ended_at),
-        "duration": _duration(run) if run.ended_at is not None else None,
-        "parent_id": run.parent_id,
-        "host": run.host,
-        "pid": run.pid,
-    }
 
 
 def _detail(run_id: str) -> FlowRunDetail:
@@ -102,49 +72,12 @@ def ls(count: int, as_json: bool) -> None:
             r.id,
             r.flow,
             r.state,
-            _iso(r.started_at or r.created_at) or "-",
-            _seconds(_duration(r)) if r.ended_at is not None else "running",
+            iso(r.started_at or r.created_at) or "-",
+            _seconds(duration(r)) if r.ended_at is not None else "running",
         )
         for r in runs
     ]
     _table(("ID", "FLOW", "STATE", "STARTED", "DURATION"), rows)
-
-
-def task_run_json(detail: FlowRunDetail) -> list[dict[str, Any]]:
-    """Each task run of a flow run, with its waited and ran seconds and every state."""
-    end = detail.run.ended_at
-    out = []
-    for task_run in detail.task_runs:
-        t = task_run.run
-        waited, ran = task_times(task_run.states, end)
-        out.append(
-            {
-                "id": t.id,
-                "task": t.task,
-                "state": t.state,
-                "message": t.message,
-                "limits": list(t.limits),
-                "occupy": t.occupy,
-                "tags": list(t.tags),
-                "attempts": t.attempts,
-                "created_at": _iso(t.created_at),
-                "started_at": _iso(t.started_at),
-                "ended_at": _iso(t.ended_at),
-                "waited": waited,
-                "ran": ran,
-                "states": [
-                    {
-                        "name": s.name,
-                        "timestamp": _iso(s.timestamp),
-                        "message": s.message,
-                        "limit": s.limit,
-                        "position": s.position,
-                    }
-                    for s in task_run.states
-                ],
-            }
-        )
-    return out
 
 
 @run.command()
@@ -160,7 +93,7 @@ def show(run_id: str, as_json: bool) -> None:
         return
     r = detail.run
     click.echo(f"flow run {r.id} ({r.flow}): {r.state}" + (f": {r.message}" if r.message else ""))
-    click.echo(f"started {_iso(r.started_at) or '-'}, duration {_seconds(_duration(r))}")
+    click.echo(f"started {iso(r.started_at) or '-'}, duration {_seconds(duration(r))}")
     if not tasks:
         click.echo("no task runs")
         return

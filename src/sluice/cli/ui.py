@@ -18,7 +18,7 @@ from sluice.cli._serve import (
     require_modules,
     warn_if_exposed,
 )
-from sluice.cli._units import format_duration
+from sluice.report.units import format_duration
 
 __all__ = ["UIPlan", "plan_ui", "ui"]
 
@@ -41,8 +41,8 @@ def plan_ui(store_url: str, host: str, port: int, interval: float, read_only: bo
     """Build the dashboard on ``store_url`` and bind its socket, without serving yet."""
     require_modules("sluice ui", "ui", _MODULES)
     from sluice.limits.sync import Limits
+    from sluice.report.sampler import Sampler
     from sluice.ui.app import LOOPBACK_HOSTS, Dashboard, create_app
-    from sluice.ui.sampler import Sampler
     from sluice.ui.views import RunIndex
 
     token = None if read_only else secrets.token_urlsafe(32)

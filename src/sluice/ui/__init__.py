@@ -1,5 +1,5 @@
-"""The web dashboard served by ``sluice ui``, and what it shares with ``sluice metrics serve``.
+"""The web dashboard served by ``sluice ui``.
 
-:mod:`sluice.ui.sampler` and :mod:`sluice.ui.views` need only the core package;
-:mod:`sluice.ui.app` needs the ``ui`` extra (``pip install 'sluice[ui]'``).
+:mod:`sluice.ui.views` (pages' data, from :mod:`sluice.report`) needs only the
+core package; :mod:`sluice.ui.app` needs the ``ui`` extra (``pip install 'sluice[ui]'``).
 """

@@ -30,8 +30,6 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sluice import __version__
-from sluice.cli._units import parse_rate
-from sluice.cli._views import describe_limit
 from sluice.errors import (
     InvalidRequest,
     LimitBusy,
@@ -48,7 +46,9 @@ from sluice.metrics import (
     build_registry,
     exposition,
 )
-from sluice.ui.sampler import Sampler
+from sluice.report.limits import describe_limit
+from sluice.report.sampler import Sampler
+from sluice.report.units import parse_rate
 from sluice.ui.views import RunIndex, limit_json, limits_json, run_detail_json
 
 __all__ = ["TOKEN_HEADER", "Dashboard", "create_app"]

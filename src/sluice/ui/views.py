@@ -15,13 +15,13 @@ from datetime import datetime, timezone
 from typing import Any, Final
 
 from sluice import runs
-from sluice.cli._views import status_json, summary_json
-from sluice.cli.run import run_json, task_run_json
 from sluice.errors import RunNotFound
 from sluice.flows.why import explain
 from sluice.limits.model import LimitStatus
+from sluice.report.limits import status_json, summary_json
+from sluice.report.runs import run_json, task_run_json
+from sluice.report.sampler import Point, Sample
 from sluice.store.history import FlowRunDetail, FlowRunRecord, StateRecord
-from sluice.ui.sampler import Point, Sample
 
 __all__ = [
     "RunIndex",

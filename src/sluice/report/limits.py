@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sluice.cli._units import format_age, format_duration, format_rate
 from sluice.limits.model import WAIT_BUCKETS, Limit, LimitStatus, LimitTotals
+from sluice.report.units import format_age, format_duration, format_rate
 
 __all__ = [
     "changes_json",

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sluice.cli._units import (
+from sluice.report.units import (
     format_age,
     format_duration,
     format_rate,
