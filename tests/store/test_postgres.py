@@ -29,7 +29,7 @@ from sluice.limits.model import WAIT_BUCKETS, Limit, LimitTotals, wait_bucket
 psycopg = pytest.importorskip("psycopg")
 
 from sluice.store.base import StoreDiagnosis  # noqa: E402
-from sluice.store.postgres.plans import SCHEMA_VERSION, migration_sql, parse_url  # noqa: E402
+from sluice.store.postgres.config import SCHEMA_VERSION, migration_sql, parse_url  # noqa: E402
 from sluice.store.postgres.store import AsyncPostgresStore, PostgresStore  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)

@@ -5,7 +5,7 @@ becomes one coroutine on it (no thread per waiter) that, per attempt:
 
 1. waits for the futures among its arguments (state Pending);
 2. acquires all the task's limits in one atomic acquisition, through
-   ``sluice.aio.Limits.acquire``, recording Waiting (limit, queue position)
+   ``sluice.limits.aio.Limits.acquire``, recording Waiting (limit, queue position)
    whenever the store reports a new place in line;
 3. only then takes a free worker of the runner (Waiting, no limit, if none is
    free), so a task waiting on a full limit never holds a worker and tasks on
@@ -28,7 +28,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
-import sluice.aio
+import sluice.limits.aio
 from sluice.errors import LeaseLost, TaskTimeoutError
 from sluice.flows.context import TaskRun
 from sluice.flows.futures import SluiceFuture
@@ -132,14 +132,14 @@ class Dispatcher:
         self.url = url
         self.loop = asyncio.new_event_loop()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._limits: sluice.aio.Limits | None = None
+        self._limits: sluice.limits.aio.Limits | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
 
-    def limits(self) -> sluice.aio.Limits:
+    def limits(self) -> sluice.limits.aio.Limits:
         """The async limits client of this dispatcher's store (created on first use)."""
         if self._limits is None:
-            self._limits = sluice.aio.Limits(self.url)
+            self._limits = sluice.limits.aio.Limits(self.url)
         return self._limits
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -293,7 +293,7 @@ async def _drive(
     attempt = 0
     while True:
         run.attempts += 1
-        lease: sluice.aio.Lease | None = None
+        lease: sluice.limits.aio.Lease | None = None
         try:
             if task.limits:
                 lease = await dispatcher.limits().acquire(
@@ -337,7 +337,7 @@ async def _run_body(
         raise
 
 
-async def _release(lease: sluice.aio.Lease, run: TaskRun) -> None:
+async def _release(lease: sluice.limits.aio.Lease, run: TaskRun) -> None:
     try:
         await lease.release()
     except LeaseLost as exc:

@@ -38,7 +38,7 @@ from sluice.store.history_rows import (
     rows_of,
     task_record,
 )
-from sluice.store.postgres.plans import PgConfig, parse_url, translate
+from sluice.store.postgres.config import PgConfig, parse_url, translate
 
 __all__ = ["PostgresHistory", "from_url"]
 

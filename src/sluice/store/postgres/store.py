@@ -41,23 +41,20 @@ except ImportError as exc:  # pragma: no cover - depends on the optional driver
         "the postgresql:// store needs psycopg 3.1 or newer: pip install 'sluice[postgres]'"
     ) from exc
 
-from sluice.errors import StoreError
+from sluice.errors import SluiceError, StoreError
 from sluice.limits.model import Limit, LimitChanges, LimitStatus
 from sluice.store.base import AcquireRequest, Granted, Queued, Renewal, StoreDiagnosis, WakeHandler
-from sluice.store.postgres.listener import Listener
-from sluice.store.postgres.plans import (
+from sluice.store.plans import Plan, run_plan, run_plan_async
+from sluice.store.postgres.config import (
     RETRY_SQLSTATES,
     SCHEMA_VERSION,
-    Call,
-    Engine,
     PgConfig,
-    Plan,
     migration_sql,
     parse_url,
-    run_plan,
     translate,
-    wakes_in,
 )
+from sluice.store.postgres.listener import Listener
+from sluice.store.postgres.plans import Call, Engine, wakes_in
 
 __all__ = ["SAFETY_INTERVAL", "AsyncPostgresStore", "PostgresStore", "from_url"]
 
@@ -218,6 +215,13 @@ class PostgresStore:
             self._wake_local(wakes)
         return result
 
+    def _translate(self, exc: Exception) -> SluiceError | None:
+        """The Sluice error a psycopg error means; None for a deadlock or serialization
+        failure (the driver runs the whole plan again) and for anything not psycopg's."""
+        if not isinstance(exc, psycopg.Error) or exc.sqlstate in RETRY_SQLSTATES:
+            return None
+        return translate(exc, self.url)
+
     def _drive(self, make: Callable[[], Plan[T]]) -> T:
         """Run a plan, each call one transaction; retry it whole after a deadlock."""
         if self._closed:
@@ -228,7 +232,7 @@ class PostgresStore:
         for attempt in range(_RETRIES):
             try:
                 with self._pool.connection() as conn:
-                    return run_plan(make(), lambda call: self._execute(conn, call))
+                    return run_plan(make(), lambda call: self._execute(conn, call), self._translate)
             except psycopg.Error as exc:
                 if exc.sqlstate in RETRY_SQLSTATES and attempt < _RETRIES - 1:
                     time.sleep(0.001 * (attempt + 1))
@@ -377,7 +381,9 @@ class PostgresStore:
         self._check_fork()
         try:
             with self._pool.connection() as conn:
-                return run_plan(self._engine.diagnose(), lambda call: self._execute(conn, call))
+                return run_plan(
+                    self._engine.diagnose(), lambda call: self._execute(conn, call), self._translate
+                )
         except psycopg.Error as exc:
             raise translate(exc, self.url) from exc
 
@@ -520,15 +526,11 @@ class AsyncPostgresStore:
             await asyncio.to_thread(store.ensure_schema)
         pool = self._pool()
         for attempt in range(_RETRIES):
-            plan = make()
             try:
                 async with pool.connection() as conn:
-                    call = next(plan)
-                    while True:
-                        call = plan.send(await self._execute(conn, call))
-            except StopIteration as stop:
-                value: T = stop.value
-                return value
+                    return await run_plan_async(
+                        make(), lambda call: self._execute(conn, call), store._translate
+                    )
             except psycopg.Error as exc:
                 if exc.sqlstate in RETRY_SQLSTATES and attempt < _RETRIES - 1:
                     await asyncio.sleep(0.001 * (attempt + 1))
