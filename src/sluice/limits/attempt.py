@@ -9,15 +9,16 @@ are pure (no I/O), shared by the sync and async drivers so the two cannot drift.
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import threading
 import time
 import uuid
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sluice import _fork
-from sluice.errors import AcquireTimeout, InvalidRequest, MissingLimitWarning
+from sluice.errors import AcquireTimeout, InvalidRequest, MissingLimitWarning, StoreUnavailable
 from sluice.limits import counters
 from sluice.limits.model import (
     Kind,
@@ -31,7 +32,12 @@ from sluice.limits.model import (
 )
 from sluice.store.base import AcquireRequest, Queued
 
-__all__ = ["Attempt", "limit_spec", "new_request"]
+__all__ = ["MAX_BACKOFF", "Attempt", "limit_spec", "new_request"]
+
+log = logging.getLogger("sluice")
+
+MAX_BACKOFF = 2.0
+"""Seconds: the longest pause of a queued waiter between tries while the store is unreachable."""
 
 _MAX_HOLDER = 256
 
@@ -91,6 +97,9 @@ class Attempt:
     started: float = field(default_factory=time.monotonic)
     last: Queued | None = None
     missing: tuple[str, ...] = ()
+    failures: int = 0
+    """Steps in a row that could not reach the store while queued."""
+    _retry: Queued | None = None
 
     @classmethod
     def start(cls, request: AcquireRequest, timeout: object, safety_interval: float) -> Attempt:
@@ -104,6 +113,8 @@ class Attempt:
         """After a queued answer: how long to sleep before trying again (or time out)."""
         if self.last is None or self.last.seq != outcome.seq:
             self.request = _with_seq(self.request, outcome.seq)
+        if outcome is not self._retry:
+            self.failures = 0  # the store answered
         self.last = outcome
         self.missing = outcome.missing or self.missing
         # Spread the rare safety re-checks of many idle waiters over time.
@@ -123,6 +134,20 @@ class Attempt:
                 )
             sleep = min(sleep, left)
         return max(sleep, 0.0)
+
+    def still_waiting(self, exc: StoreUnavailable) -> Queued:
+        """After a retry could not reach the store: keep the place in line and try again
+        after a back-off (doubling to at most :data:`MAX_BACKOFF` seconds, jittered).
+
+        A request that never queued has no place to keep: ``exc`` is raised.
+        """
+        if self.last is None:
+            raise exc
+        self.failures += 1
+        log.warning("sluice: %s; waiter %s keeps its place, retries", exc, self.request.request_id)
+        backoff = min(MAX_BACKOFF, 0.05 * 2.0 ** (self.failures + 2)) * random.uniform(0.5, 1.0)
+        self._retry = replace(self.last, retry_in=backoff)
+        return self._retry
 
     def wait_info(self, outcome: Queued) -> WaitInfo:
         """What an ``on_wait`` callback is told after a queued answer."""

@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from sluice.errors import AcquireTimeout, StoreError
+from sluice.errors import AcquireTimeout, StoreError, StoreUnavailable
 from sluice.limits import counters
 from sluice.limits.attempt import Attempt
 from sluice.limits.lease import LeaseState, raise_if_lost
@@ -96,7 +96,10 @@ def wait_for_grant(
                 queued = True
                 session.keeper.track_ticket(request.request_id, outcome.lease_ttl)
             signal.acquire(timeout=sleep)
-            outcome = store.acquire(attempt.request)
+            try:
+                outcome = store.acquire(attempt.request)
+            except StoreUnavailable as exc:
+                outcome = attempt.still_waiting(exc)
         state = _track(session, request, outcome, attempt)
     except BaseException:
         # Timed out, interrupted or failed: leave the queue, and give back any
@@ -135,7 +138,10 @@ async def wait_for_grant_async(
         while True:
             event.clear()
             step = asyncio.ensure_future(astore.acquire(attempt.request))
-            outcome = await asyncio.shield(step)
+            try:
+                outcome = await asyncio.shield(step)
+            except StoreUnavailable as exc:
+                outcome = attempt.still_waiting(exc)
             if isinstance(outcome, Granted):
                 break
             sleep = attempt.next_sleep(outcome)
