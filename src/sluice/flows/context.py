@@ -15,16 +15,10 @@ import threading
 import time
 import uuid
 from collections import Counter
-from typing import TYPE_CHECKING, Any
 
 from sluice.flows.history import HistoryWriter
 from sluice.flows.states import State, StateName
 from sluice.store.history import FlowRunRecord, StateRecord, TaskRunRecord
-
-if TYPE_CHECKING:
-    from sluice.flows.dispatcher import Dispatcher, PoolExecutor
-    from sluice.flows.futures import SluiceFuture
-    from sluice.flows.runners import TaskRunner
 
 __all__ = ["FlowRun", "TaskRun", "current_flow_run", "current_task_run", "new_id"]
 
@@ -94,25 +88,21 @@ class _Run:
 
 
 class FlowRun(_Run):
-    """A flow run in progress: its runner, the futures it submitted, and progress counters."""
+    """A flow run in progress: its store, its parent flow run, and progress counters.
+
+    What executes its task runs (runner, dispatcher, futures) is kept apart, by
+    :mod:`sluice.flows.dispatch`.
+    """
 
     def __init__(
-        self,
-        name: str,
-        writer: HistoryWriter | None,
-        runner: TaskRunner,
-        url: str,
-        parent: FlowRun | None,
+        self, name: str, writer: HistoryWriter | None, url: str, parent: FlowRun | None
     ) -> None:
         super().__init__(new_id(), name, writer)
-        self.runner = runner
         self.url = url
         self.parent = parent
-        self.futures: list[SluiceFuture[Any]] = []
         self.counts: Counter[str] = Counter()  # task runs per progress bucket
         self.waiting_on: Counter[str] = Counter()  # task runs waiting, per limit
         self.counts_lock = threading.Lock()
-        self.runner_dispatch: tuple[Dispatcher, PoolExecutor]  # set by the flow as it starts
 
     @property
     def flow_run_id(self) -> str:

@@ -7,14 +7,15 @@ import concurrent.futures as cf
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from sluice import settings
 from sluice.errors import InvalidRequest, TaskTimeoutError
 from sluice.flows import context
 from sluice.flows.context import FlowRun
-from sluice.flows.dispatcher import Dispatcher, PoolExecutor
+from sluice.flows.dispatch import Execution, start_execution
 from sluice.flows.history import writer_for
 from sluice.flows.jobs import Deadline, Interrupted
 from sluice.flows.progress import Progress
@@ -94,21 +95,17 @@ class Flow(Generic[P, R]):
 
     # ------------------------------------------------------------- set-up and tear-down
 
-    def _begin(self) -> FlowRun:
+    def _begin(self) -> Execution:
         url = settings.resolve_url().url
-        runner = self.task_runner.duplicate()
-        runner.start()
-        dispatcher = Dispatcher(url)
-        run = FlowRun(self.name, writer_for(url), runner, url, context.current_flow_run())
-        run.runner_dispatch = (dispatcher, PoolExecutor(runner, dispatcher))
+        run = FlowRun(self.name, writer_for(url), url, context.current_flow_run())
+        execution = start_execution(run, self.task_runner.duplicate())
         run.set_state(State(StateName.PENDING))
         log.info("flow run %s (%s) started", run.name, run.id, extra=_extra(run))
-        return run
+        return execution
 
-    def _end(self, run: FlowRun, progress: Progress | None) -> None:
-        dispatcher = run.runner_dispatch[0]
-        dispatcher.close()
-        run.runner.shutdown(wait=True)
+    def _end(self, execution: Execution, progress: Progress | None) -> None:
+        run = execution.run
+        execution.close()
         if progress is not None:
             progress.stop()
         if run.writer is not None:
@@ -124,11 +121,42 @@ class Flow(Generic[P, R]):
             extra=_extra(run),
         )
 
-    def _cancel_tasks(self, run: FlowRun) -> None:
-        """Cancel every unfinished task run (each releases its lease) and wait for them."""
-        run.runner_dispatch[0].cancel_all()
-        for future in list(run.futures):
-            future.wait(30.0)
+    # ------------------------------------------------------------- the life of a flow run
+
+    def _life(self, run: FlowRun) -> Generator[_Step, Any, R]:
+        """A flow run from Running to its final state, written once as a plan.
+
+        It yields what must be done (run the body, wait for the task runs, cancel
+        them, sleep a retry delay); :meth:`_run_sync` and :meth:`_run_async` do
+        it and send back the result, or throw in what it raised.
+        """
+        attempt = 0
+        while True:
+            run.set_state(State(StateName.RUNNING))
+            try:
+                result: R = yield _Body()
+                yield _WaitAll()
+                run.set_state(State(StateName.COMPLETED))
+                return result
+            except TaskTimeoutError as exc:
+                yield _CancelAll()
+                self._fail(run, exc)
+                raise
+            except Exception as exc:
+                yield _WaitAll()
+                if attempt < self.retries:
+                    attempt += 1
+                    self._retry(run, attempt, exc)
+                    yield _Sleep(self.retry_delay_seconds)
+                    continue
+                self._fail(run, exc)
+                raise
+            except BaseException as exc:  # KeyboardInterrupt, SystemExit, cancelled
+                yield _CancelAll()
+                run.set_state(
+                    State(StateName.CANCELLED, message=f"interrupted by {type(exc).__name__}")
+                )
+                raise
 
     def _retry(self, run: FlowRun, attempt: int, exc: BaseException) -> None:
         run.set_state(
@@ -143,111 +171,138 @@ class Flow(Generic[P, R]):
         final = StateName.TIMED_OUT if isinstance(exc, TaskTimeoutError) else StateName.FAILED
         run.set_state(State(final, message=f"{type(exc).__name__}: {exc}"))
 
-    # ------------------------------------------------------------- sync flows
+    def _timed_out(self) -> TaskTimeoutError:
+        assert self.timeout_seconds is not None
+        return TaskTimeoutError(self.name, self.timeout_seconds, "flow")
+
+    # ------------------------------------------------------------- the sync driver
 
     def _run_sync(self, args: Any, kwargs: Any) -> R:
-        run = self._begin()
-        progress = Progress.start(run)
-        tokens = context.enter(run, None)
+        execution = self._begin()
+        progress = Progress.start(execution.run)
+        tokens = context.enter(execution.run, None)
         try:
-            attempt = 0
+            life = self._life(execution.run)
+            sent: Any = None
+            thrown: BaseException | None = None
             while True:
-                run.set_state(State(StateName.RUNNING))
-                deadline = Deadline(self.timeout_seconds)
                 try:
-                    try:
-                        with deadline:
-                            result = self.fn(*args, **kwargs)
-                    except Interrupted:
-                        if not deadline.fired:
-                            raise
-                        assert self.timeout_seconds is not None
-                        raise TaskTimeoutError(self.name, self.timeout_seconds, "flow") from None
-                    _wait_all(run)
-                    run.set_state(State(StateName.COMPLETED))
+                    step = life.send(sent) if thrown is None else life.throw(thrown)
+                except StopIteration as stop:
+                    result: R = stop.value
                     return result
-                except TaskTimeoutError as exc:
-                    self._cancel_tasks(run)
-                    self._fail(run, exc)
-                    raise
-                except Exception as exc:
-                    _wait_all(run)
-                    if attempt < self.retries:
-                        attempt += 1
-                        self._retry(run, attempt, exc)
-                        time.sleep(self.retry_delay_seconds)
-                        continue
-                    self._fail(run, exc)
-                    raise
-                except BaseException as exc:  # KeyboardInterrupt, SystemExit
-                    self._cancel_tasks(run)
-                    run.set_state(
-                        State(StateName.CANCELLED, message=f"interrupted by {type(exc).__name__}")
-                    )
-                    raise
+                sent, thrown = None, None
+                try:
+                    sent = self._do_sync(step, execution, args, kwargs)
+                except BaseException as exc:
+                    thrown = exc
         finally:
             context.leave(tokens)
-            self._end(run, progress)
+            self._end(execution, progress)
 
-    # ------------------------------------------------------------- async flows
+    def _do_sync(self, step: _Step, execution: Execution, args: Any, kwargs: Any) -> Any:
+        if isinstance(step, _Body):
+            deadline = Deadline(self.timeout_seconds)
+            try:
+                with deadline:
+                    return self.fn(*args, **kwargs)
+            except Interrupted:
+                if not deadline.fired:
+                    raise
+                raise self._timed_out() from None
+        if isinstance(step, _WaitAll):
+            _wait_all(execution)
+        elif isinstance(step, _CancelAll):
+            _cancel_all(execution)
+        else:
+            time.sleep(step.seconds)
+        return None
+
+    # ------------------------------------------------------------- the async driver
 
     async def _run_async(self, args: Any, kwargs: Any) -> R:
-        run = self._begin()
-        progress = Progress.start(run)
-        tokens = context.enter(run, None)
+        execution = self._begin()
+        progress = Progress.start(execution.run)
+        tokens = context.enter(execution.run, None)
         try:
-            attempt = 0
+            life = self._life(execution.run)
+            sent: Any = None
+            thrown: BaseException | None = None
             while True:
-                run.set_state(State(StateName.RUNNING))
                 try:
-                    try:
-                        result: R = await asyncio.wait_for(
-                            self.fn(*args, **kwargs),  # type: ignore[arg-type]
-                            self.timeout_seconds,
-                        )
-                    except asyncio.TimeoutError:
-                        assert self.timeout_seconds is not None
-                        raise TaskTimeoutError(self.name, self.timeout_seconds, "flow") from None
-                    await _wait_all_async(run)
-                    run.set_state(State(StateName.COMPLETED))
+                    step = life.send(sent) if thrown is None else life.throw(thrown)
+                except StopIteration as stop:
+                    result: R = stop.value
                     return result
-                except TaskTimeoutError as exc:
-                    await asyncio.to_thread(self._cancel_tasks, run)
-                    self._fail(run, exc)
-                    raise
-                except Exception as exc:
-                    await _wait_all_async(run)
-                    if attempt < self.retries:
-                        attempt += 1
-                        self._retry(run, attempt, exc)
-                        await asyncio.sleep(self.retry_delay_seconds)
-                        continue
-                    self._fail(run, exc)
-                    raise
-                except BaseException as exc:  # cancelled, KeyboardInterrupt
-                    self._cancel_tasks(run)
-                    run.set_state(
-                        State(StateName.CANCELLED, message=f"interrupted by {type(exc).__name__}")
-                    )
-                    raise
+                sent, thrown = None, None
+                try:
+                    sent = await self._do_async(step, execution, args, kwargs)
+                except BaseException as exc:
+                    thrown = exc
         finally:
             context.leave(tokens)
-            await asyncio.to_thread(self._end, run, progress)
+            await asyncio.to_thread(self._end, execution, progress)
+
+    async def _do_async(self, step: _Step, execution: Execution, args: Any, kwargs: Any) -> Any:
+        if isinstance(step, _Body):
+            try:
+                return await asyncio.wait_for(self.fn(*args, **kwargs), self.timeout_seconds)  # type: ignore[arg-type]
+            except asyncio.TimeoutError:
+                raise self._timed_out() from None
+        if isinstance(step, _WaitAll):
+            await _wait_all_async(execution)
+        elif isinstance(step, _CancelAll):
+            await asyncio.to_thread(_cancel_all, execution)
+        else:
+            await asyncio.sleep(step.seconds)
+        return None
 
 
-def _wait_all(run: FlowRun) -> None:
+@dataclass(frozen=True)
+class _Body:
+    """Run the flow's body (within its timeout) and send back what it returns."""
+
+
+@dataclass(frozen=True)
+class _WaitAll:
+    """Wait until every task run the flow submitted has ended."""
+
+
+@dataclass(frozen=True)
+class _CancelAll:
+    """Cancel the task runs not yet ended and wait for them to give their leases back."""
+
+
+@dataclass(frozen=True)
+class _Sleep:
+    """Sleep out a retry delay."""
+
+    seconds: float
+
+
+_Step = _Body | _WaitAll | _CancelAll | _Sleep
+
+
+def _cancel_all(execution: Execution) -> None:
+    """Cancel every unfinished task run (each releases its lease) and wait for them."""
+    execution.cancel_all()
+    for future in list(execution.futures):
+        future.wait(30.0)
+
+
+def _wait_all(execution: Execution) -> None:
     """Wait until every task run the flow submitted (also from inside tasks) has ended."""
     seen = 0
-    while seen < len(run.futures):
-        batch = run.futures[seen:]
+    while seen < len(execution.futures):
+        batch = execution.futures[seen:]
         seen += len(batch)
         cf.wait([f._future for f in batch])
 
 
-async def _wait_all_async(run: FlowRun) -> None:
+async def _wait_all_async(execution: Execution) -> None:
     seen = 0
-    while seen < len(run.futures):
-        batch = run.futures[seen:]
+    while seen < len(execution.futures):
+        batch = execution.futures[seen:]
         seen += len(batch)
         await asyncio.wait([asyncio.wrap_future(f._future) for f in batch])
 

@@ -1,7 +1,7 @@
 """Task runners: where task bodies run once their limits are granted.
 
 Admission is not the runner's job: each runner has one dispatcher (a thread
-running an asyncio loop, :mod:`sluice.flows.dispatcher`) that waits for limit
+running an asyncio loop, :mod:`sluice.flows.dispatch`) that waits for limit
 grants and for a free worker, then hands the body to the runner. A runner is
 only ever given as many bodies at once as it has workers.
 """

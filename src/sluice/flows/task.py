@@ -7,13 +7,13 @@ import functools
 import importlib
 import inspect
 import math
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from sluice.errors import InvalidRequest
 from sluice.flows import context
 from sluice.flows.context import FlowRun, TaskRun
+from sluice.flows.dispatch import CallerLoop, CallerThread, admit
 from sluice.flows.futures import SluiceFuture
 from sluice.flows.states import State, StateName
 from sluice.limits import Limit
@@ -164,34 +164,28 @@ class Task(Generic[P, R]):
         return self._call_sync(flow_run, args, kwargs)
 
     def _call_sync(self, flow_run: FlowRun | None, args: Any, kwargs: Any) -> R:
-        from sluice.flows.dispatcher import CallerThread, drive
-
-        dispatcher = _dispatcher_for(flow_run)
-        run = self._new_run(flow_run)
-        future: SluiceFuture[R] = SluiceFuture(run)
         caller = CallerThread()
-        done = dispatcher.run(drive(dispatcher, self, run, args, kwargs, future, caller))
+        future, done = admit(self, self._new_run(flow_run), args, kwargs, caller)
+        assert done is not None
         try:
             caller.serve(done)
         except BaseException:
             done.cancel()
             raise
-        return future.result()
+        result: R = future.result()
+        return result
 
     async def _call_async(self, flow_run: FlowRun | None, args: Any, kwargs: Any) -> R:
-        from sluice.flows.dispatcher import CallerLoop, drive
-
-        dispatcher = _dispatcher_for(flow_run)
-        run = self._new_run(flow_run)
-        future: SluiceFuture[R] = SluiceFuture(run)
         caller = CallerLoop()
-        done = dispatcher.run(drive(dispatcher, self, run, args, kwargs, future, caller))
+        future, done = admit(self, self._new_run(flow_run), args, kwargs, caller)
+        assert done is not None
         try:
             await caller.serve(done)
         except BaseException:
             done.cancel()
             raise
-        return await future
+        result: R = await future
+        return result
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> SluiceFuture[R]:
         """Start a task run on the flow's task runner; return its future at once.
@@ -204,13 +198,8 @@ class Task(Generic[P, R]):
                 f"{self.name}.submit() needs a running flow (call it inside an @flow "
                 f"function), or call {self.name}(...) directly"
             )
-        from sluice.flows.dispatcher import drive
-
-        run = self._new_run(flow_run)
-        future: SluiceFuture[R] = SluiceFuture(run)
-        flow_run.futures.append(future)
-        dispatcher, executor = flow_run.runner_dispatch
-        dispatcher.spawn(drive(dispatcher, self, run, args, kwargs, future, executor))
+        future: SluiceFuture[R]
+        future, _ = admit(self, self._new_run(flow_run), args, kwargs)
         return future
 
     def map(self, *args: Any, **kwargs: Any) -> list[SluiceFuture[R]]:
@@ -314,25 +303,6 @@ def _loop_running() -> bool:
     except RuntimeError:
         return False
     return True
-
-
-_default_dispatchers: dict[str, Any] = {}
-_default_lock = threading.Lock()
-
-
-def _dispatcher_for(flow_run: FlowRun | None) -> Any:
-    """The flow run's dispatcher, or (outside flows) one per store URL for the process."""
-    if flow_run is not None:
-        return flow_run.runner_dispatch[0]
-    from sluice.flows.dispatcher import Dispatcher
-    from sluice.settings import resolve_url
-
-    url = resolve_url().url
-    with _default_lock:
-        dispatcher = _default_dispatchers.get(url)
-        if dispatcher is None:
-            dispatcher = _default_dispatchers[url] = Dispatcher(url, "sluice-dispatcher-default")
-        return dispatcher
 
 
 @overload

@@ -1,48 +1,59 @@
-"""Admission: one dispatcher per task runner, waiting for grants without taking a worker.
+"""The life of one task run, as a coroutine: wait for its inputs and limits, run, release.
 
-A dispatcher is a thread running an asyncio loop. Each submitted task run
-becomes one coroutine on it (no thread per waiter) that, per attempt:
+Each task run is one coroutine (:func:`drive`) on its dispatcher's event loop
+(:mod:`sluice.flows.dispatch`), so a waiting task run costs no thread. Per attempt:
 
-1. waits for the futures among its arguments (state Pending);
+1. it waits for the futures among its arguments (state Pending);
 2. acquires all the task's limits in one atomic acquisition, through
    ``sluice.limits.aio.Limits.acquire``, recording Waiting (limit, queue position)
    whenever the store reports a new place in line;
-3. only then takes a free worker of the runner (Waiting, no limit, if none is
-   free), so a task waiting on a full limit never holds a worker and tasks on
-   other limits keep running;
-4. runs the body on the worker (Running), enforcing ``timeout_seconds``;
-5. releases the lease, whatever happened, and completes, fails, or sleeps out
-   the retry delay with no slot held (Retrying) and starts again at 2.
-
-Direct calls (``my_task(...)``) run the same coroutine with the body run by
-the calling thread or coroutine instead of a worker.
+3. only then hands the body to its :class:`Executor` (a free worker of the
+   runner, or the caller itself), so a task waiting on a full limit never holds
+   a worker and tasks on other limits keep running;
+4. the body runs (Running), within ``timeout_seconds``;
+5. the lease is released, whatever happened, and the run completes, fails, or
+   sleeps out the retry delay with no slot held (Retrying) and starts again at 2.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures as cf
 import logging
-import queue
-import threading
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import sluice.limits.aio
-from sluice.errors import LeaseLost, TaskTimeoutError
+from sluice.errors import LeaseLost, SluiceError, TaskTimeoutError
 from sluice.flows.context import TaskRun
 from sluice.flows.futures import SluiceFuture
 from sluice.flows.jobs import Job, Outcome
-from sluice.flows.runners import TaskRunner
 from sluice.flows.states import State, StateName
 from sluice.limits import WaitInfo
 
-if TYPE_CHECKING:
-    from sluice.flows.task import Task
-
-__all__ = ["CallerLoop", "CallerThread", "Dispatcher", "Executor", "PoolExecutor"]
+__all__ = ["Executor", "TaskSpec", "drive"]
 
 log = logging.getLogger("sluice")
+
+
+class TaskSpec(Protocol):
+    """What the engine needs of a task (:class:`~sluice.flows.task.Task` has it)."""
+
+    @property
+    def fn(self) -> Callable[..., Any]: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def limits(self) -> tuple[str, ...]: ...
+    @property
+    def occupy(self) -> int: ...
+    @property
+    def retries(self) -> int: ...
+    @property
+    def retry_delay_seconds(self) -> float | tuple[float, ...]: ...
+    @property
+    def timeout_seconds(self) -> float | None: ...
+    @property
+    def is_async(self) -> bool: ...
 
 
 class Executor(Protocol):
@@ -50,150 +61,6 @@ class Executor(Protocol):
 
     async def execute(self, job: Job) -> None:
         """Start the job once it may run (record Running); ``job.outcome`` reports its end."""
-
-
-class PoolExecutor:
-    """Bodies on the runner's workers, at most ``max_workers`` at once."""
-
-    def __init__(self, runner: TaskRunner, dispatcher: Dispatcher) -> None:
-        self._runner = runner
-        self._dispatcher = dispatcher
-        self._free: asyncio.Semaphore | None = None
-
-    async def execute(self, job: Job) -> None:
-        if self._free is None:
-            self._free = asyncio.Semaphore(self._runner.max_workers)
-        free = self._free
-        if free.locked():
-            job.task_run.set_state(
-                State(
-                    StateName.WAITING,
-                    message=f"waiting for a free worker ({self._runner!r})",
-                )
-            )
-        await free.acquire()
-        loop = asyncio.get_running_loop()
-        # The worker is free again when the body really ends, even after a timeout.
-        job.outcome.add_done_callback(lambda _: loop.call_soon_threadsafe(free.release))
-        job.task_run.set_state(State(StateName.RUNNING))
-        self._runner.run(job)
-
-
-class CallerThread:
-    """Bodies run by the thread that called the task, which waits on :meth:`serve`."""
-
-    def __init__(self) -> None:
-        self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-
-    async def execute(self, job: Job) -> None:
-        job.task_run.set_state(State(StateName.RUNNING))
-        self._inbox.put(job)
-
-    def serve(self, done: cf.Future[Any]) -> None:
-        """In the calling thread: run the bodies handed over until the run ends."""
-        from sluice.flows.jobs import run_sync_body
-
-        done.add_done_callback(lambda _: self._inbox.put(None))
-        while True:
-            job = self._inbox.get()
-            if job is None:
-                return
-            run_sync_body(job)
-
-
-class CallerLoop:
-    """Bodies run as tasks of the calling coroutine's event loop."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._inbox: asyncio.Queue[Job | None] = asyncio.Queue()
-
-    async def execute(self, job: Job) -> None:
-        job.task_run.set_state(State(StateName.RUNNING))
-        self._loop.call_soon_threadsafe(self._inbox.put_nowait, job)
-
-    async def serve(self, done: cf.Future[Any]) -> None:
-        """In the calling coroutine: run the bodies handed over until the run ends."""
-        from sluice.flows.jobs import run_async_body
-
-        loop = self._loop
-        done.add_done_callback(lambda _: loop.call_soon_threadsafe(self._inbox.put_nowait, None))
-        while True:
-            job = await self._inbox.get()
-            if job is None:
-                return
-            await asyncio.ensure_future(run_async_body(job))
-
-
-class Dispatcher:
-    """A thread running an event loop that admits task runs and drives them to the end."""
-
-    def __init__(self, url: str, name: str = "sluice-dispatcher") -> None:
-        self.url = url
-        self.loop = asyncio.new_event_loop()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._limits: sluice.limits.aio.Limits | None = None
-        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-        self._thread.start()
-
-    def limits(self) -> sluice.limits.aio.Limits:
-        """The async limits client of this dispatcher's store (created on first use)."""
-        if self._limits is None:
-            self._limits = sluice.limits.aio.Limits(self.url)
-        return self._limits
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Start a coroutine on the loop, from any thread."""
-        self.loop.call_soon_threadsafe(self._spawn, coro)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def run(self, coro: Coroutine[Any, Any, None]) -> cf.Future[None]:
-        """Run a coroutine on the loop; its concurrent future."""
-        return asyncio.run_coroutine_threadsafe(self._tracked(coro), self.loop)
-
-    async def _tracked(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            await coro
-        finally:
-            self._tasks.discard(task)
-
-    def cancel_all(self) -> None:
-        """Cancel every task run this dispatcher drives (they record Cancelled)."""
-
-        def cancel() -> None:
-            for task in list(self._tasks):
-                task.cancel()
-
-        self.loop.call_soon_threadsafe(cancel)
-
-    def close(self) -> None:
-        """Close the limits client and stop the loop (after every task run ended)."""
-
-        async def finish() -> None:
-            if self._tasks:
-                await asyncio.gather(*list(self._tasks), return_exceptions=True)
-            if self._limits is not None:
-                await self._limits.aclose()
-
-        if self._thread.is_alive():
-            try:
-                asyncio.run_coroutine_threadsafe(finish(), self.loop).result(30.0)
-            except Exception as exc:
-                log.warning("sluice: dispatcher did not close cleanly: %r", exc)
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(5.0)
-        if not self._thread.is_alive():
-            self.loop.close()
-
-
-# --------------------------------------------------------------------------- the engine
 
 
 async def _resolve(value: Any) -> Any:
@@ -240,7 +107,7 @@ def _on_wait(run: TaskRun) -> Callable[[WaitInfo], None]:
     return on_wait
 
 
-def _retry_delay(task: Task[Any, Any], attempt: int) -> float:
+def _retry_delay(task: TaskSpec, attempt: int) -> float:
     delay = task.retry_delay_seconds
     if isinstance(delay, tuple):
         return delay[min(attempt, len(delay) - 1)] if delay else 0.0
@@ -248,17 +115,20 @@ def _retry_delay(task: Task[Any, Any], attempt: int) -> float:
 
 
 async def drive(
-    dispatcher: Dispatcher,
-    task: Task[Any, Any],
+    limits: Callable[[], sluice.limits.aio.Limits],
+    task: TaskSpec,
     run: TaskRun,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     future: SluiceFuture[Any],
     executor: Executor,
 ) -> None:
-    """Take one task run from Pending to a final state; settle its future."""
+    """Take one task run from Pending to a final state; settle its future.
+
+    ``limits`` gives the async limits client of the store (made on first use).
+    """
     try:
-        await _drive(dispatcher, task, run, args, kwargs, future, executor)
+        await _drive(limits, task, run, args, kwargs, future, executor)
     except asyncio.CancelledError:
         run.set_state(State(StateName.CANCELLED, message="cancelled before it ended"))
         future._set_exception(asyncio.CancelledError(f"task run {run.id} was cancelled"))
@@ -270,8 +140,8 @@ async def drive(
 
 
 async def _drive(
-    dispatcher: Dispatcher,
-    task: Task[Any, Any],
+    limits: Callable[[], sluice.limits.aio.Limits],
+    task: TaskSpec,
     run: TaskRun,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -296,7 +166,7 @@ async def _drive(
         lease: sluice.limits.aio.Lease | None = None
         try:
             if task.limits:
-                lease = await dispatcher.limits().acquire(
+                lease = await limits().acquire(
                     list(task.limits), task.occupy, holder=run.holder, on_wait=_on_wait(run)
                 )
         except asyncio.CancelledError:
@@ -321,7 +191,7 @@ async def _drive(
 
 
 async def _run_body(
-    task: Task[Any, Any],
+    task: TaskSpec,
     run: TaskRun,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -344,7 +214,7 @@ async def _release(lease: sluice.limits.aio.Lease, run: TaskRun) -> None:
         log.warning("sluice: %s", exc, extra=_extra(run))
 
 
-def _record_end(task: Task[Any, Any], run: TaskRun, outcome: Outcome, attempt: int) -> float | None:
+def _record_end(task: TaskSpec, run: TaskRun, outcome: Outcome, attempt: int) -> float | None:
     """Record how the attempt ended; return the retry delay if the task runs again."""
     if outcome.kind == "ok":
         run.set_state(State(StateName.COMPLETED))
@@ -398,7 +268,7 @@ def _settle(future: SluiceFuture[Any], run: TaskRun, outcome: Outcome) -> None:
         future._set_exception(outcome.value)
 
 
-async def _outcome(job: Job, task: Task[Any, Any]) -> Outcome:
+async def _outcome(job: Job, task: TaskSpec) -> Outcome:
     waiter: Awaitable[Outcome] = asyncio.wrap_future(job.outcome)
     timeout = task.timeout_seconds
     if timeout is None:
@@ -420,8 +290,6 @@ async def _outcome(job: Job, task: Task[Any, Any]) -> Outcome:
 
 
 def _crash_error(run: TaskRun, message: str) -> BaseException:
-    from sluice.errors import SluiceError
-
     return SluiceError(f"task run {run.name!r} ({run.id}) crashed: {message}")
 
 

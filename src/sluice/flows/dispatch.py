@@ -1,0 +1,265 @@
+"""Where task runs are admitted: one dispatcher per flow run, and the one way in, :func:`admit`.
+
+A :class:`Dispatcher` is a thread running an asyncio loop; every task run it
+admits is one coroutine on it (:func:`sluice.flows.engine.drive`). A flow run's
+:class:`Execution` is its task runner, its dispatcher, the executor that hands
+granted bodies to the runner's workers, and the futures it submitted; it is
+kept here, by flow run, so the run record itself holds no machinery. Direct
+calls of a task (``my_task(...)``) outside a flow use one dispatcher per store
+URL for the process, and the caller runs the body itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import logging
+import queue
+import threading
+import weakref
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import sluice.limits.aio
+from sluice import settings
+from sluice.flows.context import FlowRun, TaskRun
+from sluice.flows.engine import Executor, TaskSpec, drive
+from sluice.flows.futures import SluiceFuture
+from sluice.flows.jobs import Job, run_async_body, run_sync_body
+from sluice.flows.runners import TaskRunner
+from sluice.flows.states import State, StateName
+
+__all__ = [
+    "CallerLoop",
+    "CallerThread",
+    "Dispatcher",
+    "Execution",
+    "PoolExecutor",
+    "admit",
+    "execution_of",
+    "start_execution",
+]
+
+log = logging.getLogger("sluice")
+
+
+class PoolExecutor:
+    """Bodies on the runner's workers, at most ``max_workers`` at once."""
+
+    def __init__(self, runner: TaskRunner, dispatcher: Dispatcher) -> None:
+        self._runner = runner
+        self._dispatcher = dispatcher
+        self._free: asyncio.Semaphore | None = None
+
+    async def execute(self, job: Job) -> None:
+        if self._free is None:
+            self._free = asyncio.Semaphore(self._runner.max_workers)
+        free = self._free
+        if free.locked():
+            job.task_run.set_state(
+                State(
+                    StateName.WAITING,
+                    message=f"waiting for a free worker ({self._runner!r})",
+                )
+            )
+        await free.acquire()
+        loop = asyncio.get_running_loop()
+        # The worker is free again when the body really ends, even after a timeout.
+        job.outcome.add_done_callback(lambda _: loop.call_soon_threadsafe(free.release))
+        job.task_run.set_state(State(StateName.RUNNING))
+        self._runner.run(job)
+
+
+class CallerThread:
+    """Bodies run by the thread that called the task, which waits on :meth:`serve`."""
+
+    def __init__(self) -> None:
+        self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+
+    async def execute(self, job: Job) -> None:
+        job.task_run.set_state(State(StateName.RUNNING))
+        self._inbox.put(job)
+
+    def serve(self, done: cf.Future[Any]) -> None:
+        """In the calling thread: run the bodies handed over until the run ends."""
+        done.add_done_callback(lambda _: self._inbox.put(None))
+        while True:
+            job = self._inbox.get()
+            if job is None:
+                return
+            run_sync_body(job)
+
+
+class CallerLoop:
+    """Bodies run as tasks of the calling coroutine's event loop."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._inbox: asyncio.Queue[Job | None] = asyncio.Queue()
+
+    async def execute(self, job: Job) -> None:
+        job.task_run.set_state(State(StateName.RUNNING))
+        self._loop.call_soon_threadsafe(self._inbox.put_nowait, job)
+
+    async def serve(self, done: cf.Future[Any]) -> None:
+        """In the calling coroutine: run the bodies handed over until the run ends."""
+        loop = self._loop
+        done.add_done_callback(lambda _: loop.call_soon_threadsafe(self._inbox.put_nowait, None))
+        while True:
+            job = await self._inbox.get()
+            if job is None:
+                return
+            await asyncio.ensure_future(run_async_body(job))
+
+
+class Dispatcher:
+    """A thread running an event loop that admits task runs and drives them to the end."""
+
+    def __init__(self, url: str, name: str = "sluice-dispatcher") -> None:
+        self.url = url
+        self.loop = asyncio.new_event_loop()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._limits: sluice.limits.aio.Limits | None = None
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def limits(self) -> sluice.limits.aio.Limits:
+        """The async limits client of this dispatcher's store (created on first use)."""
+        if self._limits is None:
+            self._limits = sluice.limits.aio.Limits(self.url)
+        return self._limits
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Start a coroutine on the loop, from any thread."""
+        self.loop.call_soon_threadsafe(self._spawn, coro)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def run(self, coro: Coroutine[Any, Any, None]) -> cf.Future[None]:
+        """Run a coroutine on the loop; its concurrent future."""
+        return asyncio.run_coroutine_threadsafe(self._tracked(coro), self.loop)
+
+    async def _tracked(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await coro
+        finally:
+            self._tasks.discard(task)
+
+    def cancel_all(self) -> None:
+        """Cancel every task run this dispatcher drives (they record Cancelled)."""
+
+        def cancel() -> None:
+            for task in list(self._tasks):
+                task.cancel()
+
+        self.loop.call_soon_threadsafe(cancel)
+
+    def close(self) -> None:
+        """Close the limits client and stop the loop (after every task run ended)."""
+
+        async def finish() -> None:
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            if self._limits is not None:
+                await self._limits.aclose()
+
+        if self._thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(finish(), self.loop).result(30.0)
+            except Exception as exc:
+                log.warning("sluice: dispatcher did not close cleanly: %r", exc)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5.0)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+@dataclass
+class Execution:
+    """What runs a flow run's task runs: its runner, dispatcher, executor and futures."""
+
+    run: FlowRun
+    runner: TaskRunner
+    dispatcher: Dispatcher
+    executor: PoolExecutor
+    futures: list[SluiceFuture[Any]] = field(default_factory=list)
+
+    def cancel_all(self) -> None:
+        """Cancel every task run not yet ended (each releases its lease)."""
+        self.dispatcher.cancel_all()
+
+    def close(self) -> None:
+        """Stop the dispatcher (after every task run ended) and the runner's workers."""
+        self.dispatcher.close()
+        self.runner.shutdown(wait=True)
+        with _lock:
+            _executions.pop(self.run, None)
+
+
+_executions: weakref.WeakKeyDictionary[FlowRun, Execution] = weakref.WeakKeyDictionary()
+_defaults: dict[str, Dispatcher] = {}
+_lock = threading.Lock()
+
+
+def start_execution(run: FlowRun, runner: TaskRunner) -> Execution:
+    """Start a flow run's runner and dispatcher (on the run's store URL)."""
+    runner.start()
+    dispatcher = Dispatcher(run.url)
+    execution = Execution(run, runner, dispatcher, PoolExecutor(runner, dispatcher))
+    with _lock:
+        _executions[run] = execution
+    return execution
+
+
+def execution_of(run: FlowRun) -> Execution:
+    """The execution of a flow run that is running in this process."""
+    with _lock:
+        return _executions[run]
+
+
+def _default_dispatcher() -> Dispatcher:
+    """Outside flows: one dispatcher per store URL for the process."""
+    url = settings.resolve_url().url
+    with _lock:
+        dispatcher = _defaults.get(url)
+        if dispatcher is None:
+            dispatcher = _defaults[url] = Dispatcher(url, "sluice-dispatcher-default")
+        return dispatcher
+
+
+def admit(
+    task: TaskSpec,
+    run: TaskRun,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    caller: CallerThread | CallerLoop | None = None,
+) -> tuple[SluiceFuture[Any], cf.Future[None] | None]:
+    """Start a task run's life on its dispatcher: its future, and (for a direct call)
+    a future of its coroutine's end, for the caller to serve bodies until then.
+
+    Without ``caller``, the run was submitted in a flow run and its body goes to
+    that flow's runner; with one, the caller runs the body (a direct call).
+    """
+    future: SluiceFuture[Any] = SluiceFuture(run)
+    flow_run = run.flow_run
+    execution = execution_of(flow_run) if flow_run is not None else None
+    dispatcher = execution.dispatcher if execution is not None else _default_dispatcher()
+    executor: Executor
+    if caller is not None:
+        executor = caller
+    else:
+        assert execution is not None, "a submitted task run belongs to a flow run"
+        executor = execution.executor
+        execution.futures.append(future)
+    life = drive(dispatcher.limits, task, run, args, kwargs, future, executor)
+    if caller is None:
+        dispatcher.spawn(life)
+        return future, None
+    return future, dispatcher.run(life)
