@@ -12,7 +12,7 @@ import pytest
 from sluice import Limits
 from sluice.errors import StoreError, StoreUnavailable
 from sluice.store import acquire_store, known_schemes, release_store
-from sluice.store.sqlite.store import SCHEMA_VERSION as SQLITE_SCHEMA
+from sluice.store.sqlite.schema import SCHEMA_VERSION as SQLITE_SCHEMA
 
 from ._run import sluice
 

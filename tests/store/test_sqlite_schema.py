@@ -9,7 +9,7 @@ import pytest
 
 from sluice import Limits, LimitTotals
 from sluice.errors import StoreError
-from sluice.store.sqlite.store import SCHEMA_VERSION
+from sluice.store.sqlite.schema import SCHEMA_VERSION
 
 TOTALS_COLUMNS = (
     "grants",

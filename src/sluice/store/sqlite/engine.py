@@ -5,17 +5,14 @@ decides: grant, queue, hand freed units to waiters in FIFO order, reclaim what
 expired or died. Units held are never counters: a limit's in_use is the sum of
 its holdings rows, so no admin action can leave a count wrong. The few things
 that depend on where the store lives (are other processes alive, how to wake
-them) are hooks that :class:`~sluice.store.sqlite.SQLiteStore` and
+them) are hooks that :class:`~sluice.store.sqlite.store.SQLiteStore` and
 :class:`~sluice.store.sqlite.memory.MemoryStore` provide.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from collections.abc import Collection, Iterable, Sequence
 
 from sluice.errors import InvalidRequest, LimitNotFound
 from sluice.limits import gcra
@@ -23,102 +20,24 @@ from sluice.limits.model import (
     DEFAULT_LEASE_TTL,
     WAIT_BUCKETS,
     Kind,
-    Limit,
     LimitTotals,
     wait_bucket,
 )
 from sluice.store.base import AcquireRequest, Granted, Queued
 from sluice.store.sqlite.ipc import ProcessInfo
+from sluice.store.sqlite.tx import (
+    HAS_RETURNING,
+    LIMIT_COLUMNS,
+    PREFIXED_COLUMNS,
+    Claim,
+    LimitRow,
+    Tx,
+    chunks,
+    id_list,
+    marks,
+)
 
-__all__ = [
-    "HAS_RETURNING",
-    "LIMIT_COLUMNS",
-    "Claim",
-    "LimitRow",
-    "SQLiteEngine",
-    "Tx",
-    "chunks",
-    "id_list",
-    "marks",
-]
-
-HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
-_CHUNK = 400  # stay well under SQLite's bound-parameter limit
-
-
-class Claim(NamedTuple):
-    """A request as its lease will record it: whose it is and what it takes."""
-
-    id: str
-    process_id: str
-    holder: str
-    host: str
-    pid: int
-    occupy: int
-    kind: Kind
-
-
-class LimitRow(NamedTuple):
-    """A limits-table row, with its queue head and units in use where a query adds them."""
-
-    id: int
-    name: str
-    slots: int | None
-    rate: float | None
-    burst: int | None
-    active: int
-    lease_ttl: float
-    tat: float
-    head_seq: int | None = None  # filled in by _limit_rows only
-    in_use: int = 0
-
-    def to_limit(self) -> Limit:
-        return Limit(
-            self.name, self.slots, self.rate, self.burst, bool(self.active), self.lease_ttl
-        )
-
-
-LIMIT_COLUMNS = "id, name, slots, rate, burst, active, lease_ttl, tat"
-PREFIXED_COLUMNS = ", ".join(f"l.{c}" for c in LIMIT_COLUMNS.split(", "))
-
-
-@dataclass
-class Tx:
-    """One open transaction: its cursor, its clock reading and the limits it touched."""
-
-    conn: sqlite3.Connection
-    now: float
-    touched: set[int] = field(default_factory=set)  # limits whose capacity or queue changed
-    moved: set[int] = field(default_factory=set)  # limits whose queue head may have changed
-    wake_tickets: dict[str, str] = field(default_factory=dict)  # ticket -> process to wake
-    alive: set[str] = field(default_factory=set)  # processes found alive in this step
-
-    def one(self, sql: str, params: Sequence[object] = ()) -> Any:
-        """The first row of a query (a tuple), or None."""
-        return self.conn.execute(sql, params).fetchone()
-
-    def all(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
-        """Every row of a query, as tuples."""
-        return self.conn.execute(sql, params).fetchall()
-
-    def run(self, sql: str, params: Sequence[object] = ()) -> int:
-        return self.conn.execute(sql, params).rowcount
-
-
-def marks(n: int) -> str:
-    """``?,?,?`` for n parameters."""
-    return ",".join("?" * n)
-
-
-def id_list(text: object) -> list[int]:
-    """The limit ids of a lease's ``limit_ids`` column."""
-    return [int(part) for part in str(text).split(",") if part]
-
-
-def chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    """Slices small enough to bind as parameters of one statement."""
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
+__all__ = ["SQLiteEngine"]
 
 
 def _impossible(claim: Claim, active: Sequence[LimitRow]) -> bool:

@@ -19,10 +19,11 @@ from collections.abc import Collection
 from contextlib import AbstractContextManager
 
 from sluice.store.base import StoreDiagnosis
-from sluice.store.sqlite.engine import Tx
 from sluice.store.sqlite.history import SQLiteHistory
 from sluice.store.sqlite.ipc import ProcessInfo
-from sluice.store.sqlite.store import SCHEMA_VERSION, SQLiteStore, read_diagnosis
+from sluice.store.sqlite.schema import SCHEMA_VERSION, read_diagnosis
+from sluice.store.sqlite.store import SQLiteStore
+from sluice.store.sqlite.tx import Tx
 
 __all__ = ["MemoryStore"]
 

@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from importlib import resources
 from typing import Any
 
 from sluice.errors import (
@@ -40,35 +39,13 @@ from sluice.limits import gcra
 from sluice.limits.model import Holder, Limit, LimitChanges, LimitStatus, Waiter, utc
 from sluice.store.base import AcquireRequest, Granted, Queued, Renewal, StoreDiagnosis, WakeHandler
 from sluice.store.sqlite import ipc as sqlite_ipc
-from sluice.store.sqlite.engine import (
-    LIMIT_COLUMNS,
-    Claim,
-    LimitRow,
-    SQLiteEngine,
-    Tx,
-    chunks,
-    marks,
-)
+from sluice.store.sqlite.engine import SQLiteEngine
 from sluice.store.sqlite.ipc import ProcessInfo
+from sluice.store.sqlite.schema import SCHEMA_VERSION, create_schema, diagnose_file
+from sluice.store.sqlite.tx import LIMIT_COLUMNS, Claim, LimitRow, Tx, chunks, marks
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["SCHEMA_VERSION", "SQLiteStore", "from_url"]
 
-SCHEMA_VERSION = 2
-_MIGRATE_1_TO_2 = (
-    *(
-        f"ALTER TABLE sluice_limits ADD COLUMN {column}"
-        for column in (
-            "grants INTEGER NOT NULL DEFAULT 0",
-            "granted_units INTEGER NOT NULL DEFAULT 0",
-            "timeouts INTEGER NOT NULL DEFAULT 0",
-            "reclaimed INTEGER NOT NULL DEFAULT 0",
-            "queued_waits TEXT NOT NULL DEFAULT ''",
-            "wait_seconds REAL NOT NULL DEFAULT 0",
-        )
-    ),
-    "UPDATE sluice_meta SET value = '2' WHERE key = 'schema_version'",
-)
-"""Schema version 1 (no totals) to 2: the limits' totals start at zero."""
 _forked_leftovers: list[object] = []
 
 
@@ -227,37 +204,12 @@ class SQLiteStore(SQLiteEngine):
             with self._write_lock():
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    self._create_schema(conn)
+                    create_schema(conn, self.url)
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
         return self._conn
-
-    def _create_schema(self, conn: sqlite3.Connection) -> None:
-        row = conn.execute(
-            "SELECT name FROM sqlite_master WHERE type='table' AND name='sluice_meta'"
-        ).fetchone()
-        if row is not None:
-            version = conn.execute(
-                "SELECT value FROM sluice_meta WHERE key='schema_version'"
-            ).fetchone()
-            if version is not None and int(version[0]) > SCHEMA_VERSION:
-                raise StoreError(
-                    f"store {self.url} has schema version {version[0]}, newer than this "
-                    f"Sluice understands ({SCHEMA_VERSION}); upgrade Sluice"
-                )
-            if version is not None and int(version[0]) == SCHEMA_VERSION:
-                return
-            if version is not None and int(version[0]) == 1:
-                for statement in _MIGRATE_1_TO_2:
-                    conn.execute(statement)
-                return
-        script = resources.files("sluice.store.sqlite").joinpath("schema.sql").read_text()
-        code = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
-        for statement in code.split(";"):
-            if statement.strip():
-                conn.execute(statement)
 
     @contextmanager
     def _tx(self) -> Iterator[Tx]:
@@ -610,37 +562,7 @@ class SQLiteStore(SQLiteEngine):
 
     def diagnose(self) -> StoreDiagnosis:
         """Read the schema version and expired leases on a private, query-only connection."""
-        if not os.path.exists(self.path):
-            _check_creatable(self.url, self.path)
-            return StoreDiagnosis(
-                "sqlite",
-                f"SQLite {sqlite3.sqlite_version}, no database yet at {self.path} "
-                "(created on first use)",
-                None,
-                False,
-                0,
-            )
-        try:
-            conn = sqlite3.connect(self.path, timeout=30.0)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(
-                f"cannot open SQLite store {self.url}: {exc}; check the path and its permissions"
-            ) from exc
-        try:
-            conn.execute("PRAGMA query_only=1")
-            mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).upper()
-            version, expired = read_diagnosis(conn, time.time())
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read SQLite store {self.url}: {exc}") from exc
-        finally:
-            conn.close()
-        return StoreDiagnosis(
-            "sqlite",
-            f"SQLite {sqlite3.sqlite_version}, {mode}, {self.path}",
-            version,
-            version == SCHEMA_VERSION,
-            expired,
-        )
+        return diagnose_file(self.url, self.path)
 
     # ------------------------------------------------------------- lifecycle
 
@@ -669,36 +591,6 @@ class SQLiteStore(SQLiteEngine):
                 self._read_conn.close()
         self._closed = True
         self._conn = None
-
-
-def read_diagnosis(conn: sqlite3.Connection, now: float) -> tuple[int | None, int]:
-    """(schema version or None, leases expired by ``now``) of a Sluice database."""
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if "sluice_meta" not in tables:
-        return None, 0
-    row = conn.execute("SELECT value FROM sluice_meta WHERE key='schema_version'").fetchone()
-    version = int(row[0]) if row is not None else None
-    expired = 0
-    if "sluice_leases" in tables:
-        expired = int(
-            conn.execute(
-                "SELECT COUNT(*) FROM sluice_leases WHERE expires_at <= ?",
-                (now,),
-            ).fetchone()[0]
-        )
-    return version, expired
-
-
-def _check_creatable(url: str, path: str) -> None:
-    """Raise StoreUnavailable unless the database file could be created at ``path``."""
-    ancestor = os.path.dirname(path)
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
-    if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise StoreUnavailable(
-            f"cannot create SQLite store {url}: {ancestor} is not a writable directory; "
-            "check the path and its permissions"
-        )
 
 
 def from_url(url: str) -> SQLiteStore:

@@ -1,0 +1,127 @@
+"""The SQLite database's layout: creating and migrating its schema, and reading it for doctor.
+
+``schema.sql`` holds the tables; :data:`SCHEMA_VERSION` must match the version
+it records. Migrations from older versions run in the same write transaction
+that opens the store.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from importlib import resources
+
+from sluice.errors import StoreError, StoreUnavailable
+from sluice.store.base import StoreDiagnosis
+
+__all__ = ["SCHEMA_VERSION", "check_creatable", "create_schema", "diagnose_file", "read_diagnosis"]
+
+SCHEMA_VERSION = 2
+_MIGRATE_1_TO_2 = (
+    *(
+        f"ALTER TABLE sluice_limits ADD COLUMN {column}"
+        for column in (
+            "grants INTEGER NOT NULL DEFAULT 0",
+            "granted_units INTEGER NOT NULL DEFAULT 0",
+            "timeouts INTEGER NOT NULL DEFAULT 0",
+            "reclaimed INTEGER NOT NULL DEFAULT 0",
+            "queued_waits TEXT NOT NULL DEFAULT ''",
+            "wait_seconds REAL NOT NULL DEFAULT 0",
+        )
+    ),
+    "UPDATE sluice_meta SET value = '2' WHERE key = 'schema_version'",
+)
+"""Schema version 1 (no totals) to 2: the limits' totals start at zero."""
+
+
+def create_schema(conn: sqlite3.Connection, url: str) -> None:
+    """Create the schema in an open write transaction, or migrate it to this version."""
+    row = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name='sluice_meta'"
+    ).fetchone()
+    if row is not None:
+        version = conn.execute(
+            "SELECT value FROM sluice_meta WHERE key='schema_version'"
+        ).fetchone()
+        if version is not None and int(version[0]) > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {url} has schema version {version[0]}, newer than this "
+                f"Sluice understands ({SCHEMA_VERSION}); upgrade Sluice"
+            )
+        if version is not None and int(version[0]) == SCHEMA_VERSION:
+            return
+        if version is not None and int(version[0]) == 1:
+            for statement in _MIGRATE_1_TO_2:
+                conn.execute(statement)
+            return
+    script = resources.files("sluice.store.sqlite").joinpath("schema.sql").read_text()
+    code = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
+    for statement in code.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def diagnose_file(url: str, path: str) -> StoreDiagnosis:
+    """Read a database file's schema version and expired leases on a private, query-only
+    connection; create nothing."""
+    if not os.path.exists(path):
+        check_creatable(url, path)
+        return StoreDiagnosis(
+            "sqlite",
+            f"SQLite {sqlite3.sqlite_version}, no database yet at {path} (created on first use)",
+            None,
+            False,
+            0,
+        )
+    try:
+        conn = sqlite3.connect(path, timeout=30.0)
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(
+            f"cannot open SQLite store {url}: {exc}; check the path and its permissions"
+        ) from exc
+    try:
+        conn.execute("PRAGMA query_only=1")
+        mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).upper()
+        version, expired = read_diagnosis(conn, time.time())
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read SQLite store {url}: {exc}") from exc
+    finally:
+        conn.close()
+    return StoreDiagnosis(
+        "sqlite",
+        f"SQLite {sqlite3.sqlite_version}, {mode}, {path}",
+        version,
+        version == SCHEMA_VERSION,
+        expired,
+    )
+
+
+def read_diagnosis(conn: sqlite3.Connection, now: float) -> tuple[int | None, int]:
+    """(schema version or None, leases expired by ``now``) of a Sluice database."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "sluice_meta" not in tables:
+        return None, 0
+    row = conn.execute("SELECT value FROM sluice_meta WHERE key='schema_version'").fetchone()
+    version = int(row[0]) if row is not None else None
+    expired = 0
+    if "sluice_leases" in tables:
+        expired = int(
+            conn.execute(
+                "SELECT COUNT(*) FROM sluice_leases WHERE expires_at <= ?",
+                (now,),
+            ).fetchone()[0]
+        )
+    return version, expired
+
+
+def check_creatable(url: str, path: str) -> None:
+    """Raise StoreUnavailable unless the database file could be created at ``path``."""
+    ancestor = os.path.dirname(path)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise StoreUnavailable(
+            f"cannot create SQLite store {url}: {ancestor} is not a writable directory; "
+            "check the path and its permissions"
+        )
