@@ -271,9 +271,9 @@ def test_an_acquire_sent_again_after_a_lost_reply_takes_nothing_twice(prefix: st
 
 def test_the_scripts_bucket_waits_as_the_model_does(prefix: str) -> None:
     from sluice.limits.model import WAIT_BUCKETS, wait_bucket
-    from sluice.store.redis.store import _Scripts
+    from sluice.store.redis.config import Scripts
 
-    lib = _Scripts.source("abandon").split("\n-- abandon:", 1)[0]  # _lib.lua as the steps see it
+    lib = Scripts.source("abandon").split("\n-- abandon:", 1)[0]  # _lib.lua as the steps see it
     waits = [0.0, *WAIT_BUCKETS, *(b * 1.0001 for b in WAIT_BUCKETS), 1e9]
     probe = "\n".join(
         [

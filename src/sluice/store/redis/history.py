@@ -34,7 +34,7 @@ from sluice.store.history import (
     TaskRunRecord,
 )
 from sluice.store.history_rows import check_list_limit, check_prune, check_run_id, rows_of
-from sluice.store.redis.store import RedisConfig
+from sluice.store.redis.config import RedisConfig
 
 __all__ = ["RedisHistory", "from_url"]
 

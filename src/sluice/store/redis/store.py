@@ -25,12 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import random
-import re
 import socket
 import threading
 import time
@@ -38,25 +35,21 @@ import uuid
 import weakref
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Generic, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from sluice.errors import (
-    ConfigError,
     InvalidRequest,
     LimitBusy,
     LimitExists,
     LimitNotFound,
+    SluiceError,
     StoreError,
     StoreUnavailable,
 )
@@ -70,34 +63,21 @@ from sluice.store.base import (
     StoreDiagnosis,
     WakeHandler,
 )
+from sluice.store.redis.config import (
+    ATTEMPTS,
+    CONFLICT_RETRIES,
+    LISTEN_POLL,
+    SCHEMA_VERSION,
+    RedisConfig,
+    Scripts,
+    backoff,
+    translate,
+)
 
 __all__ = ["SCHEMA_VERSION", "RedisAsyncStore", "RedisStore", "from_url"]
 
 log = logging.getLogger("sluice")
 
-SCHEMA_VERSION = 1
-STEPS = (
-    "acquire",
-    "abandon",
-    "create_limit",
-    "delete_limit",
-    "diagnose",
-    "get_limits",
-    "inspect_limit",
-    "release",
-    "renew",
-    "reset_limit",
-    "set_active",
-    "update_limit",
-)
-_STANDALONE = frozenset({"diagnose"})  # read-only scripts that run without _lib.lua
-_PREFIX = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-_ATTEMPTS = 3  # tries of an idempotent step before a connection error is reported
-_BACKOFF_CAP = 2.0  # seconds: the longest pause between reconnection attempts
-_CONFLICT_RETRIES = 20
-_LISTEN_POLL = 5.0  # seconds the listener blocks per read (stop() wakes it at once)
-
-_Connection = (RedisConnectionError, RedisTimeoutError, OSError)
 _T = TypeVar("_T")
 
 
@@ -108,91 +88,8 @@ class _Call(Generic[_T]):
     step: str
     args: Sequence[object]
     finish: Callable[[dict[str, Any]], _T]
-    attempts: int = _ATTEMPTS
+    attempts: int = ATTEMPTS
     resent: str | None = None  # appended to the arguments of a try after the first
-
-
-class _Scripts:
-    """The step scripts' sources and SHA1s, read from the package once."""
-
-    _sources: dict[str, str] = {}
-    _shas: dict[str, str] = {}
-
-    @classmethod
-    def sha(cls, step: str) -> str:
-        if not cls._shas:
-            folder = resources.files("sluice.store.redis").joinpath("scripts")
-            lib = folder.joinpath("_lib.lua").read_text()
-            for name in STEPS:
-                source = folder.joinpath(f"{name}.lua").read_text()
-                if name not in _STANDALONE:
-                    source = lib + "\n" + source
-                cls._sources[name] = source
-                cls._shas[name] = hashlib.sha1(source.encode()).hexdigest()
-        return cls._shas[step]
-
-    @classmethod
-    def source(cls, step: str) -> str:
-        cls.sha(step)
-        return cls._sources[step]
-
-
-def _backoff(attempt: int) -> float:
-    """Seconds before reconnection attempt ``attempt`` (0-based): doubling, capped, jittered."""
-    return float(min(_BACKOFF_CAP, 0.05 * 2.0**attempt) * random.uniform(0.5, 1.0))
-
-
-@dataclass(frozen=True)
-class RedisConfig:
-    """What a ``redis://`` URL says: where the server is and which keys are ours."""
-
-    url: str  # masked, for messages
-    connect_url: str  # without Sluice's own query parameters
-    prefix: str
-
-    @property
-    def meta_key(self) -> str:
-        """The deployment's meta hash; every key shares its hash tag."""
-        return f"{{{self.prefix}}}:meta"
-
-    def channel(self, process_id: str) -> str:
-        """The pub/sub channel that wakes one process's waiters."""
-        return f"{{{self.prefix}}}:wake:{process_id}"
-
-    @classmethod
-    def parse(cls, url: str) -> RedisConfig:
-        from sluice.store import redact_url
-
-        masked = redact_url(url)
-        try:
-            parts = urlsplit(url)
-            _ = parts.port  # raises ValueError for a bad port
-        except ValueError as exc:
-            raise ConfigError(f"invalid Redis URL {masked!r}: {exc}") from exc
-        if not parts.hostname:
-            raise ConfigError(
-                f"invalid Redis URL {masked!r}: give a host, e.g. redis://127.0.0.1:6379/0"
-            )
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        prefix = "sluice"
-        rest = []
-        for name, value in query:
-            if name == "prefix":
-                prefix = value
-            else:
-                rest.append((name, value))
-        if not _PREFIX.match(prefix):
-            raise ConfigError(
-                f"invalid prefix {prefix!r} in Redis URL {masked!r}: use 1-64 letters, digits "
-                "and ._:- (no braces)"
-            )
-        db = parts.path.lstrip("/")
-        if db and not db.isdigit():
-            raise ConfigError(
-                f"invalid database {db!r} in Redis URL {masked!r}: use a number, e.g. /0"
-            )
-        connect = urlunsplit(parts._replace(query=urlencode(rest)))
-        return cls(masked, connect, prefix)
 
 
 class _Core:
@@ -374,7 +271,7 @@ class _Core:
             last.seq,
             last.blocked_on,
             last.position,
-            _backoff(failures + 3),
+            backoff(failures + 3),
             last.lease_ttl,
             last.missing,
         )
@@ -395,15 +292,10 @@ class _Core:
         if waiting and self._handler is not None:
             self._handler(waiting)
 
-    def _error(self, exc: Exception) -> StoreError:
-        if isinstance(exc, _Connection):
-            return StoreUnavailable(
-                f"Redis store {self.url} is unreachable: {exc}; check that the server is "
-                "running and the URL is right"
-            )
-        if isinstance(exc, ResponseError) and "NOSCRIPT" not in str(exc):
-            return StoreError(f"Redis store {self.url} failed: {exc}")
-        return StoreError(f"Redis store {self.url} failed: {exc}")
+    def _error(self, exc: Exception) -> SluiceError:
+        error = translate(exc, self.url)
+        assert error is not None  # called with redis-py errors only, which all mean something
+        return error
 
     # ------------------------------------------------------------- shared conversions
 
@@ -478,7 +370,7 @@ class _Core:
 
         # Creating again after a lost reply would say "exists": only ensure is resent.
         args = [*self._limit_args(limit), "1" if ensure else "0"]
-        return _Call("create_limit", args, finish, _ATTEMPTS if ensure else 1)
+        return _Call("create_limit", args, finish, ATTEMPTS if ensure else 1)
 
     def _get_call(self, name: str) -> _Call[Limit]:
         return _Call("get_limits", [name], lambda reply: self._found(name, reply)[0])
@@ -592,7 +484,7 @@ class _Listener:
             try:
                 pubsub.subscribe(channel)
                 while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=_LISTEN_POLL)
+                    message = pubsub.get_message(timeout=LISTEN_POLL)
                     if message is None:
                         continue
                     if message["type"] == "subscribe":
@@ -610,7 +502,7 @@ class _Listener:
                     break
                 failures += 1
                 log.warning("sluice: wake-up subscription on %s lost: %s", store.url, exc)
-                self._stop.wait(_backoff(failures))
+                self._stop.wait(backoff(failures))
             finally:
                 with contextlib.suppress(Exception):
                     pubsub.close()
@@ -692,7 +584,7 @@ class RedisStore(_Core):
         step: str,
         args: Sequence[object],
         *,
-        attempts: int = _ATTEMPTS,
+        attempts: int = ATTEMPTS,
         epoch: str | None = None,
         resent: str | None = None,
     ) -> dict[str, Any]:
@@ -701,7 +593,7 @@ class RedisStore(_Core):
         A resent step has ``resent`` appended to its arguments, so it can tell.
         """
         client = self.client
-        sha = _Scripts.sha(step)
+        sha = Scripts.sha(step)
         for attempt in range(attempts):
             argv = self._argv(args, epoch)
             if resent is not None and attempt > 0:
@@ -710,13 +602,13 @@ class RedisStore(_Core):
                 try:
                     raw = client.evalsha(sha, 1, self._meta, *argv)
                 except NoScriptError:  # after SCRIPT FLUSH or a restart: load it again
-                    client.script_load(_Scripts.source(step))
+                    client.script_load(Scripts.source(step))
                     raw = client.evalsha(sha, 1, self._meta, *argv)
             except RedisError as exc:
                 error = self._error(exc)
                 if not isinstance(error, StoreUnavailable) or attempt + 1 == attempts:
                     raise error from exc
-                time.sleep(_backoff(attempt))
+                time.sleep(backoff(attempt))
                 continue
             return self._decode(raw)
         raise AssertionError("unreachable")
@@ -748,7 +640,7 @@ class RedisStore(_Core):
         return self._do(self._list_call())
 
     def update_limit(self, name: str, changes: LimitChanges) -> Limit:
-        for _ in range(_CONFLICT_RETRIES):
+        for _ in range(CONFLICT_RETRIES):
             current = self._do(self._versioned_call(name))
             updated = self._do(self._update_call(name, changes, *current))
             if updated is not None:
@@ -771,11 +663,11 @@ class RedisStore(_Core):
         """Read the schema version and expired leases; changes nothing."""
         client = self.client
         try:
-            sha = _Scripts.sha("diagnose")
+            sha = Scripts.sha("diagnose")
             try:
                 raw = client.evalsha(sha, 1, self._meta)
             except NoScriptError:
-                client.script_load(_Scripts.source("diagnose"))
+                client.script_load(Scripts.source("diagnose"))
                 raw = client.evalsha(sha, 1, self._meta)
             server = client.info("server")
             persistence = client.info("persistence")
@@ -819,13 +711,13 @@ class RedisStore(_Core):
     # ------------------------------------------------------------- release & renew
 
     def release(self, lease_id: str) -> bool:
-        for attempt in range(_ATTEMPTS):
+        for attempt in range(ATTEMPTS):
             try:
                 reply = self._step("release", [lease_id], attempts=1)
             except StoreUnavailable:
-                if attempt + 1 == _ATTEMPTS:
+                if attempt + 1 == ATTEMPTS:
                     raise
-                time.sleep(_backoff(attempt))
+                time.sleep(backoff(attempt))
                 continue
             return self._released(lease_id, reply, attempt)
         raise AssertionError("unreachable")
@@ -903,7 +795,7 @@ class RedisAsyncStore:
         step: str,
         args: Sequence[object],
         *,
-        attempts: int = _ATTEMPTS,
+        attempts: int = ATTEMPTS,
         epoch: str | None = None,
         resent: str | None = None,
     ) -> dict[str, Any]:
@@ -912,7 +804,7 @@ class RedisAsyncStore:
         if store.closed:
             raise StoreError(f"store {self.url} is closed")
         client = self._client()
-        sha = _Scripts.sha(step)
+        sha = Scripts.sha(step)
         for attempt in range(attempts):
             argv = store._argv(args, epoch)
             if resent is not None and attempt > 0:
@@ -921,13 +813,13 @@ class RedisAsyncStore:
                 try:
                     raw = await client.evalsha(sha, 1, store._meta, *argv)
                 except NoScriptError:  # after SCRIPT FLUSH or a restart: load it again
-                    await client.script_load(_Scripts.source(step))
+                    await client.script_load(Scripts.source(step))
                     raw = await client.evalsha(sha, 1, store._meta, *argv)
             except RedisError as exc:
                 error = store._error(exc)
                 if not isinstance(error, StoreUnavailable) or attempt + 1 == attempts:
                     raise error from exc
-                await asyncio.sleep(_backoff(attempt))
+                await asyncio.sleep(backoff(attempt))
                 continue
             return store._decode(raw)
         raise AssertionError("unreachable")
@@ -962,7 +854,7 @@ class RedisAsyncStore:
 
     async def update_limit(self, name: str, changes: LimitChanges) -> Limit:
         store = self.sync
-        for _ in range(_CONFLICT_RETRIES):
+        for _ in range(CONFLICT_RETRIES):
             current = await self._do(store._versioned_call(name))
             updated = await self._do(store._update_call(name, changes, *current))
             if updated is not None:
@@ -1002,13 +894,13 @@ class RedisAsyncStore:
         return store._outcome(request, reply)
 
     async def release(self, lease_id: str) -> bool:
-        for attempt in range(_ATTEMPTS):
+        for attempt in range(ATTEMPTS):
             try:
                 reply = await self._step("release", [lease_id], attempts=1)
             except StoreUnavailable:
-                if attempt + 1 == _ATTEMPTS:
+                if attempt + 1 == ATTEMPTS:
                     raise
-                await asyncio.sleep(_backoff(attempt))
+                await asyncio.sleep(backoff(attempt))
                 continue
             return self.sync._released(lease_id, reply, attempt)
         raise AssertionError("unreachable")
