@@ -66,13 +66,13 @@ from sluice.store.base import (
 from sluice.store.redis.config import (
     ATTEMPTS,
     CONFLICT_RETRIES,
-    LISTEN_POLL,
     SCHEMA_VERSION,
     RedisConfig,
     Scripts,
     backoff,
     translate,
 )
+from sluice.store.redis.listener import Listener
 
 __all__ = ["SCHEMA_VERSION", "RedisAsyncStore", "RedisStore", "from_url"]
 
@@ -465,58 +465,6 @@ class _Core:
         return bool(reply["found"][0]) or attempt > 0
 
 
-class _Listener:
-    """One pub/sub subscription per process: delivers wake-ups, re-subscribes after a loss."""
-
-    def __init__(self, store: RedisStore) -> None:
-        self._store = store
-        self._stop = threading.Event()
-        self.ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sluice-redis-listener", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        store = self._store
-        channel = store.config.channel(store.process_id)
-        failures = 0
-        while not self._stop.is_set():
-            pubsub = store.client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
-            try:
-                pubsub.subscribe(channel)
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=LISTEN_POLL)
-                    if message is None:
-                        continue
-                    if message["type"] == "subscribe":
-                        if failures:
-                            store._wake_all()  # wake-ups sent while we were away are lost
-                        failures = 0
-                        self.ready.set()
-                    elif message["type"] == "message":
-                        data = message["data"]
-                        text = data.decode() if isinstance(data, bytes) else str(data)
-                        if text:  # empty: stop() waking this loop
-                            store._deliver(json.loads(text))
-            except Exception as exc:  # the listener must outlive any one failure
-                if self._stop.is_set():
-                    break
-                failures += 1
-                log.warning("sluice: wake-up subscription on %s lost: %s", store.url, exc)
-                self._stop.wait(backoff(failures))
-            finally:
-                with contextlib.suppress(Exception):
-                    pubsub.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        store = self._store
-        if self.ready.is_set() and store._client is not None:
-            with contextlib.suppress(Exception):  # an empty message ends its wait at once
-                store._client.publish(store.config.channel(store.process_id), "")
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-
-
 class RedisStore(_Core):
     """Limits, leases and FIFO queues in Redis keys; one Lua script per operation."""
 
@@ -527,7 +475,7 @@ class RedisStore(_Core):
         self._closed = False
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
-        self._listener: _Listener | None = None
+        self._listener: Listener | None = None
 
     # ------------------------------------------------------------- plumbing
 
@@ -572,7 +520,13 @@ class RedisStore(_Core):
         if self._listener is None:
             with self._lock:
                 if self._listener is None:
-                    self._listener = _Listener(self)
+                    self._listener = Listener(
+                        lambda: self.client,
+                        self.config.channel(self.process_id),
+                        self._deliver,
+                        self._wake_all,
+                        self.url,
+                    )
         if not self._listener.ready.wait(timeout=10.0):
             raise StoreUnavailable(
                 f"Redis store {self.url}: could not subscribe to wake-ups within 10 s; "
