@@ -34,7 +34,7 @@ GRANTS = 20  # grants measured per size (at most the number of waiters)
 def wait_for_wake_up(store: object, request_id: str) -> None:
     """Wait until the waiter's process has received its wake-up (benchmark plumbing)."""
     deadline = time.monotonic() + 5
-    while request_id not in store._handed:  # type: ignore[attr-defined]
+    while request_id not in store.engine.handed:  # type: ignore[attr-defined]
         if time.monotonic() > deadline:
             raise RuntimeError("the wake-up with the grant never arrived")
         time.sleep(0.0005)

@@ -249,15 +249,17 @@ def test_an_acquire_sent_again_after_a_lost_reply_takes_nothing_twice(prefix: st
         request = AcquireRequest("lost-reply-1", ("db",), occupy=2)
         first = store.acquire(request)
         assert isinstance(first, Granted)
-        again = store._step("acquire", [*store._acquire_args(request), "resent"])  # type: ignore[attr-defined]
-        assert again["lease_id"] == "lost-reply-1"
+        again = store._drive(store.engine.acquire(request, resent=True))  # type: ignore[attr-defined]
+        assert isinstance(again, Granted)
+        assert again.lease_id == "lost-reply-1"
         assert limits.inspect("db").in_use == 2
         queued = store.acquire(AcquireRequest("lost-reply-2", ("db",), occupy=2))
         assert not isinstance(queued, Granted)
-        store._step(
-            "acquire",
-            [*store._acquire_args(AcquireRequest("lost-reply-2", ("db",), occupy=2)), "resent"],
-        )  # type: ignore[attr-defined]
+        store._drive(  # type: ignore[attr-defined]
+            store.engine.acquire(  # type: ignore[attr-defined]
+                AcquireRequest("lost-reply-2", ("db",), occupy=2), resent=True
+            )
+        )
         status = limits.inspect("db")
         assert [w.ticket_id for w in status.waiters] == ["lost-reply-2"]  # one place, not two
         assert store.release("lost-reply-1")
@@ -328,7 +330,7 @@ def test_a_handed_off_grant_counts_once_and_a_lapsed_one_as_reclaimed(prefix: st
             assert store.release(f"h-{waiter}")  # hands the slot to the waiter
             if late:
                 time.sleep(1.2)  # its TTL lapses before it collects: revoked, reclaimed
-            store._handed.clear()  # type: ignore[attr-defined]  # collect from the store
+            store.engine.handed.clear()  # type: ignore[attr-defined]  # collect from the store
             collected = store.acquire(AcquireRequest(waiter, ("db",), seq=queued.seq))
             if isinstance(collected, Queued):  # late: queued anew and handed the slot at once
                 collected = store.acquire(AcquireRequest(waiter, ("db",), seq=collected.seq))
@@ -353,8 +355,8 @@ def test_an_abandon_sent_again_after_a_lost_reply_counts_one_timeout(prefix: str
         store = limits._store
         assert isinstance(store.acquire(AcquireRequest("holder", ("db",))), Granted)
         assert isinstance(store.acquire(AcquireRequest("gave-up", ("db",))), Queued)
-        store._step("abandon", ["db", 1, "gave-up"])  # type: ignore[attr-defined]
-        store._step("abandon", ["db", 1, "gave-up", "resent"])  # type: ignore[attr-defined]
+        store.abandon("gave-up", timed_out_on="db")
+        store._drive(store.engine.abandon("gave-up", "db", resent=True))  # type: ignore[attr-defined]
         assert limits.inspect("db").totals.timeouts == 1
         store.abandon("gave-up-too", timed_out_on="nope")  # no such limit: nothing counted
         assert not client.exists(f"{{{prefix}}}:tot:nope")
