@@ -14,12 +14,22 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["after_fork_in_child", "track"]
+__all__ = ["after_fork_in_child", "keep_unclosed", "track", "untrack"]
 
 _T = TypeVar("_T")
 _callbacks: list[Callable[[], None]] = []
 _owners: weakref.WeakKeyDictionary[Any, list[Callable[[Any], None]]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+_unclosed: list[object] = []
+
+
+def keep_unclosed(*objects: object) -> None:
+    """In a forked child: keep the parent's connections and files referenced, never closed.
+
+    Closing them here could disturb the parent (a SQLite connection closed in the
+    child may checkpoint or delete the WAL the parent still uses).
+    """
+    _unclosed.extend(o for o in objects if o is not None)
 
 
 def after_fork_in_child(callback: Callable[[], None]) -> None:
@@ -32,6 +42,12 @@ def track(owner: _T, reset: Callable[[_T], None]) -> None:
     """Run ``reset(owner)`` in the child after every fork, for as long as ``owner`` lives."""
     with _lock:
         _owners.setdefault(owner, []).append(reset)
+
+
+def untrack(owner: object) -> None:
+    """Stop resetting ``owner`` after forks (it was closed: its descriptors are gone)."""
+    with _lock:
+        _owners.pop(owner, None)
 
 
 def _run_in_child() -> None:

@@ -10,11 +10,11 @@ under a lock.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from sluice import _fork
 from sluice.limits.model import WAIT_BUCKETS, wait_bucket
 
 __all__ = [
@@ -115,5 +115,4 @@ def _reset_after_fork() -> None:
     _tallies.clear()  # a child counts its own acquisitions only
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+_fork.after_fork_in_child(_reset_after_fork)

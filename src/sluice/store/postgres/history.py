@@ -10,7 +10,6 @@ a state is inserted once (``ON CONFLICT DO NOTHING``). Retention is bounded by
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 
 import psycopg
 
+from sluice import _fork
 from sluice.errors import RunNotFound, StoreError
 from sluice.store.history import (
     FlowRunDetail,
@@ -107,14 +107,18 @@ class PostgresHistory:
         self._q = config.quoted_schema
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
-        self._pid = os.getpid()
         self._closed = False
+        _fork.track(self, PostgresHistory._after_fork)
 
     # ------------------------------------------------------------- plumbing
 
+    def _after_fork(self) -> None:
+        # A forked child opens its own connection; the parent's stays unclosed.
+        _fork.keep_unclosed(self._conn)
+        self._lock = threading.Lock()
+        self._conn = None
+
     def _connection(self) -> psycopg.Connection[Any]:
-        if self._pid != os.getpid():  # a forked child opens its own connection
-            self._pid, self._conn = os.getpid(), None
         if self._closed:
             raise StoreError(f"run history on {self.url} is closed")
         if self._conn is not None and self._conn.closed:
@@ -235,7 +239,7 @@ class PostgresHistory:
         """Close the connection; idempotent."""
         with self._lock:
             self._closed = True
-            if self._conn is not None and self._pid == os.getpid():
+            if self._conn is not None:
                 self._conn.close()
             self._conn = None
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import select
 import threading
 import time
@@ -41,6 +40,7 @@ except ImportError as exc:  # pragma: no cover - depends on the optional driver
         "the postgresql:// store needs psycopg 3.1 or newer: pip install 'sluice[postgres]'"
     ) from exc
 
+from sluice import _fork
 from sluice.errors import SluiceError, StoreError
 from sluice.limits.model import Limit, LimitChanges, LimitStatus
 from sluice.store.base import AcquireRequest, Granted, Queued, Renewal, StoreDiagnosis, WakeHandler
@@ -70,7 +70,6 @@ of a bug, cheaply for idle waiters.
 """
 
 _RETRIES = 20
-_leftovers: list[object] = []  # a forked child's inherited connections: never closed there
 
 
 def _readable(fd: int) -> bool:
@@ -155,7 +154,7 @@ class _Pool:
 
     def abandon(self) -> None:
         """In a forked child: keep the parent's connections referenced, never used or closed."""
-        _leftovers.extend(self._idle)
+        _fork.keep_unclosed(*self._idle)
         self._idle = []
 
 
@@ -171,24 +170,23 @@ class PostgresStore:
         self._handler: WakeHandler | None = None
         self._async: AsyncPostgresStore | None = None
         self._start()
+        _fork.track(self, PostgresStore._after_fork)
 
     def _start(self) -> None:
         # Also run in a forked child: a new identity, pool and listener.
-        self._pid = os.getpid()
         self._engine = Engine(self._config)
         self._pool = _Pool(self._connect, self._config.pool_size)
         self._lock = threading.Lock()
         self._schema_ready = False
         self._listener: Listener | None = None
 
-    def _check_fork(self) -> None:
-        if self._pid != os.getpid():
-            self._pool.abandon()
-            if self._listener is not None:
-                self._listener.abandon_after_fork()
-            if self._async is not None:
-                self._async._abandon()
-            self._start()
+    def _after_fork(self) -> None:
+        self._pool.abandon()
+        if self._listener is not None:
+            self._listener.abandon_after_fork()
+        if self._async is not None:
+            self._async._abandon()
+        self._start()
 
     # ------------------------------------------------------------- connections
 
@@ -226,7 +224,6 @@ class PostgresStore:
         """Run a plan, each call one transaction; retry it whole after a deadlock."""
         if self._closed:
             raise StoreError(f"store {self.url} is closed")
-        self._check_fork()
         if not self._schema_ready:
             self.ensure_schema()
         for attempt in range(_RETRIES):
@@ -359,7 +356,6 @@ class PostgresStore:
         return self._engine.take_handed(request, store_now)
 
     def acquire(self, request: AcquireRequest) -> Granted | Queued:
-        self._check_fork()
         handed = self._take_handed(request)
         if handed is not None:
             return handed
@@ -378,7 +374,6 @@ class PostgresStore:
 
     def diagnose(self) -> StoreDiagnosis:
         """Read-only facts for ``sluice doctor``; never creates or migrates the schema."""
-        self._check_fork()
         try:
             with self._pool.connection() as conn:
                 return run_plan(
@@ -415,15 +410,14 @@ class PostgresStore:
         """Give back this process's leases and queue places, then close every connection."""
         if self._closed:
             return
-        if self._pid == os.getpid():
-            if self._schema_ready:
-                with contextlib.suppress(StoreError):
-                    self._drive(self._engine.forget_process)
-            if self._listener is not None:
-                self._listener.stop()
-            if self._async is not None:
-                self._async._close()
-            self._pool.close()
+        if self._schema_ready:
+            with contextlib.suppress(StoreError):
+                self._drive(self._engine.forget_process)
+        if self._listener is not None:
+            self._listener.stop()
+        if self._async is not None:
+            self._async._close()
+        self._pool.close()
         self._closed = True
 
 
@@ -477,7 +471,7 @@ class _AsyncPool:
         self._idle = []
 
     def abandon(self) -> None:
-        _leftovers.extend(self._all)
+        _fork.keep_unclosed(*self._all)
         self._all = set()
         self._idle = []
 
@@ -521,7 +515,6 @@ class AsyncPostgresStore:
         store = self.sync
         if store.closed:
             raise StoreError(f"store {self.url} is closed")
-        store._check_fork()
         if not store._schema_ready:
             await asyncio.to_thread(store.ensure_schema)
         pool = self._pool()
@@ -580,7 +573,6 @@ class AsyncPostgresStore:
         return await self._drive(lambda: self.sync._engine.inspect_limit(name))
 
     async def acquire(self, request: AcquireRequest) -> Granted | Queued:
-        self.sync._check_fork()
         handed = self.sync._take_handed(request)
         if handed is not None:
             return handed

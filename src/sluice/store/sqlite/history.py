@@ -10,8 +10,6 @@ instead of making them sleep in SQLite's busy handler. Reads never wait (WAL).
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import sqlite3
 import threading
 import time
@@ -20,6 +18,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from sluice import _fork
 from sluice.errors import ConfigError, RunNotFound, StoreError
 from sluice.store.history import (
     FlowRunDetail,
@@ -39,6 +38,7 @@ from sluice.store.history_rows import (
     rows_of,
     task_record,
 )
+from sluice.store.sqlite.ipc import FileLock, write_lock_path
 
 __all__ = ["SQLiteHistory", "from_url"]
 
@@ -89,24 +89,6 @@ CREATE INDEX IF NOT EXISTS sluice_history_states_flow
 """
 
 
-class _FileLock:
-    """An exclusive flock on the database's writer lock file."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-
-    def __enter__(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
-
-
 class SQLiteHistory:
     """Flow runs, task runs and states in ``sluice_history_*`` tables of a SQLite file."""
 
@@ -115,9 +97,9 @@ class SQLiteHistory:
         self.path = path
         self._mutex = threading.Lock()
         self._conn: sqlite3.Connection | None = None
-        self._file_lock: _FileLock | None = None
-        self._pid = os.getpid()
+        self._file_lock: FileLock | None = None
         self._closed = False
+        _fork.track(self, SQLiteHistory._after_fork)
 
     # ------------------------------------------------------------- plumbing
 
@@ -132,12 +114,16 @@ class SQLiteHistory:
 
     def _write_lock(self) -> AbstractContextManager[object]:
         if self._file_lock is None:
-            self._file_lock = _FileLock(Path(self.path + ".sluice") / "write.lock")
+            self._file_lock = FileLock(write_lock_path(self.path))
         return self._file_lock
 
+    def _after_fork(self) -> None:
+        # A forked child opens its own connection; the parent's stays unclosed.
+        _fork.keep_unclosed(self._conn, self._file_lock)
+        self._mutex = threading.Lock()
+        self._conn, self._file_lock = None, None
+
     def _connection(self) -> sqlite3.Connection:
-        if self._pid != os.getpid():  # a forked child opens its own connection
-            self._pid, self._conn, self._file_lock = os.getpid(), None, None
         if self._closed:
             raise StoreError(f"run history on {self.url} is closed")
         if self._conn is None:
@@ -275,7 +261,7 @@ class SQLiteHistory:
         """Close the connection and the lock file."""
         with self._mutex:
             self._closed = True
-            if self._conn is not None and self._pid == os.getpid():
+            if self._conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.close()
             self._conn = None

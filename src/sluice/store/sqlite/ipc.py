@@ -30,13 +30,21 @@ import sys
 import tempfile
 import threading
 import uuid
-import weakref
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SAFETY_INTERVAL", "ProcessInfo", "ProcessLink", "prepare_files"]
+from sluice import _fork
+
+__all__ = [
+    "SAFETY_INTERVAL",
+    "FileLock",
+    "ProcessInfo",
+    "ProcessLink",
+    "prepare_files",
+    "write_lock_path",
+]
 
 log = logging.getLogger("sluice")
 _HAS_PIDFD = hasattr(os, "pidfd_open") and sys.platform.startswith("linux")
@@ -46,8 +54,6 @@ _PAYLOAD = 8192  # bytes per wake-up datagram
 # are watched, so the safety re-check is rare; without pidfd it is how a waiter
 # notices a crashed holder, so it runs every second.
 SAFETY_INTERVAL = 30.0 if _HAS_PIDFD else 1.0
-
-_links: weakref.WeakSet[ProcessLink] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,11 @@ class ProcessInfo:
 def side_dir(db_path: str) -> Path:
     """The directory of lock files that sits beside a database file."""
     return Path(db_path + ".sluice")
+
+
+def write_lock_path(db_path: str) -> Path:
+    """The database-wide writer lock file, taken around every write transaction."""
+    return side_dir(db_path) / "write.lock"
 
 
 def prepare_files(db_path: str) -> None:
@@ -82,19 +93,29 @@ def _bindable(stored: str) -> str:
     return "\0" + stored[1:] if stored.startswith("@") else stored
 
 
-class _FileLock:
-    """An exclusive flock on an open file, as a context manager."""
+class FileLock:
+    """An exclusive flock on a lock file of its own descriptor, as a context manager.
 
-    __slots__ = ("_fd",)
+    Two FileLocks on one file exclude each other even in one process (flock locks
+    belong to the open file, not the process).
+    """
 
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
+    __slots__ = ("fd",)
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
     def __enter__(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close the descriptor (releasing the lock if held)."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
 
 
 class ProcessLink:
@@ -103,8 +124,7 @@ class ProcessLink:
     def __init__(self, db_path: str, on_wake: Callable[[Collection[str]], None]) -> None:
         self._dir = side_dir(db_path)
         self._on_wake = on_wake
-        self._write_fd = os.open(self._dir / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        self._write_lock = _FileLock(self._write_fd)
+        self._write_lock = FileLock(write_lock_path(db_path))
         self._lock = threading.Lock()
         self._info: ProcessInfo | None = None
         self._stored: str | None = None  # the wake-up address as recorded
@@ -119,11 +139,11 @@ class ProcessLink:
         self._watchers: dict[int, set[str]] = defaultdict(set)  # pid -> tickets to wake
         self._watching: dict[str, set[int]] = {}  # ticket -> pids it watches
         self._closing = False
-        _links.add(self)
+        _fork.track(self, ProcessLink._drop_after_fork)
 
     # ------------------------------------------------------------- write lock
 
-    def write_lock(self) -> _FileLock:
+    def write_lock(self) -> FileLock:
         """The database-wide writer lock (waiters block in the kernel; no polling)."""
         return self._write_lock
 
@@ -300,16 +320,16 @@ class ProcessLink:
                 os.unlink(self._dir / "procs" / f"{self._info.id}.lock")
             os.close(self._lock_fd)
             self._lock_fd = None
-        for fd in (self._write_fd, self._ctl_r, self._ctl_w):
+        for fd in (self._write_lock.fd, self._ctl_r, self._ctl_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._sender.close()
-        _links.discard(self)
+        _fork.untrack(self)
 
     def _drop_after_fork(self) -> None:
         # In a forked child: close the inherited descriptors WITHOUT unlocking, so
         # the parent keeps its locks and the child does not keep the parent "alive".
-        for fd in (self._lock_fd, self._write_fd, self._ctl_r, self._ctl_w):
+        for fd in (self._lock_fd, self._write_lock.fd, self._ctl_r, self._ctl_w):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -332,13 +352,3 @@ def _payloads(ticket_ids: list[str]) -> Iterator[bytes]:
         size += len(ticket_id) + 1
     if chunk:
         yield ",".join(chunk).encode("ascii")
-
-
-def _after_fork_in_child() -> None:
-    for link in list(_links):
-        link._drop_after_fork()
-    _links.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

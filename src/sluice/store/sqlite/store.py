@@ -19,7 +19,6 @@ cross-process machinery (process liveness, wake-up sockets, exit watches) in
 
 from __future__ import annotations
 
-import os
 import socket
 import sqlite3
 import threading
@@ -28,6 +27,7 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+from sluice import _fork
 from sluice.errors import (
     LimitBusy,
     LimitExists,
@@ -45,8 +45,6 @@ from sluice.store.sqlite.schema import SCHEMA_VERSION, create_schema, diagnose_f
 from sluice.store.sqlite.tx import LIMIT_COLUMNS, Claim, LimitRow, Tx, chunks, marks
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "from_url"]
-
-_forked_leftovers: list[object] = []
 
 
 class _PendingRelease:
@@ -79,9 +77,9 @@ class SQLiteStore(SQLiteEngine):
         self._handler: WakeHandler | None = None
         self._closed = False
         self._process: ProcessInfo | None = None
-        self._pid = os.getpid()
         self._host = socket.gethostname()
         self._addresses: dict[str, str] = {}  # process id -> wake-up socket address
+        _fork.track(self, SQLiteStore._after_fork)
 
     # ------------------------------------------------------------- hooks
     # Overridden by the memory store; the SQLite versions work across processes.
@@ -105,8 +103,6 @@ class SQLiteStore(SQLiteEngine):
     def _reader(self) -> tuple[threading.Lock, sqlite3.Connection]:
         """A second connection, for reads that must not queue behind this process's writer
         (WAL readers never wait for writers)."""
-        if self._pid != os.getpid():
-            self._after_fork()
         if self._read_conn is None:
             with self._mutex:
                 self._connection()  # the file and schema exist first
@@ -175,7 +171,7 @@ class SQLiteStore(SQLiteEngine):
         # A forked child shares nothing with its parent's connection or identity. The
         # inherited connection is kept, unused and unclosed: closing it could disturb
         # the parent's SQLite locks.
-        _forked_leftovers.extend((self._conn, self._read_conn))
+        _fork.keep_unclosed(self._conn, self._read_conn)
         self._mutex = threading.Lock()
         self._read_mutex = threading.Lock()
         self._register_lock = threading.Lock()
@@ -185,11 +181,8 @@ class SQLiteStore(SQLiteEngine):
         self._conn = None
         self._read_conn = None
         self._process = None
-        self._pid = os.getpid()
 
     def _connection(self) -> sqlite3.Connection:
-        if self._pid != os.getpid():
-            self._after_fork()
         if self._closed:
             raise StoreError(f"store {self.url} is closed")
         if self._conn is None:
@@ -215,8 +208,6 @@ class SQLiteStore(SQLiteEngine):
     def _tx(self) -> Iterator[Tx]:
         targets: list[tuple[str, list[str]]] = []
         local: list[str] = []
-        if self._pid != os.getpid():
-            self._after_fork()  # before the mutex: a forked copy of it may be held
         try:
             with self._mutex:
                 conn = self._connection()
@@ -246,9 +237,7 @@ class SQLiteStore(SQLiteEngine):
 
     def _me(self) -> ProcessInfo:
         """This process's identity, registered in its own transaction on first use."""
-        if self._process is None or self._pid != os.getpid():
-            if self._pid != os.getpid():
-                self._after_fork()
+        if self._process is None:
             with self._register_lock:
                 if self._process is None:
                     with self._tx() as tx:
@@ -578,7 +567,7 @@ class SQLiteStore(SQLiteEngine):
         """Withdraw this process's leases and tickets, then close the connection."""
         if self._closed:
             return
-        if self._pid == os.getpid() and self._conn is not None:
+        if self._conn is not None:
             if self._process is not None:
                 try:
                     with self._tx() as tx:
