@@ -18,13 +18,11 @@ from sluice.errors import InvalidRequest, LimitNotFound
 from sluice.limits import gcra
 from sluice.limits.model import (
     DEFAULT_LEASE_TTL,
-    WAIT_BUCKETS,
     Kind,
-    LimitTotals,
-    wait_bucket,
 )
 from sluice.store.base import AcquireRequest, Granted, Queued
 from sluice.store.sqlite.ipc import ProcessInfo
+from sluice.store.sqlite.totals import count_reclaimed, count_wait
 from sluice.store.sqlite.tx import (
     HAS_RETURNING,
     LIMIT_COLUMNS,
@@ -184,7 +182,7 @@ class SQLiteEngine:
                     (claim.occupy, row.id),
                 )
             if queued_since is not None:
-                self._count_wait(tx, row.id, max(tx.now - queued_since, 0.0))
+                count_wait(tx, row.id, max(tx.now - queued_since, 0.0))
         names = tuple(r.name for r in active)
         if claim.kind is Kind.RATE and not record_rate:
             return Granted(None, names, tx.now, None, None, missing)
@@ -219,35 +217,6 @@ class SQLiteEngine:
         if claim.kind is Kind.RATE:
             return Granted(None, names, tx.now, None, None, missing)
         return Granted(claim.id, names, tx.now, expires, ttl, missing)
-
-    def _count_wait(self, tx: Tx, limit_id: int, waited: float) -> None:
-        """Add a queued grant's wait to the limit's histogram of queued waits."""
-        row = tx.one("SELECT queued_waits FROM sluice_limits WHERE id = ?", (limit_id,))
-        waits = [int(n) for n in str(row[0] if row else "").split(",") if n]
-        waits += [0] * (len(WAIT_BUCKETS) + 1 - len(waits))
-        waits[wait_bucket(waited)] += 1
-        tx.run(
-            "UPDATE sluice_limits SET queued_waits = ?, wait_seconds = wait_seconds + ?"
-            " WHERE id = ?",
-            (",".join(map(str, waits)), waited, limit_id),
-        )
-
-    def _totals(self, tx: Tx, limit_id: int) -> LimitTotals:
-        """The limit's totals as its row keeps them."""
-        row = tx.one(
-            "SELECT grants, granted_units, timeouts, reclaimed, queued_waits, wait_seconds"
-            " FROM sluice_limits WHERE id = ?",
-            (limit_id,),
-        )
-        if row is None:
-            return LimitTotals()
-        waits = [int(n) for n in str(row[4]).split(",") if n]
-        return LimitTotals.from_store(row[0], row[1], row[2], row[3], waits, row[5])
-
-    def _count_reclaimed(self, tx: Tx, limit_ids: Iterable[int]) -> None:
-        """Count one expired (or dead process's) lease reclaimed on each of these limits."""
-        for limit_id in limit_ids:
-            tx.run("UPDATE sluice_limits SET reclaimed = reclaimed + 1 WHERE id = ?", (limit_id,))
 
     def _queue(
         self,
@@ -374,7 +343,7 @@ class SQLiteEngine:
         self._delete_holdings(tx, lease_id, row[1])
         if float(row[0]) > tx.now:
             return True
-        self._count_reclaimed(tx, id_list(row[1]))  # released too late: it had expired
+        count_reclaimed(tx, id_list(row[1]))  # released too late: it had expired
         return False
 
     def _lease_ids_on(self, tx: Tx, limit_id: int) -> list[str]:
@@ -397,7 +366,7 @@ class SQLiteEngine:
             ):
                 self._delete_lease(tx, lease_id, limit_ids)
                 if expired:
-                    self._count_reclaimed(tx, id_list(limit_ids))
+                    count_reclaimed(tx, id_list(limit_ids))
 
     def _delete_lease(self, tx: Tx, lease_id: str, limit_ids: str) -> None:
         self._delete_holdings(tx, lease_id, limit_ids)

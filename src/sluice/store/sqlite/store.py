@@ -42,6 +42,7 @@ from sluice.store.sqlite import ipc as sqlite_ipc
 from sluice.store.sqlite.engine import SQLiteEngine
 from sluice.store.sqlite.ipc import ProcessInfo
 from sluice.store.sqlite.schema import SCHEMA_VERSION, create_schema, diagnose_file
+from sluice.store.sqlite.totals import read_totals
 from sluice.store.sqlite.tx import LIMIT_COLUMNS, Claim, LimitRow, Tx, chunks, marks
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "from_url"]
@@ -403,7 +404,7 @@ class SQLiteStore(SQLiteEngine):
                 waiters=waiters,
                 next_token_in=token_in,
                 taken_at=utc(tx.now),
-                totals=self._totals(tx, row.id),
+                totals=read_totals(tx, row.id),
             )
 
     # ------------------------------------------------------------- acquire
