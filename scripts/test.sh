@@ -15,6 +15,10 @@ echo "==> ruff check src tests benchmarks examples scripts"
 echo "==> the sync front door is generated from the async one and current"
 .venv/bin/python scripts/unasync.py --check
 
+echo "==> the tree's shape: import layers, no cycles (lint-imports), modules <= 600 lines"
+.venv/bin/lint-imports --no-cache
+.venv/bin/python scripts/check_layout.py
+
 echo "==> mypy (strict, configured in pyproject.toml)"
 .venv/bin/python -m mypy
 
