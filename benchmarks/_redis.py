@@ -89,7 +89,7 @@ def publish_receive_latencies(count: int) -> list[float]:
     ready = threading.Event()
     got = threading.Event()
     with _client() as publisher, _client() as subscriber_client:
-        pubsub = subscriber_client.pubsub()  # type: ignore[no-untyped-call]
+        pubsub = subscriber_client.pubsub()
         pubsub.subscribe(channel)
 
         def listen() -> None:

@@ -30,7 +30,7 @@ WARMUP_SECONDS = 0.5
 MEASURE_SECONDS = 3.0
 
 
-def per_second(step: Callable[[], None]) -> float:
+def per_second(step: Callable[[], object]) -> float:
     """Run ``step`` for WARMUP_SECONDS, then count how many complete per second."""
     end = time.perf_counter() + WARMUP_SECONDS
     while time.perf_counter() < end:

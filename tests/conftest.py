@@ -143,6 +143,9 @@ def _selected(entries: list[StoreEntry]) -> list[StoreEntry]:
 
 _ALL = _selected(STORES)
 _CROSS_PROCESS = [entry for entry in _ALL if entry.cross_process]
+_CROSS_PROCESS_PARAMS: list[object] = [*_CROSS_PROCESS] or [
+    pytest.param(None, marks=pytest.mark.skip("no cross-process store"))
+]
 
 
 @pytest.fixture(params=_ALL, ids=[entry.id for entry in _ALL])
@@ -160,7 +163,7 @@ def store_url(store_entry: StoreEntry, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture(
-    params=_CROSS_PROCESS or [pytest.param(None, marks=pytest.mark.skip("no cross-process store"))],
+    params=_CROSS_PROCESS_PARAMS,
     ids=[entry.id for entry in _CROSS_PROCESS] or ["none"],
 )
 def cross_process_entry(request: pytest.FixtureRequest) -> StoreEntry:

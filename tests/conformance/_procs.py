@@ -23,12 +23,14 @@ def child(target: Callable[..., None], *args: Any) -> Iterator[Any]:
     """Run ``target(*args)`` in a spawned process; kill it on the way out if still alive."""
     proc = SPAWN.Process(target=target, args=args, daemon=True)
     proc.start()
+    pid = proc.pid
+    assert pid is not None  # a started process has one
     try:
         yield proc
     finally:
         if proc.is_alive():
             with suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGCONT)
             proc.kill()
         proc.join(10)
 

@@ -125,7 +125,7 @@ def test_async_rate_limit_waits_exactly(store_url: str) -> None:
     async def body(limits: aio.Limits) -> None:
         await limits.create("api", rate=5.0, burst=1)
         before = time.monotonic()
-        assert await limits.rate_limit("api") is None
+        await limits.rate_limit("api")
         after_first = time.monotonic()
         await limits.rate_limit("api", timeout=5)
         after = time.monotonic()

@@ -54,7 +54,8 @@ def test_processes_and_threads_never_exceed_slots(
     ]
     for proc in procs:
         proc.start()
-    reports = []
+    # (process index, rounds done, (limit, units, t_in, t_out) records, errors): see hammer
+    reports: list[tuple[int, int, list[tuple[str, int, float, float]], list[str]]] = []
     try:
         deadline = time.monotonic() + 100
         while len(reports) < PROCESSES:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -122,7 +123,7 @@ def test_a_keyboard_interrupt_cancels_pending_tasks_and_releases_every_lease(
     assert status.in_use == 0 and status.waiters == []
 
 
-def test_history_shares_the_sqlite_file_with_the_limits(sqlite_url: str, tmp_path) -> None:
+def test_history_shares_the_sqlite_file_with_the_limits(sqlite_url: str, tmp_path: Path) -> None:
     import sqlite3
 
     with Limits(sqlite_url) as limits:

@@ -29,7 +29,7 @@ def test_a_dead_worker_is_crashed_its_lease_released_and_others_carry_on(
         limits.create("shared", slots=1)
 
     @flow(task_runner=ProcessPoolTaskRunner(max_workers=2))
-    def f() -> tuple[str, str, str, object, list[int]]:
+    def f() -> tuple[str, str, str, tuple[BaseException | None, ...], list[int]]:
         crashed = _procs.die.submit()
         failed = _procs.fail_in_child.submit()
         timed_out = _procs.sleep_long.submit()
@@ -45,7 +45,7 @@ def test_a_dead_worker_is_crashed_its_lease_released_and_others_carry_on(
 
     crashed, failed, timed_out, errors, after = f()
     assert (crashed, failed, timed_out) == ("Crashed", "Failed", "TimedOut")
-    crash_exc, fail_exc, timeout_exc = errors  # type: ignore[misc]
+    crash_exc, fail_exc, timeout_exc = errors
     assert isinstance(crash_exc, SluiceError) and "exit code 17" in str(crash_exc)
     assert isinstance(fail_exc, ValueError) and str(fail_exc) == "from the child"
     assert isinstance(timeout_exc, TaskTimeoutError)

@@ -11,7 +11,9 @@ from sluice.store import open_history
 from sluice.store.history import FlowRunRecord, HistoryStore, StateRecord, TaskRunRecord
 
 
-def _flow(run_id: str, created: float, *, ended: float | None = 1.0, state: str = "Completed"):
+def _flow(
+    run_id: str, created: float, *, ended: float | None = 1.0, state: str = "Completed"
+) -> FlowRunRecord:
     return FlowRunRecord(
         id=run_id,
         flow="f",

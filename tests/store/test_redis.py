@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -34,6 +35,9 @@ from sluice.errors import (
     StoreUnavailable,
 )
 from sluice.store import acquire_store, release_store
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 redis = pytest.importorskip("redis", reason="the Redis store needs: pip install 'sluice[redis]'")
 
@@ -56,7 +60,7 @@ def _url(prefix: str, host: str = REDIS_HOST, port: int = REDIS_PORT) -> str:
     return f"redis://{host}:{port}/0?prefix={prefix}"
 
 
-def _our_clients(client: redis.Redis, process_id: str) -> list[dict[str, object]]:
+def _our_clients(client: Redis, process_id: str) -> list[dict[str, str]]:
     return [c for c in client.client_list() if c.get("name") == f"sluice:{process_id}"]
 
 
@@ -568,7 +572,7 @@ def test_a_forked_child_gets_its_own_identity(prefix: str) -> None:
                 child.release()
             finally:
                 os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        _, wait_status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(wait_status) == 0
         assert [h.lease_id for h in limits.inspect("db").holders] == [parent.id]
         parent.release()

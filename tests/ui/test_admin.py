@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 from starlette.testclient import TestClient
 
@@ -9,6 +11,9 @@ from sluice import Limits
 from sluice.report.sampler import Sampler
 from sluice.ui.app import Dashboard, create_app
 from sluice.ui.views import RunIndex
+
+if TYPE_CHECKING:
+    from httpx2 import Response  # what the test client returns (starlette >= 1.0)
 
 ACTIONS = [
     ("enable", {}),
@@ -70,9 +75,11 @@ def test_with_the_token_enable_disable_update_and_reset_work(
     client: TestClient, limits: Limits, admin_headers: dict[str, str]
 ) -> None:
     limits.create("db", slots=2)
-    post = lambda action, **body: client.post(  # noqa: E731
-        f"/api/admin/{action}", json={"limit": "db", **body}, headers=admin_headers
-    )
+
+    def post(action: str, **body: object) -> Response:
+        return client.post(
+            f"/api/admin/{action}", json={"limit": "db", **body}, headers=admin_headers
+        )
 
     response = post("disable")
     assert response.status_code == 200 and response.json()["ok"] is True

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from sluice import Limits
 from sluice.cli import cli
+from sluice.cli.ui import UIPlan
 
 # The package's `ui` and `metrics` attributes are the commands; these are their modules.
 cli_ui = importlib.import_module("sluice.cli.ui")
@@ -27,11 +28,11 @@ SLUICE = Path(sys.executable).with_name("sluice")
 
 
 @pytest.fixture
-def served(monkeypatch: pytest.MonkeyPatch) -> list[cli_ui.UIPlan]:
+def served(monkeypatch: pytest.MonkeyPatch) -> list[UIPlan]:
     """Plans that `sluice ui` would have served (it returns at once instead)."""
-    plans: list[cli_ui.UIPlan] = []
+    plans: list[UIPlan] = []
 
-    def fake_serve(plan: cli_ui.UIPlan) -> None:
+    def fake_serve(plan: UIPlan) -> None:
         plans.append(plan)
         plan.sock.close()
 
@@ -51,7 +52,7 @@ def test_ui_help_names_every_option() -> None:
 
 
 def test_ui_prints_a_one_time_url_with_a_token_and_binds_loopback(
-    served: list[cli_ui.UIPlan], store_url: str
+    served: list[UIPlan], store_url: str
 ) -> None:
     result = invoke("ui", "--port", "0", "--url", store_url)
     assert result.exit_code == 0, result.output
@@ -64,30 +65,26 @@ def test_ui_prints_a_one_time_url_with_a_token_and_binds_loopback(
     assert "warning" not in result.output
 
 
-def test_ui_tokens_differ_between_runs(served: list[cli_ui.UIPlan], store_url: str) -> None:
+def test_ui_tokens_differ_between_runs(served: list[UIPlan], store_url: str) -> None:
     invoke("ui", "--port", "0", "--url", store_url)
     invoke("ui", "--port", "0", "--url", store_url)
     assert served[0].token != served[1].token
 
 
-def test_ui_warns_when_listening_beyond_this_machine(
-    served: list[cli_ui.UIPlan], store_url: str
-) -> None:
+def test_ui_warns_when_listening_beyond_this_machine(served: list[UIPlan], store_url: str) -> None:
     result = CliRunner().invoke(cli, ["ui", "--host", "0.0.0.0", "--port", "0", "--url", store_url])
     assert result.exit_code == 0
     assert "warning: the dashboard listens on 0.0.0.0" in result.stderr
     assert "--host 127.0.0.1" in result.stderr
 
 
-def test_ui_read_only_prints_no_token(served: list[cli_ui.UIPlan], store_url: str) -> None:
+def test_ui_read_only_prints_no_token(served: list[UIPlan], store_url: str) -> None:
     result = invoke("ui", "--read-only", "--port", "0", "--url", store_url)
     assert served[0].token is None
     assert "token=" not in result.output and "read-only" in result.output
 
 
-def test_ui_masks_the_store_password(
-    served: list[cli_ui.UIPlan], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_ui_masks_the_store_password(served: list[UIPlan], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli_ui, "plan_ui", lambda *a: (_ for _ in ()).throw(RuntimeError(a[0])))
     result = CliRunner().invoke(cli, ["ui", "--url", "redis://user:s3cret@localhost:1/0"])
     assert result.exit_code == 1

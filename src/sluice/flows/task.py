@@ -7,7 +7,7 @@ import functools
 import importlib
 import inspect
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from sluice.errors import InvalidRequest
@@ -22,6 +22,7 @@ __all__ = ["Task", "task", "unmapped"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 def check_name(name: object, fn: Callable[..., Any], what: str) -> str:
@@ -187,7 +188,14 @@ class Task(Generic[P, R]):
         result: R = await future
         return result
 
-    def submit(self, *args: P.args, **kwargs: P.kwargs) -> SluiceFuture[R]:
+    # An ``async def`` task's runs are awaited: its futures hold what the coroutine returns.
+    @overload
+    def submit(
+        self: Task[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> SluiceFuture[T]: ...
+    @overload
+    def submit(self: Task[P, T], *args: P.args, **kwargs: P.kwargs) -> SluiceFuture[T]: ...
+    def submit(self, *args: Any, **kwargs: Any) -> SluiceFuture[Any]:
         """Start a task run on the flow's task runner; return its future at once.
 
         Futures among the arguments are waited on and replaced by their results.
@@ -198,11 +206,17 @@ class Task(Generic[P, R]):
                 f"{self.name}.submit() needs a running flow (call it inside an @flow "
                 f"function), or call {self.name}(...) directly"
             )
-        future: SluiceFuture[R]
+        future: SluiceFuture[Any]
         future, _ = admit(self, self._new_run(flow_run), args, kwargs)
         return future
 
-    def map(self, *args: Any, **kwargs: Any) -> list[SluiceFuture[R]]:
+    @overload
+    def map(
+        self: Task[P, Coroutine[Any, Any, T]], *args: Any, **kwargs: Any
+    ) -> list[SluiceFuture[T]]: ...
+    @overload
+    def map(self: Task[P, T], *args: Any, **kwargs: Any) -> list[SluiceFuture[T]]: ...
+    def map(self, *args: Any, **kwargs: Any) -> list[SluiceFuture[Any]]:
         """Submit one run per item: list/tuple/range/iterator arguments are mapped in step
         (equal lengths); others, and values wrapped in ``unmapped()``, go to every run."""
         mapped: dict[int | str, list[Any]] = {}
