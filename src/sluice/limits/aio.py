@@ -16,7 +16,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from sluice.errors import InvalidRequest, LeaseLost
-from sluice.limits.attempt import limit_spec, new_request
+from sluice.limits.attempt import limit_spec, new_request, warn_missing
 from sluice.limits.lease import LeaseState, LeaseView
 from sluice.limits.model import (
     DEFAULT_LEASE_TTL,
@@ -34,7 +34,6 @@ from sluice.limits.model import (
 )
 from sluice.limits.session import Session, session_for
 from sluice.limits.waiting import (
-    aclose_async_store,  # unasync: remove
     async_store_for,  # unasync: remove
     close_store_async,
     default_holder_async,
@@ -278,11 +277,9 @@ class Limits:
     ) -> LeaseState | None:
         label = default_holder_async() if holder is None else holder
         request = new_request(names, occupy, kind, label, self._policy(missing))
-        grant, state, attempt = await wait_for_grant_async(
-            self._astore, self._session, request, timeout, on_wait
-        )
-        attempt.warn_missing(grant.missing, stacklevel + 1)
-        return state
+        waiter = await wait_for_grant_async(self._astore, self._session, request, timeout, on_wait)
+        warn_missing(request, waiter.missing, stacklevel + 1)
+        return waiter.state
 
     # ------------------------------------------------------------- lifecycle
 
@@ -290,7 +287,6 @@ class Limits:
         """Stop using the store; the last Limits on a URL closes its connection."""
         if not self._closed:
             self._closed = True
-            await aclose_async_store(self._astore)  # unasync: remove
             await close_store_async(self._store, self._session)
 
     async def __aenter__(self) -> Limits:

@@ -322,7 +322,13 @@ class Holder:
 
 @dataclass(frozen=True)
 class Waiter:
-    """A request queued for a limit, with its 1-based position in that limit's queue."""
+    """A waiting ticket of a limit: ``count`` requests of one process, in line together.
+
+    A process puts identical requests (same limits, occupy and holder) that wait at
+    the same time on one ticket, so ten thousand task runs cost the store what one
+    does; ``position`` is the 1-based place of its first request in the limit's
+    queue, counting every request ahead.
+    """
 
     ticket_id: str
     occupy: int
@@ -331,6 +337,8 @@ class Waiter:
     pid: int
     since: datetime
     position: int
+    count: int = 1
+    """How many requests the ticket stands for (each wants ``occupy`` units)."""
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,9 @@
 """Per process and store: where wake-ups go, and the one thread that renews every lease.
 
-A store answers each acquire attempt at once: granted, or queued with a hint
-of when to look again. A :class:`Session` (one per store in a process) holds
-the table of local waiters the store's wake-ups are routed to, and the one
-:class:`Keeper` thread that renews every lease and ticket of the process in
-one store call.
+A :class:`Session` (one per store in a process) holds the process's line of
+waiters (which batches every acquire and release into few store steps), and the
+one :class:`Keeper` thread that renews every lease and ticket of the process in
+one store call. The store's wake-ups go to the line.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from sluice import _fork
 from sluice.errors import StoreError
 from sluice.limits import counters
 from sluice.limits.lease import LeaseState
+from sluice.limits.line import Line
 from sluice.store.base import Store
 
 __all__ = ["Keeper", "Session", "session_for"]
@@ -128,7 +128,8 @@ class Keeper:
 
 
 class Session:
-    """Per process and store: routes wake-ups to local waiters, and owns the keeper."""
+    """Per process and store: the line of waiters (:class:`~sluice.limits.line.Line`),
+    the keeper that renews their leases and tickets, and where wake-ups go."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -137,28 +138,23 @@ class Session:
 
     def _start(self) -> None:
         # Also run in a forked child: no thread, waiter or lock state survives fork.
-        self._waiters: dict[str, Callable[[], None]] = {}
         self._lock = threading.Lock()
         self.keeper = Keeper(self.store, self.wake)
+        self.line = Line(
+            self.store,
+            self.keeper.track_lease,
+            self.keeper.track_ticket,
+            self.keeper.untrack_ticket,
+        )
         self._executor: ThreadPoolExecutor | None = None
 
-    def register(self, request_id: str, waker: Callable[[], None]) -> None:
-        with self._lock:
-            self._waiters[request_id] = waker
-
-    def unregister(self, request_id: str) -> None:
-        with self._lock:
-            self._waiters.pop(request_id, None)
-
-    def wake(self, request_ids: Collection[str]) -> None:
-        with self._lock:
-            wakers = [self._waiters.get(r) for r in request_ids]
-        for waker in wakers:
-            if waker is not None:
-                waker()
+    def wake(self, ticket_ids: Collection[str]) -> None:
+        """The store says these tickets should be looked at again."""
+        self.line.wake(ticket_ids)
 
     def close(self) -> None:
-        """Stop the keeper and worker threads once the store itself is closed."""
+        """Stop the line, the keeper and the worker threads once the store itself is closed."""
+        self.line.close()
         self.keeper.stop()
         with _sessions_lock:
             _sessions.pop(self.store, None)
@@ -166,7 +162,7 @@ class Session:
             self._executor.shutdown(wait=False)
 
     def executor(self) -> ThreadPoolExecutor:
-        """Worker threads on which async callers run this store's sync steps."""
+        """Worker threads on which async callers run this store's admin steps."""
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(4, thread_name_prefix="sluice-aio")

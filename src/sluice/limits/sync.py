@@ -11,7 +11,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from sluice.errors import InvalidRequest, LeaseLost
-from sluice.limits.attempt import limit_spec, new_request
+from sluice.limits.attempt import limit_spec, new_request, warn_missing
 from sluice.limits.lease import LeaseState, LeaseView
 from sluice.limits.model import (
     DEFAULT_LEASE_TTL,
@@ -270,11 +270,9 @@ class Limits:
     ) -> LeaseState | None:
         label = default_holder() if holder is None else holder
         request = new_request(names, occupy, kind, label, self._policy(missing))
-        grant, state, attempt = wait_for_grant(
-            self._store, self._session, request, timeout, on_wait
-        )
-        attempt.warn_missing(grant.missing, stacklevel + 1)
-        return state
+        waiter = wait_for_grant(self._store, self._session, request, timeout, on_wait)
+        warn_missing(request, waiter.missing, stacklevel + 1)
+        return waiter.state
 
     # ------------------------------------------------------------- lifecycle
 

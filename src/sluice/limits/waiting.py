@@ -2,29 +2,29 @@
 
 Each operation here has a sync function and an ``_async`` twin of the same
 name. :mod:`sluice.limits.aio` calls the twins; ``scripts/unasync.py`` turns it
-into :mod:`sluice.limits.sync`, which calls the sync ones. Both drivers take
-their decisions from the same :class:`~sluice.limits.attempt.Attempt`.
+into :mod:`sluice.limits.sync`, which calls the sync ones. Both stand in the same
+:class:`~sluice.limits.line.Line` and differ only in how a caller waits for its
+signal: a held lock (threads) or an ``asyncio.Event`` (coroutines).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import threading
+import time
 from collections.abc import Callable
 
-from sluice.errors import AcquireTimeout, StoreError, StoreUnavailable
+from sluice.errors import AcquireTimeout, StoreError
 from sluice.limits import counters
-from sluice.limits.attempt import Attempt
 from sluice.limits.lease import LeaseState, raise_if_lost
-from sluice.limits.model import WaitInfo
+from sluice.limits.line import Release, Waiter
+from sluice.limits.model import WaitInfo, validate_timeout
 from sluice.limits.session import Session
 from sluice.store import release_store
-from sluice.store.base import AcquireRequest, AsyncStore, Granted, Queued, Store, ThreadedAsyncStore
+from sluice.store.base import AcquireRequest, AsyncStore, Store, ThreadedAsyncStore
 
 __all__ = [
-    "aclose_async_store",
     "async_store_for",
     "close_store",
     "close_store_async",
@@ -38,19 +38,8 @@ __all__ = [
 
 
 def async_store_for(store: Store, session: Session) -> AsyncStore:
-    """The store's native async twin if it has one, else its steps run on worker threads."""
-    native = getattr(store, "async_store", None)
-    if callable(native):
-        result: AsyncStore = native()
-        return result
+    """The store's admin steps as coroutines: run on the session's worker threads."""
     return ThreadedAsyncStore(store, session.executor())
-
-
-async def aclose_async_store(astore: AsyncStore) -> None:
-    """Close the connections a native async store holds on the running event loop."""
-    closer = getattr(astore, "aclose", None)
-    if callable(closer):
-        await closer()
 
 
 # --------------------------------------------------------------------------- holder labels
@@ -70,49 +59,84 @@ def default_holder_async() -> str:
 # --------------------------------------------------------------------------- waiting
 
 
+def _left(waiter: Waiter, timeout: float | None, refresh: Callable[[], None]) -> float | None:
+    """Seconds the waiter may still wait (None: until signalled); raise AcquireTimeout if none.
+
+    A waiter times out only once the store has answered it after its deadline
+    (``refresh`` asks for that answer): a single attempt (``timeout=0``) gets one
+    answer, and the error names the place in line the waiter really had.
+    """
+    if timeout is None:
+        return None
+    deadline = waiter.started + timeout
+    left = deadline - time.monotonic()
+    if left > 0:
+        return left
+    info = waiter.info
+    if info is None:
+        return None  # past its timeout, but not yet answered: wait for the answer
+    if waiter.answered_at < deadline:
+        refresh()  # one last look, for where it stands now
+        return None
+    counters.record_timeout(info.blocked_on)
+    raise AcquireTimeout(
+        waiter.request.names,
+        timeout,
+        time.monotonic() - waiter.started,
+        info.position,
+        info.blocked_on,
+    )
+
+
+def _news(waiter: Waiter, on_wait: Callable[[WaitInfo], None] | None) -> None:
+    """Tell ``on_wait`` where the waiter stands, if that changed since it was last told."""
+    if waiter.told:
+        waiter.told = False
+        info = waiter.wait_info()
+        if on_wait is not None and info is not None:
+            on_wait(info)
+
+
+def _timed_out_on(waiter: Waiter, exc: BaseException) -> str | None:
+    """The limit a waiter that gave up with AcquireTimeout was queued behind, else None."""
+    return exc.blocked_on if isinstance(exc, AcquireTimeout) else None
+
+
 def wait_for_grant(
     store: Store,
     session: Session,
     request: AcquireRequest,
     timeout: object,
     on_wait: Callable[[WaitInfo], None] | None = None,
-) -> tuple[Granted, LeaseState | None, Attempt]:
-    """Try, sleep until woken or due, try again; withdraw on any error or interrupt."""
-    attempt = Attempt.start(request, timeout, store.safety_interval)
-    # Listening before the first attempt, so no wake-up can slip by unseen. A
-    # held lock is the cheapest one-shot signal: a wake-up releases it, and
-    # acquiring it again both waits for and consumes the wake-up.
+) -> Waiter:
+    """Stand in line until granted (``waiter.grant``); give up on any error or interrupt."""
+    limit = validate_timeout(timeout)
+    # A held lock is the cheapest one-shot signal: the line releases it, and
+    # acquiring it again both waits for and consumes the signal.
     signal = threading.Lock()
     signal.acquire()
-    session.register(request.request_id, _releaser(signal))
-    queued = False
+    waiter = Waiter(request, _releaser(signal))
+    session.line.arrive(waiter, lead=True)
     try:
-        outcome = store.acquire(attempt.request)
-        while not isinstance(outcome, Granted):
-            sleep = attempt.next_sleep(outcome)
-            if on_wait is not None:
-                on_wait(attempt.wait_info(outcome))
-            if not queued:
-                queued = True
-                session.keeper.track_ticket(request.request_id, outcome.lease_ttl)
-            signal.acquire(timeout=sleep)
-            try:
-                outcome = store.acquire(attempt.request)
-            except StoreUnavailable as exc:
-                outcome = attempt.still_waiting(exc)
-        state = _track(session, request, outcome, attempt)
-    except BaseException:
-        # Timed out, interrupted or failed: leave the queue, and give back any
-        # grant that landed after all.
-        session.keeper.untrack_lease(request.request_id)
-        with contextlib.suppress(Exception):
-            store.abandon(request.request_id, _timed_out_on())
+        while waiter.grant is None:
+            if waiter.error is not None:
+                raise waiter.error
+            _news(waiter, on_wait)
+            left = _left(waiter, limit, lambda: session.line.refresh(waiter, True))
+            if waiter.grant is None and waiter.error is None and not waiter.told:
+                signal.acquire(timeout=-1 if left is None else left)
+    except BaseException as exc:
+        # Timed out, interrupted or failed: leave the line, and return once that is
+        # done; a grant that landed meanwhile is given back.
+        settled = threading.Lock()
+        settled.acquire()
+        if session.line.give_up(waiter, _timed_out_on(waiter, exc), _releaser(settled), True):
+            settled.acquire()
+        elif waiter.state is not None:
+            with contextlib.suppress(Exception):
+                release_lease(store, session, waiter.state)
         raise
-    finally:
-        session.unregister(request.request_id)
-        if queued:
-            session.keeper.untrack_ticket(request.request_id)
-    return outcome, state, attempt
+    return waiter
 
 
 async def wait_for_grant_async(
@@ -121,58 +145,49 @@ async def wait_for_grant_async(
     request: AcquireRequest,
     timeout: object,
     on_wait: Callable[[WaitInfo], None] | None = None,
-) -> tuple[Granted, LeaseState | None, Attempt]:
+) -> Waiter:
     """The async twin: waiting is an asyncio.Event; cancellation is safe at every await."""
-    attempt = Attempt.start(request, timeout, astore.safety_interval)
+    limit = validate_timeout(timeout)
     loop = asyncio.get_running_loop()
     event = asyncio.Event()
 
-    def wake() -> None:
+    def signal() -> None:
         with contextlib.suppress(RuntimeError):  # the loop has closed
             loop.call_soon_threadsafe(event.set)
 
-    session.register(request.request_id, wake)  # before the first attempt: no wake-up lost
-    queued = False
-    step: asyncio.Future[Granted | Queued] | None = None
+    waiter = Waiter(request, signal)
+    session.line.arrive(waiter, lead=False)
     try:
-        while True:
+        while waiter.grant is None:
             event.clear()
-            step = asyncio.ensure_future(astore.acquire(attempt.request))
-            try:
-                outcome = await asyncio.shield(step)
-            except StoreUnavailable as exc:
-                outcome = attempt.still_waiting(exc)
-            if isinstance(outcome, Granted):
-                break
-            sleep = attempt.next_sleep(outcome)
-            if on_wait is not None:
-                on_wait(attempt.wait_info(outcome))
-            if not queued:
-                queued = True
-                session.keeper.track_ticket(request.request_id, outcome.lease_ttl)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(event.wait(), sleep)
-        state = _track(session, request, outcome, attempt)
-    except BaseException:
-        session.keeper.untrack_lease(request.request_id)
-        await _withdraw(astore, request.request_id, step, _timed_out_on())
+            if waiter.error is not None:
+                raise waiter.error
+            _news(waiter, on_wait)
+            left = _left(waiter, limit, lambda: session.line.refresh(waiter, False))
+            if waiter.grant is None and waiter.error is None and not waiter.told:
+                # Not asyncio.wait_for: it can swallow a cancellation that arrives as the
+                # event is set (Python < 3.12); the deadline just sets the event too.
+                timer = None if left is None else loop.call_later(left, event.set)
+                try:
+                    await event.wait()
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+    except BaseException as exc:
+        settled = loop.create_future()
+
+        def settle() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(_settle, settled)
+
+        if session.line.give_up(waiter, _timed_out_on(waiter, exc), settle, False):
+            with contextlib.suppress(BaseException):  # a second cancel: the line goes on
+                await asyncio.shield(settled)
+        elif waiter.state is not None:
+            with contextlib.suppress(BaseException):
+                await release_lease_async(astore, session, waiter.state)
         raise
-    finally:
-        session.unregister(request.request_id)
-        if queued:
-            session.keeper.untrack_ticket(request.request_id)
-    return outcome, state, attempt
-
-
-def _track(
-    session: Session, request: AcquireRequest, grant: Granted, attempt: Attempt
-) -> LeaseState | None:
-    counters.record_grant(grant.names, request.occupy, attempt.waited)
-    if grant.lease_id is None:
-        return None  # rate units: nothing to hold or renew
-    state = LeaseState.from_grant(grant, request, attempt.waited)
-    session.keeper.track_lease(state)
-    return state
+    return waiter
 
 
 def _releaser(signal: threading.Lock) -> Callable[[], None]:
@@ -181,31 +196,6 @@ def _releaser(signal: threading.Lock) -> Callable[[], None]:
             signal.release()
 
     return wake
-
-
-def _timed_out_on() -> str | None:
-    """The limit an AcquireTimeout being handled was queued behind, else None."""
-    exc = sys.exc_info()[1]
-    return exc.blocked_on if isinstance(exc, AcquireTimeout) else None
-
-
-async def _withdraw(
-    astore: AsyncStore,
-    request_id: str,
-    step: asyncio.Future[Granted | Queued] | None,
-    timed_out_on: str | None,
-) -> None:
-    """Leave the queue and give back a late grant, even while being cancelled."""
-
-    async def withdraw() -> None:
-        if step is not None and not step.done():
-            with contextlib.suppress(BaseException):
-                await step  # let the in-flight attempt finish, then undo it
-        await astore.abandon(request_id, timed_out_on)
-
-    cleanup = asyncio.ensure_future(withdraw())
-    with contextlib.suppress(BaseException):  # a second cancel: the cleanup still runs
-        await asyncio.shield(cleanup)
 
 
 # --------------------------------------------------------------------------- releasing
@@ -219,24 +209,42 @@ def release_lease(store: Store, session: Session, state: LeaseState) -> None:
     expired there, and the store reclaims it.
     """
     session.keeper.untrack_lease(state.id)
-    try:
-        found = store.release(state.id)
-    except StoreError:
-        if not state.lost:
-            raise
-        found = False
-    raise_if_lost(state, found)
+    signal = threading.Lock()
+    signal.acquire()
+    release = Release(state.id, _releaser(signal))
+    session.line.release(release, lead=True)
+    signal.acquire()
+    _finish_release(state, release)
 
 
 async def release_lease_async(astore: AsyncStore, session: Session, state: LeaseState) -> None:
-    """The async twin; shielded, so a cancellation cannot leave the units held."""
+    """The async twin; the release happens even if the caller is cancelled meanwhile."""
     session.keeper.untrack_lease(state.id)
-    try:
-        found = await asyncio.shield(astore.release(state.id))
-    except StoreError:
-        if not state.lost:
-            raise
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def signal() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed
+            loop.call_soon_threadsafe(_settle, done)
+
+    release = Release(state.id, signal)
+    session.line.release(release, lead=False)
+    await asyncio.shield(done)
+    _finish_release(state, release)
+
+
+def _settle(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
+def _finish_release(state: LeaseState, release: Release) -> None:
+    if release.error is not None:
+        if not (isinstance(release.error, StoreError) and state.lost):
+            raise release.error
         found = False
+    else:
+        found = bool(release.found)
     raise_if_lost(state, found)
 
 

@@ -4,35 +4,49 @@ A store keeps limits, leases and waiting tickets, and offers a handful of
 operations, each of which is ONE atomic step (a transaction, a Lua script):
 it decides and answers at once, and never waits. Waiting, wake-ups, timeouts,
 cancellation and lease renewal live once, above the store, in
-:mod:`sluice.limits` (:mod:`~sluice.limits.waiting`, :mod:`~sluice.limits.session`).
+:mod:`sluice.limits` (:mod:`~sluice.limits.session` batches every acquire,
+release and withdrawal of a process into few :meth:`Store.exchange` steps).
 
 Rules every backend follows:
 
-* **All-or-nothing.** :meth:`Store.acquire` takes ``occupy`` units of every
-  named, active limit, or nothing. A failed operation changes nothing.
-* **Strict FIFO per limit.** A request may be granted on a limit only if no
-  live ticket that arrived earlier (lower ``seq``) waits on that limit. Tickets
-  get their ``seq`` from one store-wide counter, so the oldest waiter is at the
-  head of every queue it is in, and multi-limit waiters cannot deadlock.
+* **All-or-nothing.** Each grant takes ``occupy`` units of every named, active
+  limit, or nothing. A refused request changes nothing; the other parts of the
+  same :class:`Exchange` still happen.
+* **Tickets stand for many grants.** A request that cannot be granted at once
+  (wholly) opens a *ticket*: one place in line, wanting ``count`` grants. A
+  process keeps few tickets however many of its callers wait (the client
+  aggregates identical requests), so store work does not grow with the backlog.
+* **Strict FIFO per limit.** A grant may be made on a limit only if no live
+  ticket that arrived earlier (lower ``seq``) still wants a grant on that limit.
+  Tickets get their ``seq`` from one store-wide counter, so the oldest waiter is
+  at the head of every queue it is in, and multi-limit waiters cannot deadlock.
+  A ticket grows (``AcquireRequest.join``) only while nobody queued after it.
 * **Leases and tickets expire.** Each carries ``expires_at`` on the store's
   clock; expired ones are reclaimed inside the atomic steps (no reaper) and a
   reclaimed lease is gone for good: renewing or releasing it reports it lost.
 * **Hand-off and push wake-ups.** Every step that may let a waiter through
-  (release, grant, abandon, update, enable, disable, reset, delete, reclaim)
+  (release, withdrawal, grant, update, enable, disable, reset, delete, reclaim)
   ends by granting, inside the same atomic step, the tickets at the head of
-  each changed queue that can now be served — in order, stopping at the first
-  that cannot — and tells their processes, through the handler set with
-  :meth:`Store.set_wake_handler`, which tickets to look at again (also a new
-  head that must learn when its rate token is due). The waiter collects a
-  handed-off grant by calling :meth:`Store.acquire` again with the same
-  request id. No capacity sits idle while its head waiter could use it, and
+  each changed queue that can now be served — in order, as many grants as
+  each head wants and fit, stopping at the first that cannot — and tells their
+  processes, through the handler set with :meth:`Store.set_wake_handler`,
+  which tickets to look at again (also a new head that must learn when its rate
+  token is due). No capacity sits idle while its head waiter could use it, and
   no waiter ever needs to poll.
+* **Claims.** A grant made to the caller of a step (in its :class:`Exchanged`)
+  is the caller's at once. A grant handed to another process's ticket waits to
+  be *claimed*: it expires :data:`CLAIM_WINDOW` seconds after the hand-off
+  unless that process asks about the ticket (:class:`Ask`) sooner, which claims
+  it (its expiry becomes a full lease TTL). A process uses a grant only once
+  claimed, so a grant that lapses unclaimed was never used: its units go to the
+  next waiter, and its ticket gets the grant back, keeping its place, but is
+  *stalled* (skipped by hand-offs) until its process asks about it again.
 * **The store's clock is the clock** for lease expiry and rate tokens.
 * **Totals.** Each limit counts, inside the same atomic steps and for every
   process, its grants and units granted, each grant's wait (from the ticket's
   ``created_at`` to the grant; 0 for a grant at once), timeouts reported
-  through :meth:`Store.abandon`, and the leases it reclaimed because they
-  expired or their process died (:class:`~sluice.limits.model.LimitTotals`).
+  through :class:`Withdrawal`, and the leases it reclaimed because they expired
+  (claimed) or their process died (:class:`~sluice.limits.model.LimitTotals`).
 * **Errors** are :mod:`sluice.errors` exceptions; driver errors are translated
   (``raise StoreError(...) from exc``).
 """
@@ -47,12 +61,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from sluice.errors import SluiceError
 from sluice.limits.model import Kind, Limit, LimitChanges, LimitStatus, MissingPolicy
 
 __all__ = [
+    "CLAIM_WINDOW",
     "AcquireRequest",
+    "Ask",
     "AsyncStore",
     "ClockOffset",
+    "Exchange",
+    "Exchanged",
     "Granted",
     "Queued",
     "Renewal",
@@ -60,7 +79,11 @@ __all__ = [
     "StoreDiagnosis",
     "ThreadedAsyncStore",
     "WakeHandler",
+    "Withdrawal",
 ]
+
+CLAIM_WINDOW = 2.0
+"""Seconds a grant handed to another process's ticket waits to be claimed."""
 
 WakeHandler = Callable[[Collection[str]], None]
 """Called (from any thread) with ticket ids whose waiters should try again."""
@@ -74,10 +97,15 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True)
 class AcquireRequest:
-    """One attempt to take ``occupy`` units of every named limit, atomically.
+    """Ask for ``count`` grants of ``occupy`` units of every named limit, each all or nothing.
 
-    ``request_id`` names the attempt across retries: it is the waiting ticket's id
-    while queued and the lease's id once granted, so abandoning it cleans up both.
+    ``request_id`` is the id of the *ticket* the request opens if it must wait: one
+    place in line that stands for ``count`` grants, served in order. The grants it
+    receives are leases named ``<ticket id>.<n>`` (n = 1, 2, ... in grant order).
+    With ``join``, the request adds ``count`` to that ticket of the same process and
+    the same request instead, if that ticket still waits and is still the last in
+    every queue it is in; otherwise it opens its own ticket, so nobody who queued
+    after ``join`` is overtaken.
     """
 
     request_id: str
@@ -86,12 +114,59 @@ class AcquireRequest:
     kind: Kind = Kind.CONCURRENCY
     holder: str = ""
     missing: MissingPolicy = "raise"
-    seq: int | None = None
+    count: int = 1
+    join: str | None = None
+
+
+@dataclass(frozen=True)
+class Ask:
+    """Look again at a ticket of this process: claim what was handed to it, serve it if
+    it can be served now, and say where it stands.
+
+    If the ticket is gone (it expired, or every grant was handed out and one lapsed
+    unclaimed), the store opens it again at ``seq``, its old place, for ``count``
+    grants less those claimed in this step.
+    """
+
+    ticket_id: str
+    request: AcquireRequest
+    seq: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """Take back ``count`` (None: all) of a ticket's wanted grants: their waiters gave up.
+
+    What the ticket no longer wants beyond what it still waits for comes out of the
+    grants handed to it and not yet claimed (they were meant for those waiters and
+    go back, never used). ``timed_out_on`` names the limit they timed out queueing
+    behind (AcquireTimeout); that limit's ``totals.timeouts`` counts each withdrawn
+    grant. A ticket with nothing left wanted leaves every queue.
+    """
+
+    ticket_id: str
+    count: int | None = None
+    timed_out_on: str | None = None
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """Everything one process has for the store at one moment, done as ONE atomic step.
+
+    In this order: withdrawals, releases, the hand-off of what they freed, asks,
+    then new requests (which queue behind everyone already waiting).
+    """
+
+    releases: tuple[str, ...] = ()
+    withdrawals: tuple[Withdrawal, ...] = ()
+    asks: tuple[Ask, ...] = ()
+    requests: tuple[AcquireRequest, ...] = ()
 
 
 @dataclass(frozen=True)
 class Granted:
-    """The request holds its units now (``lease_id`` is None for a rate-only grant)."""
+    """A grant: its units are held now (``lease_id`` is None for a rate-only grant)."""
 
     lease_id: str | None
     names: tuple[str, ...]
@@ -99,19 +174,44 @@ class Granted:
     expires_at: float | None
     lease_ttl: float | None
     missing: tuple[str, ...] = ()
+    ticket_id: str = ""
+    """The ticket (or request) it was granted to."""
 
 
 @dataclass(frozen=True)
 class Queued:
-    """The request waits in line; look again when woken or after ``retry_in`` seconds."""
+    """A ticket waits in line for ``wanted`` more grants; look again when woken or after
+    ``retry_in`` seconds (None: only when woken, or after the safety interval)."""
 
     request_id: str
     seq: int
     blocked_on: str
     position: int
+    """The 1-based place of the ticket's first wanted grant in ``blocked_on``'s queue,
+    counting every grant wanted ahead of it."""
     retry_in: float | None
     lease_ttl: float
     missing: tuple[str, ...] = ()
+    wanted: int = 1
+
+
+@dataclass(frozen=True)
+class Exchanged:
+    """What one :class:`Exchange` did, for the process that sent it."""
+
+    released: dict[str, bool] = field(default_factory=dict)
+    """Per lease id released: True if it was held, False if it was already gone."""
+    grants: tuple[Granted, ...] = ()
+    """Every grant made to this process's requests and tickets in this step (claimed:
+    its units are the caller's to use), in grant order per ticket."""
+    queued: dict[str, Queued] = field(default_factory=dict)
+    """Per ticket asked about or opened (or joined) in this step that still waits."""
+    refused: dict[str, SluiceError] = field(default_factory=dict)
+    """Per request id (or asked ticket id) the store refused: nothing changed for it."""
+    joined: dict[str, str] = field(default_factory=dict)
+    """Per request id that joined an existing ticket: that ticket's id."""
+    missing: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per request id: names that do not exist and were skipped (missing="warn"/"ignore")."""
 
 
 @dataclass(frozen=True)
@@ -215,28 +315,26 @@ class Store(Protocol):
         """Return the limit with its live holders, waiters in order, next token time and
         totals (:class:`~sluice.limits.model.LimitTotals`)."""
 
-    def acquire(self, request: AcquireRequest) -> Granted | Queued:
-        """Grant the request now, or queue it (keeping ``request.seq`` if given).
+    def exchange(self, batch: Exchange) -> Exchanged:
+        """Do everything in ``batch`` for this process as ONE atomic step (see :class:`Exchange`).
 
-        A retry (``request.seq`` set) first collects a grant already handed to it.
-
-        Raises LimitNotFound (listing every missing name) when ``missing`` is
-        "raise", and InvalidRequest for an occupy no limit could ever meet or a
-        rate request on a limit without a rate; in both cases nothing changes.
+        Withdrawals take back wanted grants (nothing if the ticket is gone).
+        Releases free leases (``released`` says which were still held). Asks
+        claim the grants handed to the asked tickets, serve them if they head
+        their queues and fit, and report where they stand; an asked ticket that is
+        gone is opened again at its old ``seq``. Requests are granted at once as
+        far as nobody waits ahead and capacity allows, and the rest queue as one
+        ticket (or join one). Every change ends with a hand-off. A request or ask
+        that cannot be met at all is refused alone, in ``refused``: LimitNotFound
+        (listing every missing name) when ``missing`` is "raise", InvalidRequest for
+        an occupy no limit could ever meet or a rate request on a limit without a
+        rate.
         """
 
-    def release(self, lease_id: str) -> bool:
-        """Release a lease; return False if it was already gone (released, expired, revoked)."""
-
     def renew(self, lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> Renewal:
-        """Extend this process's leases and tickets by their TTL; report those that are gone."""
+        """Extend this process's leases and tickets by their TTL; report those that are gone.
 
-    def abandon(self, request_id: str, timed_out_on: str | None = None) -> None:
-        """Withdraw a request: drop its ticket and release any lease granted to it.
-
-        ``timed_out_on`` names the limit the request gave up queueing behind
-        (AcquireTimeout); that limit's ``totals.timeouts`` counts it, if the
-        limit exists. Any other withdrawal (cancelled, interrupted) counts nothing.
+        A renewed ticket that was stalled (a grant handed to it lapsed) is served again.
         """
 
     def set_wake_handler(self, handler: WakeHandler) -> None:
@@ -272,9 +370,6 @@ class AsyncStore(Protocol):
     async def reset_limit(self, name: str) -> int: ...
     async def delete_limit(self, name: str, force: bool = False) -> None: ...
     async def inspect_limit(self, name: str) -> LimitStatus: ...
-    async def acquire(self, request: AcquireRequest) -> Granted | Queued: ...
-    async def release(self, lease_id: str) -> bool: ...
-    async def abandon(self, request_id: str, timed_out_on: str | None = None) -> None: ...
 
 
 class ThreadedAsyncStore:
@@ -324,12 +419,3 @@ class ThreadedAsyncStore:
 
     async def inspect_limit(self, name: str) -> LimitStatus:
         return await self._run(self.sync.inspect_limit, name)
-
-    async def acquire(self, request: AcquireRequest) -> Granted | Queued:
-        return await self._run(self.sync.acquire, request)
-
-    async def release(self, lease_id: str) -> bool:
-        return await self._run(self.sync.release, lease_id)
-
-    async def abandon(self, request_id: str, timed_out_on: str | None = None) -> None:
-        await self._run(self.sync.abandon, request_id, timed_out_on)

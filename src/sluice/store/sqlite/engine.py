@@ -1,12 +1,14 @@
 """The decision logic of the SQLite-dialect stores (SQLite file and memory), once.
 
 Every method here runs inside one open write transaction (a :class:`Tx`) and
-decides: grant, queue, hand freed units to waiters in FIFO order, reclaim what
-expired or died. Units held are never counters: a limit's in_use is the sum of
-its holdings rows, so no admin action can leave a count wrong. The few things
-that depend on where the store lives (are other processes alive, how to wake
-them) are hooks that :class:`~sluice.store.sqlite.store.SQLiteStore` and
-:class:`~sluice.store.sqlite.memory.MemoryStore` provide.
+decides: grant, queue, hand freed units to waiting tickets in FIFO order,
+reclaim what expired or died. Units held are never counters: a limit's in_use
+is the sum of its holdings rows, so no admin action can leave a count wrong.
+The few things that depend on where the store lives (are other processes
+alive, how to wake them) are hooks that
+:class:`~sluice.store.sqlite.store.SQLiteStore` and
+:class:`~sluice.store.sqlite.memory.MemoryStore` provide. The step that a
+process sends with its batch of work is in :mod:`sluice.store.sqlite.exchange`.
 """
 
 from __future__ import annotations
@@ -16,35 +18,42 @@ from collections.abc import Collection, Iterable, Sequence
 
 from sluice.errors import InvalidRequest, LimitNotFound
 from sluice.limits import gcra
-from sluice.limits.model import (
-    DEFAULT_LEASE_TTL,
-    Kind,
-)
-from sluice.store.base import AcquireRequest, Granted, Queued
+from sluice.limits.model import DEFAULT_LEASE_TTL, Kind
+from sluice.store.base import CLAIM_WINDOW, AcquireRequest, Granted
 from sluice.store.sqlite.ipc import ProcessInfo
 from sluice.store.sqlite.totals import count_reclaimed, count_wait
 from sluice.store.sqlite.tx import (
     HAS_RETURNING,
     LIMIT_COLUMNS,
     PREFIXED_COLUMNS,
+    TICKET_COLUMNS,
     Claim,
     LimitRow,
+    TicketRow,
     Tx,
+    arrival_list,
+    arrivals_text,
     chunks,
     id_list,
     marks,
+    take_arrivals,
 )
 
 __all__ = ["SQLiteEngine"]
 
+_LEASE_COLUMNS = (
+    "id, limit_ids, names, kind, process_id, holder, host, pid, occupy, lease_ttl,"
+    " acquired_at, expires_at, ticket_id, ticket_seq, claimed"
+)
 
-def _impossible(claim: Claim, active: Sequence[LimitRow]) -> bool:
-    """Whether no amount of waiting can serve this claim on these limits as they are now."""
+
+def impossible(kind: Kind, occupy: int, active: Sequence[LimitRow]) -> bool:
+    """Whether no amount of waiting can serve this request on these limits as they are now."""
     for row in active:
-        if claim.kind is Kind.RATE and row.rate is None:
+        if kind is Kind.RATE and row.rate is None:
             return True
-        bound = row.to_limit().max_occupy(claim.kind)
-        if bound is not None and claim.occupy > bound:
+        bound = row.to_limit().max_occupy(kind)
+        if bound is not None and occupy > bound:
             return True
     return False
 
@@ -76,11 +85,14 @@ class SQLiteEngine:
         """Resolve other processes' tickets to wake into (address, tickets) pairs."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------- reading
+
     def _limit_rows(self, tx: Tx, names: Sequence[str]) -> dict[str, LimitRow]:
-        """The named limits, each with its queue head's seq and units in use."""
+        """The named limits, each with its queue head's seq (stalled tickets passed by)
+        and units in use."""
         rows = tx.all(
             f"SELECT {LIMIT_COLUMNS},"
-            " (SELECT MIN(seq) FROM sluice_queue q WHERE q.limit_id = l.id),"
+            " (SELECT MIN(seq) FROM sluice_queue q WHERE q.limit_id = l.id AND q.stalled = 0),"
             " (SELECT COALESCE(SUM(units), 0) FROM sluice_holdings h WHERE h.limit_id = l.id)"
             f" FROM sluice_limits l WHERE name IN ({marks(len(names))})",
             names,
@@ -93,26 +105,21 @@ class SQLiteEngine:
             raise LimitNotFound([name])
         return LimitRow(*row)
 
-    def _collect(self, tx: Tx, request_id: str, missing: tuple[str, ...]) -> Granted | None:
-        """The grant a release handed to this request while it slept, if any."""
-        row = tx.one(
-            "SELECT names, kind, acquired_at, expires_at, lease_ttl FROM sluice_leases"
-            " WHERE id = ?",
-            (request_id,),
+    def _ticket(self, tx: Tx, ticket_id: str) -> TicketRow | None:
+        row = tx.one(f"SELECT {TICKET_COLUMNS} FROM sluice_tickets WHERE id = ?", (ticket_id,))
+        return None if row is None else TicketRow(*row)
+
+    def _ticket_limits(self, tx: Tx, ticket_id: str) -> list[LimitRow]:
+        """The limits a ticket waits on, each with its queue head and units in use."""
+        rows = tx.all(
+            f"SELECT {PREFIXED_COLUMNS},"
+            " (SELECT MIN(seq) FROM sluice_queue q2 WHERE q2.limit_id = l.id AND q2.stalled = 0),"
+            " (SELECT COALESCE(SUM(units), 0) FROM sluice_holdings h WHERE h.limit_id = l.id)"
+            " FROM sluice_queue q JOIN sluice_limits l ON l.id = q.limit_id"
+            " WHERE q.ticket_id = ? ORDER BY l.name",
+            (ticket_id,),
         )
-        if row is None:
-            return None
-        if row[1] == Kind.CONCURRENCY.value and float(row[3]) <= tx.now:
-            # Handed over, but its waiter was away past the lease's TTL: the units
-            # go back and the waiter queues again at its old place.
-            self._revoke(tx, [request_id], expired=True)
-            return None
-        self._unwatch(request_id)
-        names = tuple(n for n in str(row[0]).split(",") if n)
-        if row[1] == Kind.RATE.value:
-            tx.run("DELETE FROM sluice_leases WHERE id = ?", (request_id,))
-            return Granted(None, names, float(row[2]), None, None, missing)
-        return Granted(request_id, names, float(row[2]), float(row[3]), float(row[4]), missing)
+        return [LimitRow(*r) for r in rows]
 
     def _check_request(self, request: AcquireRequest, active: list[LimitRow]) -> None:
         for row in active:
@@ -151,21 +158,37 @@ class SQLiteEngine:
                 blocked.append((row, "rate"))
         return blocked
 
-    def _take(
+    # ------------------------------------------------------------- granting
+
+    def _next_fence(self, tx: Tx) -> int:
+        """The store-wide grant number: every lease's name ends with it."""
+        if HAS_RETURNING:
+            row = tx.one(
+                "UPDATE sluice_meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'fence'"
+                " RETURNING value"
+            )
+        else:
+            tx.run("UPDATE sluice_meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'fence'")
+            row = tx.one("SELECT value FROM sluice_meta WHERE key = 'fence'")
+        return int(row[0])
+
+    def _grant(
         self,
         tx: Tx,
         claim: Claim,
         active: list[LimitRow],
         missing: tuple[str, ...],
-        record_rate: bool,
+        *,
+        claimed: bool,
         queued_since: float | None = None,
     ) -> Granted:
         """Take the claim's tokens and units on every active limit, count the grant in
         their totals, and record its lease.
 
-        A rate grant is recorded only when handed to a sleeping waiter
-        (``record_rate``), for it to collect; otherwise it leaves nothing behind.
-        ``queued_since`` is when the claim's ticket was created, if it queued.
+        ``claimed``: the grant goes to the step's caller, whose it is at once (a rate
+        grant then leaves nothing behind); otherwise its lease waits to be claimed and
+        lapses after :data:`CLAIM_WINDOW`. ``queued_since`` is when the granted
+        request arrived, if it queued.
         """
         for row in active:
             if row.rate is not None and row.burst is not None:
@@ -184,19 +207,19 @@ class SQLiteEngine:
             if queued_since is not None:
                 count_wait(tx, row.id, max(tx.now - queued_since, 0.0))
         names = tuple(r.name for r in active)
-        if claim.kind is Kind.RATE and not record_rate:
-            return Granted(None, names, tx.now, None, None, missing)
+        if claim.kind is Kind.RATE and claimed:
+            return Granted(None, names, tx.now, None, None, missing, claim.ticket_id)
+        lease_id = f"{claim.ticket_id}.{self._next_fence(tx)}"
         ttl = min((r.lease_ttl for r in active), default=DEFAULT_LEASE_TTL)
-        expires = tx.now + ttl
+        expires = tx.now + (ttl if claimed else min(ttl, CLAIM_WINDOW))
         holdings = []
         if claim.kind is Kind.CONCURRENCY:
-            holdings = [(r.id, claim.id, claim.occupy) for r in active if r.slots is not None]
+            holdings = [(r.id, lease_id, claim.occupy) for r in active if r.slots is not None]
         tx.run(
-            "INSERT INTO sluice_leases (id, limit_ids, names, kind, process_id, holder, host, pid,"
-            " occupy, lease_ttl, acquired_at, expires_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO sluice_leases ({_LEASE_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                claim.id,
+                lease_id,
                 ",".join(str(h[0]) for h in holdings),
                 ",".join(names),
                 claim.kind.value,
@@ -208,123 +231,96 @@ class SQLiteEngine:
                 ttl,
                 tx.now,
                 expires,
+                claim.ticket_id,
+                claim.ticket_seq,
+                int(claimed),
             ),
         )
-        for holding in holdings:
-            tx.run(
-                "INSERT INTO sluice_holdings (limit_id, lease_id, units) VALUES (?, ?, ?)", holding
-            )
+        tx.conn.executemany(
+            "INSERT INTO sluice_holdings (limit_id, lease_id, units) VALUES (?, ?, ?)", holdings
+        )
         if claim.kind is Kind.RATE:
-            return Granted(None, names, tx.now, None, None, missing)
-        return Granted(claim.id, names, tx.now, expires, ttl, missing)
+            return Granted(None, names, tx.now, None, None, missing, claim.ticket_id)
+        return Granted(lease_id, names, tx.now, expires, ttl, missing, claim.ticket_id)
 
-    def _queue(
+    def _grant_to_ticket(
+        self, tx: Tx, ticket: TicketRow, active: list[LimitRow], claimed: bool
+    ) -> Granted:
+        """One grant of a ticket's request; the ticket wants one fewer (and goes at none)."""
+        segments = arrival_list(ticket.arrivals, ticket.created_at, ticket.wanted)
+        arrived = segments[0][0] if segments else ticket.created_at
+        granted = self._grant(tx, ticket.claim(), active, (), claimed=claimed, queued_since=arrived)
+        if ticket.wanted <= 1:
+            self._drop_ticket(tx, ticket.id, [r.id for r in active])
+        else:
+            tx.run(
+                "UPDATE sluice_tickets SET wanted = wanted - 1, arrivals = ? WHERE id = ?",
+                (arrivals_text(take_arrivals(segments, 1)), ticket.id),
+            )
+        return granted
+
+    def _serve(self, tx: Tx, ticket: TicketRow, rows: list[LimitRow]) -> list[Granted]:
+        """Grant the caller's own ticket as many times as it wants and can be served now."""
+        grants: list[Granted] = []
+        current: TicketRow | None = ticket
+        while current is not None and current.wanted > 0:
+            active = [r for r in rows if r.active]
+            if self._blockers(tx, Kind(current.kind), current.occupy, active, current.seq):
+                break
+            grants.append(self._grant_to_ticket(tx, current, active, claimed=True))
+            current = self._ticket(tx, current.id)
+            if current is not None:
+                rows = self._ticket_limits(tx, current.id)
+        return grants
+
+    # ------------------------------------------------------------- queueing
+
+    def _open_ticket(
         self,
         tx: Tx,
         request: AcquireRequest,
         active: list[LimitRow],
-        missing: tuple[str, ...],
         me: ProcessInfo,
-        seq: int | None,
-        has_ticket: bool,
-        blocked: list[tuple[LimitRow, str]],
-    ) -> Queued:
+        wanted: int,
+        seq: int | None = None,
+        stalled: bool = False,
+    ) -> int:
+        """Queue a ticket wanting ``wanted`` grants of ``request`` on every active limit;
+        return its seq (``seq``, if given: the place it had)."""
         ttl = min(r.lease_ttl for r in active)
-        expires = tx.now + ttl
-        rows = [(r.id, request.request_id, request.occupy, request.kind.value) for r in active]
-        if has_ticket:
-            assert seq is not None
-            tx.run(
-                "UPDATE sluice_tickets SET expires_at = ?, limit_count = ? WHERE id = ?",
-                (expires, len(active), request.request_id),
-            )
-            # It waits in the queues of exactly the active limits it names, now.
-            tx.run(
-                "DELETE FROM sluice_queue WHERE ticket_id = ?"
-                f" AND limit_id NOT IN ({marks(len(active))})",
-                [request.request_id, *(r.id for r in active)],
-            )
-            verb = "INSERT OR IGNORE"
-        else:
-            seq = tx.conn.execute(
-                "INSERT INTO sluice_tickets (seq, id, process_id, holder, host, pid, occupy, kind,"
-                " names, limit_count, lease_ttl, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    seq,  # None: the next in arrival order; else the place it had
-                    request.request_id,
-                    me.id,
-                    request.holder,
-                    me.host,
-                    me.pid,
-                    request.occupy,
-                    request.kind.value,
-                    ",".join(request.names),
-                    len(active),
-                    ttl,
-                    tx.now,
-                    expires,
-                ),
-            ).lastrowid
-            assert seq is not None
-            verb = "INSERT"
+        seq = tx.conn.execute(
+            f"INSERT INTO sluice_tickets ({TICKET_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '')",
+            (
+                seq,  # None: the next in arrival order
+                request.request_id,
+                me.id,
+                request.holder,
+                me.host,
+                me.pid,
+                request.occupy,
+                request.kind.value,
+                ",".join(request.names),
+                len(active),
+                ttl,
+                tx.now,
+                tx.now + ttl,
+                wanted,
+            ),
+        ).lastrowid
+        assert seq is not None
         tx.conn.executemany(
-            f"{verb} INTO sluice_queue (limit_id, seq, ticket_id, occupy, kind)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [(limit_id, seq, *rest) for limit_id, *rest in rows],
+            "INSERT INTO sluice_queue (limit_id, seq, ticket_id, occupy, kind, stalled)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (r.id, seq, request.request_id, request.occupy, request.kind.value, int(stalled))
+                for r in active
+            ],
         )
-        first, _why = blocked[0]
-        position = self._position(tx, first.id, seq)
-        retry_in, watch = self._next_silent_change(tx, request, blocked, seq, me)
-        if watch:
-            self._watch(request.request_id, watch)
-        return Queued(request.request_id, seq, first.name, position, retry_in, ttl, missing)
+        tx.moved.update(r.id for r in active)
+        return seq
 
-    def _position(self, tx: Tx, limit_id: int, seq: int) -> int:
-        row = tx.one(
-            "SELECT COUNT(*) FROM sluice_queue WHERE limit_id = ? AND seq < ?", (limit_id, seq)
-        )
-        assert row is not None
-        return int(row[0]) + 1
-
-    def _next_silent_change(
-        self,
-        tx: Tx,
-        request: AcquireRequest,
-        blocked: list[tuple[LimitRow, str]],
-        seq: int,
-        me: ProcessInfo,
-    ) -> tuple[float | None, set[int]]:
-        """When something that sends no wake-up (a token, an expiry) may let us in, and
-        which local processes' exits should wake us."""
-        times: list[float] = []
-        pids: set[int] = set()
-        for row, why in blocked:
-            if why == "rate" and row.rate is not None and row.burst is not None:
-                times.append(gcra.allow_at(row.tat, row.rate, row.burst, request.occupy))
-                continue
-            # Per process, not per ticket or lease: queues can be long, processes few.
-            if why == "queue":
-                ahead = tx.all(
-                    "SELECT MIN(t.expires_at), t.pid, t.host, t.process_id FROM sluice_queue q"
-                    " JOIN sluice_tickets t ON t.id = q.ticket_id"
-                    " WHERE q.limit_id = ? AND q.seq < ? GROUP BY t.process_id",
-                    (row.id, seq),
-                )
-            else:
-                ahead = tx.all(
-                    "SELECT MIN(l.expires_at), l.pid, l.host, l.process_id"
-                    " FROM sluice_holdings h JOIN sluice_leases l ON l.id = h.lease_id"
-                    " WHERE h.limit_id = ? GROUP BY l.process_id",
-                    (row.id,),
-                )
-            for expires_at, pid, host, process_id in ahead:
-                times.append(float(expires_at))
-                if host == me.host and process_id != me.id:
-                    pids.add(int(pid))
-        if not times:
-            return None, pids
-        return max(0.001, min(times) - tx.now), pids
+    # ------------------------------------------------------------- giving back
 
     def _release_one(self, tx: Tx, lease_id: str) -> bool:
         if HAS_RETURNING:
@@ -355,31 +351,64 @@ class SQLiteEngine:
     def _revoke(self, tx: Tx, lease_ids: Iterable[str], expired: bool = False) -> None:
         """Delete leases and every unit they hold, marking their limits for wake-ups.
 
-        ``expired``: they are reclaimed because they expired or their process
-        died, which the totals of the limits they held count.
+        ``expired``: they are taken back because they expired or their process died.
+        A claimed one counts in its limits' totals as reclaimed; an unclaimed one (a
+        hand-off nobody collected) gives its grant back to its ticket instead.
         """
         ids = list(lease_ids)
         for chunk in chunks(ids):
-            qs = marks(len(chunk))
-            for lease_id, limit_ids in tx.all(
-                f"SELECT id, limit_ids FROM sluice_leases WHERE id IN ({qs})", chunk
+            for row in tx.all(
+                f"SELECT {_LEASE_COLUMNS} FROM sluice_leases WHERE id IN ({marks(len(chunk))})",
+                chunk,
             ):
-                self._delete_lease(tx, lease_id, limit_ids)
-                if expired:
+                lease_id, limit_ids, claimed = str(row[0]), row[1], bool(row[14])
+                self._delete_holdings(tx, lease_id, limit_ids)
+                tx.run("DELETE FROM sluice_leases WHERE id = ?", (lease_id,))
+                if expired and claimed:
                     count_reclaimed(tx, id_list(limit_ids))
+                elif expired and row[12]:
+                    self._lapse(tx, row)
 
-    def _delete_lease(self, tx: Tx, lease_id: str, limit_ids: str) -> None:
-        self._delete_holdings(tx, lease_id, limit_ids)
-        tx.run("DELETE FROM sluice_leases WHERE id = ?", (lease_id,))
+    def _lapse(self, tx: Tx, lease: tuple[object, ...]) -> None:
+        """A grant handed to a ticket lapsed unclaimed: the ticket gets it back, keeping its
+        place, stalled (passed by) until its process asks about it again."""
+        ticket_id, seq, process_id = str(lease[12]), lease[13], str(lease[4])
+        ticket = self._ticket(tx, ticket_id)
+        if ticket is not None:
+            tx.run(
+                "UPDATE sluice_tickets SET wanted = wanted + 1, arrivals = ? WHERE id = ?",
+                (
+                    arrivals_text(
+                        [
+                            (float(str(lease[10])), 1),
+                            *arrival_list(ticket.arrivals, ticket.created_at, ticket.wanted),
+                        ]
+                    ),
+                    ticket_id,
+                ),
+            )
+            tx.run("UPDATE sluice_queue SET stalled = 1 WHERE ticket_id = ?", (ticket_id,))
+        elif seq is not None and process_id not in self._dead_processes(tx, [process_id]):
+            names = tuple(n for n in str(lease[2]).split(",") if n)
+            rows = self._limit_rows(tx, names)
+            active = [rows[n] for n in sorted(rows) if rows[n].active]
+            if not active:
+                return
+            request = AcquireRequest(
+                ticket_id, names, int(str(lease[8])), Kind(str(lease[3])), str(lease[5])
+            )
+            info = ProcessInfo(process_id, int(str(lease[7])), str(lease[6]))
+            self._open_ticket(tx, request, active, info, 1, int(str(seq)), stalled=True)
+        tx.wake_tickets[ticket_id] = process_id
 
     def _delete_holdings(self, tx: Tx, lease_id: str, limit_ids: str) -> None:
         """Give back the units a lease holds, by primary key, marking the limits touched."""
-        for limit_id in id_list(limit_ids):
-            tx.run(
-                "DELETE FROM sluice_holdings WHERE limit_id = ? AND lease_id = ?",
-                (limit_id, lease_id),
-            )
-            tx.touched.add(limit_id)
+        ids = id_list(limit_ids)
+        tx.conn.executemany(
+            "DELETE FROM sluice_holdings WHERE limit_id = ? AND lease_id = ?",
+            [(limit_id, lease_id) for limit_id in ids],
+        )
+        tx.touched.update(ids)
 
     def _drop_ticket(self, tx: Tx, ticket_id: str, limit_ids: list[int] | None = None) -> bool:
         """Withdraw a ticket from every queue it is in; False if there was none."""
@@ -393,9 +422,8 @@ class SQLiteEngine:
         if not tx.run("DELETE FROM sluice_tickets WHERE id = ?", (ticket_id,)) and not limit_ids:
             return False
         tx.run("DELETE FROM sluice_queue WHERE ticket_id = ?", (ticket_id,))
-        ids = limit_ids
-        tx.touched.update(ids)
-        tx.moved.update(ids)
+        tx.touched.update(limit_ids)
+        tx.moved.update(limit_ids)
         return True
 
     def _reclaim(self, tx: Tx, limit_ids: Sequence[int]) -> bool:
@@ -430,33 +458,48 @@ class SQLiteEngine:
 
         ``died``: found gone (its leases count as reclaimed), not closing itself.
         """
-        self._revoke(
-            tx,
-            [
-                str(r[0])
-                for r in tx.all("SELECT id FROM sluice_leases WHERE process_id = ?", (process_id,))
-            ],
-            expired=died,
-        )
         for (tid,) in tx.all("SELECT id FROM sluice_tickets WHERE process_id = ?", (process_id,)):
             self._drop_ticket(tx, str(tid))
+        leases = [
+            str(r[0])
+            for r in tx.all("SELECT id FROM sluice_leases WHERE process_id = ?", (process_id,))
+        ]
         tx.run("DELETE FROM sluice_processes WHERE id = ?", (process_id,))
+        # Its unclaimed grants lapse into nothing: their tickets are gone with it.
+        tx.run(
+            "UPDATE sluice_leases SET ticket_id = '' WHERE process_id = ? AND claimed = 0",
+            (process_id,),
+        )
+        self._revoke(tx, leases, expired=died)
 
-    def _hand_off(self, tx: Tx) -> tuple[list[tuple[str, list[str]]], list[str]]:
-        """Grant waiting tickets that fit now, in arrival order, and say whom to wake.
+    # ------------------------------------------------------------- hand-off
 
-        Runs at the end of every step that changed a limit's capacity or queue.
-        On each such limit, the head ticket is granted if it can be on every
-        limit it waits for (it heads each of those queues too, and units and
-        tokens suffice); then the next, and so on, stopping at the first that
-        cannot be served: strict FIFO, with no capacity left idle while the
-        head could use it. Granted tickets are woken to collect their grant; a
-        head left waiting is woken when it changed, to learn when its next rate
-        token or silent expiry is due.
+    def _hand_off(self, tx: Tx) -> dict[str, str]:
+        """Grant waiting tickets that fit now, in arrival order; return whom to wake.
+
+        Runs after every change of a limit's capacity or queue. On each such limit,
+        the head ticket (stalled ones passed by) is granted if it can be on every
+        limit it waits for (it heads each of those queues too, and units and tokens
+        suffice), as many times as it wants and fits; then the next, and so on,
+        stopping at the first that cannot be served: strict FIFO, with no capacity
+        left idle while the head could use it. A grant to the step's caller is its
+        at once (``tx.mine``); others' tickets are woken to claim theirs; a head left
+        waiting is woken when it changed, to learn when its next rate token or
+        silent expiry is due. Returns ticket id -> process to wake.
         """
-        wakes: dict[str, str] = dict(tx.wake_tickets)  # ticket -> process
+        while tx.touched or tx.moved:
+            # One pass over the changed limits; grants made in it change limits again
+            # (a served ticket leaves its queues), which the next, quick pass looks at.
+            moved = set(tx.moved)
+            work = sorted(tx.touched | tx.moved)
+            tx.touched.clear()
+            tx.moved.clear()
+            self._hand_off_pass(tx, work, moved)
+        return tx.wake_tickets
+
+    def _hand_off_pass(self, tx: Tx, work: list[int], moved: set[int]) -> None:
+        wakes = tx.wake_tickets
         me = self._process.id if self._process is not None else None
-        work = sorted(tx.touched | tx.moved)
         done: set[int] = set()
         while work:
             limit_id = work.pop(0)
@@ -466,78 +509,59 @@ class SQLiteEngine:
             granted_here = False
             while True:
                 head = tx.one(
-                    "SELECT t.id, t.seq, t.process_id, t.holder, t.host, t.pid, t.occupy, t.kind,"
-                    f" t.limit_count, {PREFIXED_COLUMNS},"
+                    f"SELECT {', '.join('t.' + c for c in TICKET_COLUMNS.split(', '))},"
+                    f" {PREFIXED_COLUMNS},"
                     " (SELECT COALESCE(SUM(units), 0) FROM sluice_holdings h"
-                    "  WHERE h.limit_id = q.limit_id), t.created_at"
+                    "  WHERE h.limit_id = q.limit_id)"
                     " FROM sluice_queue q JOIN sluice_tickets t ON t.id = q.ticket_id"
                     " JOIN sluice_limits l ON l.id = q.limit_id"
-                    " WHERE q.limit_id = ? ORDER BY q.seq LIMIT 1",
+                    " WHERE q.limit_id = ? AND q.stalled = 0 ORDER BY q.seq LIMIT 1",
                     (limit_id,),
                 )
                 if head is None:
                     break
-                ticket_id, seq, process_id = str(head[0]), int(head[1]), str(head[2])
-                claim = Claim(
-                    ticket_id, process_id, head[3], head[4], head[5], head[6], Kind(head[7])
-                )
+                ticket = TicketRow(*head[:15])
+                kind = Kind(ticket.kind)
                 # This limit, whose queue the ticket heads.
-                here = LimitRow._make((*head[9:17], seq, head[17]))
+                here = LimitRow._make((*head[15:23], ticket.seq, head[23]))
                 if (
                     here.active
-                    and claim.kind is Kind.CONCURRENCY
+                    and kind is Kind.CONCURRENCY
                     and here.slots is not None
-                    and here.in_use + claim.occupy > here.slots
+                    and here.in_use + ticket.occupy > here.slots
                 ):
-                    if limit_id in tx.moved and claim.occupy > here.slots:
-                        wakes[ticket_id] = process_id  # slots now below its occupy
+                    if limit_id in moved and ticket.occupy > here.slots:
+                        wakes[ticket.id] = ticket.process_id  # slots now below its occupy
                     break  # no room on this limit: the common case, decided in one query
                 # A ticket in one queue needs nothing more; one in several, all of them.
-                rows = [here] if head[8] == 1 else self._ticket_limits(tx, ticket_id)
+                rows = [here] if ticket.limit_count == 1 else self._ticket_limits(tx, ticket.id)
                 active = [r for r in rows if r.active]
-                if _impossible(claim, active):
-                    wakes[ticket_id] = process_id  # its retry says why, and leaves the queue
+                if impossible(kind, ticket.occupy, active):
+                    wakes[ticket.id] = ticket.process_id  # its ask says why; it leaves
                     break
-                blocked = self._blockers(tx, claim.kind, claim.occupy, active, seq)
+                blocked = self._blockers(tx, kind, ticket.occupy, active, ticket.seq)
                 if blocked:
                     # A new head waiting for a rate token must learn when it is due,
-                    # and one that a change made impossible (slots or burst now below
-                    # its occupy, rate removed) must learn it at once and leave the
-                    # queue; one waiting for units is served here when they free up.
-                    new_head = granted_here or limit_id in tx.moved
-                    if new_head and (
-                        any(why == "rate" for _, why in blocked) or _impossible(claim, active)
-                    ):
-                        wakes[ticket_id] = process_id
+                    # and one that a change made impossible must learn it at once.
+                    new_head = granted_here or limit_id in moved
+                    if new_head and any(why == "rate" for _, why in blocked):
+                        wakes[ticket.id] = ticket.process_id
                     break
-                if process_id != me and process_id not in tx.alive:
-                    if self._gone(process_id, claim.host):
-                        self._forget_process(tx, process_id)  # never hand units to the dead
+                if ticket.process_id != me and ticket.process_id not in tx.alive:
+                    if self._gone(ticket.process_id, ticket.host):
+                        self._forget_process(tx, ticket.process_id)  # never hand to the dead
                         continue
-                    tx.alive.add(process_id)
-                self._drop_ticket(tx, ticket_id, [r.id for r in rows])
-                self._take(tx, claim, active, (), record_rate=True, queued_since=head[18])
-                wakes[ticket_id] = process_id
+                    tx.alive.add(ticket.process_id)
+                to_caller = ticket.process_id == tx.caller
+                granted = self._grant_to_ticket(tx, ticket, active, claimed=to_caller)
+                if to_caller:
+                    tx.mine.append(granted)
+                else:
+                    wakes[ticket.id] = ticket.process_id
                 granted_here = True
-                if (
-                    here.active
-                    and here.rate is None
-                    and here.slots is not None
-                    and claim.kind is Kind.CONCURRENCY
-                    and here.in_use + claim.occupy >= here.slots
-                ):
-                    # Full now, and no rate token for a new head to wait on: done here.
-                    work.extend(r.id for r in rows if r.id != limit_id)
-                    done.difference_update(r.id for r in rows if r.id != limit_id)
-                    break
-                work.extend(r.id for r in rows if r.id != limit_id)  # their queues moved too
-                done.difference_update(r.id for r in rows if r.id != limit_id)
-        by_process: dict[str, list[str]] = defaultdict(list)
-        for ticket_id, process_id in wakes.items():
-            by_process[process_id].append(ticket_id)
-        local = by_process.pop(me, []) if me is not None else []
-        targets = self._deliver(tx, by_process) if by_process else []
-        return targets, local
+                others = [r.id for r in rows if r.id != limit_id]
+                work.extend(others)  # their queues moved too
+                done.difference_update(others)
 
     def _join_waiters(self, tx: Tx, limit_id: int, name: str) -> None:
         """Queue on a limit that now counts (enabled, or created) every waiter naming it.
@@ -562,14 +586,12 @@ class SQLiteEngine:
                 )
                 tx.moved.add(limit_id)
 
-    def _ticket_limits(self, tx: Tx, ticket_id: str) -> list[LimitRow]:
-        """The limits a ticket waits on, each with its queue head and units in use."""
-        rows = tx.all(
-            f"SELECT {PREFIXED_COLUMNS},"
-            " (SELECT MIN(seq) FROM sluice_queue q2 WHERE q2.limit_id = l.id),"
-            " (SELECT COALESCE(SUM(units), 0) FROM sluice_holdings h WHERE h.limit_id = l.id)"
-            " FROM sluice_queue q JOIN sluice_limits l ON l.id = q.limit_id"
-            " WHERE q.ticket_id = ? ORDER BY l.name",
-            (ticket_id,),
-        )
-        return [LimitRow(*r) for r in rows]
+    def _wake_targets(self, tx: Tx) -> tuple[list[tuple[str, list[str]]], list[str]]:
+        """Split the tickets to wake into (other processes' addresses, this process's)."""
+        by_process: dict[str, list[str]] = defaultdict(list)
+        for ticket_id, process_id in tx.wake_tickets.items():
+            by_process[process_id].append(ticket_id)
+        me = self._process.id if self._process is not None else None
+        local = by_process.pop(me, []) if me is not None else []
+        targets = self._deliver(tx, by_process) if by_process else []
+        return targets, local

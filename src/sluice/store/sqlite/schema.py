@@ -17,7 +17,7 @@ from sluice.store.base import StoreDiagnosis
 
 __all__ = ["SCHEMA_VERSION", "check_creatable", "create_schema", "diagnose_file", "read_diagnosis"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _MIGRATE_1_TO_2 = (
     *(
         f"ALTER TABLE sluice_limits ADD COLUMN {column}"
@@ -33,6 +33,20 @@ _MIGRATE_1_TO_2 = (
     "UPDATE sluice_meta SET value = '2' WHERE key = 'schema_version'",
 )
 """Schema version 1 (no totals) to 2: the limits' totals start at zero."""
+_MIGRATE_2_TO_3 = (
+    "ALTER TABLE sluice_tickets ADD COLUMN wanted INTEGER NOT NULL DEFAULT 1",
+    "ALTER TABLE sluice_tickets ADD COLUMN arrivals TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE sluice_queue ADD COLUMN stalled INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE sluice_leases ADD COLUMN ticket_id TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE sluice_leases ADD COLUMN ticket_seq INTEGER",
+    "ALTER TABLE sluice_leases ADD COLUMN claimed INTEGER NOT NULL DEFAULT 1",
+    "CREATE INDEX IF NOT EXISTS sluice_leases_by_ticket ON sluice_leases (ticket_id)"
+    " WHERE ticket_id != ''",
+    "INSERT OR IGNORE INTO sluice_meta (key, value) VALUES ('fence', '0')",
+    "UPDATE sluice_meta SET value = '3' WHERE key = 'schema_version'",
+)
+"""Schema version 2 to 3: tickets wanting several grants, and grants waiting to be claimed.
+Every existing ticket wants one grant and every existing lease is claimed."""
 
 
 def create_schema(conn: sqlite3.Connection, url: str) -> None:
@@ -51,9 +65,11 @@ def create_schema(conn: sqlite3.Connection, url: str) -> None:
             )
         if version is not None and int(version[0]) == SCHEMA_VERSION:
             return
-        if version is not None and int(version[0]) == 1:
-            for statement in _MIGRATE_1_TO_2:
-                conn.execute(statement)
+        if version is not None and int(version[0]) in (1, 2):
+            steps = (_MIGRATE_1_TO_2, _MIGRATE_2_TO_3)[int(version[0]) - 1 :]
+            for migration in steps:
+                for statement in migration:
+                    conn.execute(statement)
             return
     script = resources.files("sluice.store.sqlite").joinpath("schema.sql").read_text()
     code = "\n".join(line.split("--", 1)[0] for line in script.splitlines())

@@ -1,4 +1,4 @@
--- Sluice schema for the SQLite and memory stores (schema version 2).
+-- Sluice schema for the SQLite and memory stores (schema version 3).
 -- Created on first use, inside one write transaction; SCHEMA_VERSION in
 -- sqlite.py must match the value inserted into sluice_meta below.
 --
@@ -9,6 +9,10 @@ CREATE TABLE IF NOT EXISTS sluice_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+
+-- Sluice's own facts: schema_version, and fence, the store-wide count of grants:
+-- each lease is named <ticket or request id>.<fence>, a number that grows with
+-- every grant (a fencing token a protected resource can compare).
 
 -- One row per limit. tat is the GCRA theoretical arrival time (0 = full bucket).
 -- id is never reused, so holdings of a deleted limit can't leak into a new one.
@@ -46,8 +50,12 @@ CREATE TABLE IF NOT EXISTS sluice_processes (
 
 -- limit_ids lists the limits the lease holds units of ("3,7"), so a release
 -- deletes its holdings by primary key and no second index is written; names
--- lists every active limit it was granted on. A 'rate' row is a grant of rate
--- units handed to a waiter that has not yet collected it (nothing to release).
+-- lists every active limit it was granted on. A lease granted to a ticket is
+-- named <ticket id>.<n> and remembers the ticket and its place (ticket_seq).
+-- claimed = 0: handed to another process's ticket and not yet claimed by it;
+-- it expires CLAIM_WINDOW after the hand-off, and then its ticket gets the grant
+-- back. A 'rate' row is a grant of rate units handed to a ticket and not yet
+-- claimed (nothing to release: claiming deletes it).
 CREATE TABLE IF NOT EXISTS sluice_leases (
     id          TEXT PRIMARY KEY,
     limit_ids   TEXT NOT NULL,
@@ -60,8 +68,13 @@ CREATE TABLE IF NOT EXISTS sluice_leases (
     occupy      INTEGER NOT NULL,
     lease_ttl   REAL NOT NULL,
     acquired_at REAL NOT NULL,
-    expires_at  REAL NOT NULL
+    expires_at  REAL NOT NULL,
+    ticket_id   TEXT NOT NULL DEFAULT '',
+    ticket_seq  INTEGER,
+    claimed     INTEGER NOT NULL DEFAULT 1
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sluice_leases_by_ticket ON sluice_leases (ticket_id)
+    WHERE ticket_id != '';
 
 -- The units a lease took on each active limit it named.
 CREATE TABLE IF NOT EXISTS sluice_holdings (
@@ -71,7 +84,10 @@ CREATE TABLE IF NOT EXISTS sluice_holdings (
     PRIMARY KEY (limit_id, lease_id)
 ) WITHOUT ROWID;
 
--- Waiting requests; seq is the store-wide arrival order (never reused).
+-- Waiting requests; seq is the store-wide arrival order (never reused). A ticket
+-- stands for `wanted` more grants of the same request. arrivals lists when they
+-- arrived, oldest first, as "time:count,time:count" (empty: all at created_at),
+-- so each grant's wait is counted from its own arrival.
 CREATE TABLE IF NOT EXISTS sluice_tickets (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     id          TEXT NOT NULL UNIQUE,
@@ -85,19 +101,25 @@ CREATE TABLE IF NOT EXISTS sluice_tickets (
     limit_count INTEGER NOT NULL,  -- how many queues it is in
     lease_ttl   REAL NOT NULL,
     created_at  REAL NOT NULL,
-    expires_at  REAL NOT NULL
+    expires_at  REAL NOT NULL,
+    wanted      INTEGER NOT NULL DEFAULT 1,
+    arrivals    TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS sluice_tickets_by_process ON sluice_tickets (process_id);
 
--- One row per (limit, waiting ticket): the per-limit FIFO queues.
+-- One row per (limit, waiting ticket): the per-limit FIFO queues. stalled = 1:
+-- a grant handed to the ticket lapsed unclaimed; hand-offs pass it by until its
+-- process asks about it again (it keeps its place).
 CREATE TABLE IF NOT EXISTS sluice_queue (
     limit_id    INTEGER NOT NULL,
     seq         INTEGER NOT NULL,
     ticket_id   TEXT NOT NULL,
     occupy      INTEGER NOT NULL,
     kind        TEXT NOT NULL,
+    stalled     INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (limit_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sluice_queue_by_ticket ON sluice_queue (ticket_id);
 
-INSERT OR REPLACE INTO sluice_meta (key, value) VALUES ('schema_version', '2');
+INSERT OR REPLACE INTO sluice_meta (key, value) VALUES ('schema_version', '3');
+INSERT OR IGNORE INTO sluice_meta (key, value) VALUES ('fence', '0');

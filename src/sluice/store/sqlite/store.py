@@ -37,29 +37,18 @@ from sluice.errors import (
 )
 from sluice.limits import gcra
 from sluice.limits.model import Holder, Limit, LimitChanges, LimitStatus, Waiter, utc
-from sluice.store.base import AcquireRequest, Granted, Queued, Renewal, StoreDiagnosis, WakeHandler
+from sluice.store.base import Exchange, Exchanged, Renewal, StoreDiagnosis, WakeHandler
 from sluice.store.sqlite import ipc as sqlite_ipc
-from sluice.store.sqlite.engine import SQLiteEngine
+from sluice.store.sqlite.exchange import Exchanger
 from sluice.store.sqlite.ipc import ProcessInfo
 from sluice.store.sqlite.schema import SCHEMA_VERSION, create_schema, diagnose_file
 from sluice.store.sqlite.totals import read_totals
-from sluice.store.sqlite.tx import LIMIT_COLUMNS, Claim, LimitRow, Tx, chunks, marks
+from sluice.store.sqlite.tx import LIMIT_COLUMNS, LimitRow, Tx, chunks, marks
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "from_url"]
 
 
-class _PendingRelease:
-    """A release waiting to be done in a batch, and its outcome."""
-
-    __slots__ = ("done", "found", "lease_id")
-
-    def __init__(self, lease_id: str) -> None:
-        self.lease_id = lease_id
-        self.done = False
-        self.found = False
-
-
-class SQLiteStore(SQLiteEngine):
+class SQLiteStore(Exchanger):
     """Limits, leases and FIFO queues in SQLite tables; one transaction per operation."""
 
     safety_interval = sqlite_ipc.SAFETY_INTERVAL
@@ -72,9 +61,6 @@ class SQLiteStore(SQLiteEngine):
         self._read_mutex = threading.Lock()
         self._read_conn: sqlite3.Connection | None = None
         self._register_lock = threading.Lock()
-        self._release_gate = threading.Lock()
-        self._pending_lock = threading.Lock()
-        self._pending: list[_PendingRelease] = []
         self._handler: WakeHandler | None = None
         self._closed = False
         self._process: ProcessInfo | None = None
@@ -176,9 +162,6 @@ class SQLiteStore(SQLiteEngine):
         self._mutex = threading.Lock()
         self._read_mutex = threading.Lock()
         self._register_lock = threading.Lock()
-        self._release_gate = threading.Lock()
-        self._pending_lock = threading.Lock()
-        self._pending = []
         self._conn = None
         self._read_conn = None
         self._process = None
@@ -217,8 +200,10 @@ class SQLiteStore(SQLiteEngine):
                     tx = Tx(conn, time.time())
                     try:
                         yield tx
-                        if tx.touched or tx.wake_tickets:
-                            targets, local = self._hand_off(tx)
+                        if tx.touched or tx.moved:
+                            self._hand_off(tx)
+                        if tx.wake_tickets:
+                            targets, local = self._wake_targets(tx)
                         conn.execute("COMMIT")
                     except BaseException:
                         if conn.in_transaction:  # SQLite may have rolled back already
@@ -383,17 +368,27 @@ class SQLiteStore(SQLiteEngine):
                     (row.id,),
                 )
             ]
-            waiters = [
-                Waiter(str(r[0]), int(r[1]), str(r[2]), str(r[3]), int(r[4]), utc(r[5]), i + 1)
-                for i, r in enumerate(
-                    tx.all(
-                        "SELECT t.id, q.occupy, t.holder, t.host, t.pid, t.created_at"
-                        " FROM sluice_queue q JOIN sluice_tickets t ON t.id = q.ticket_id"
-                        " WHERE q.limit_id = ? ORDER BY q.seq",
-                        (row.id,),
+            waiters = []
+            position = 1
+            for r in tx.all(
+                "SELECT t.id, q.occupy, t.holder, t.host, t.pid, t.created_at, t.wanted"
+                " FROM sluice_queue q JOIN sluice_tickets t ON t.id = q.ticket_id"
+                " WHERE q.limit_id = ? ORDER BY q.seq",
+                (row.id,),
+            ):
+                waiters.append(
+                    Waiter(
+                        str(r[0]),
+                        int(r[1]),
+                        str(r[2]),
+                        str(r[3]),
+                        int(r[4]),
+                        utc(r[5]),
+                        position,
+                        int(r[6]),
                     )
                 )
-            ]
+                position += int(r[6])
             token_in = None
             if row.rate is not None and row.burst is not None:
                 token_in = gcra.next_token_in(row.tat, tx.now, row.rate, row.burst)
@@ -407,106 +402,12 @@ class SQLiteStore(SQLiteEngine):
                 totals=read_totals(tx, row.id),
             )
 
-    # ------------------------------------------------------------- acquire
+    # ------------------------------------------------------------- the hot path
 
-    def acquire(self, request: AcquireRequest) -> Granted | Queued:
+    def exchange(self, batch: Exchange) -> Exchanged:
         me = self._me()
-        if request.seq is not None:
-            # A woken waiter most often finds its units already handed over: a read
-            # (no write lock; WAL readers never wait) is enough to collect them.
-            handed = self._peek_grant(request)
-            if handed is not None:
-                return handed
         with self._tx() as tx:
-            rows = self._limit_rows(tx, request.names)
-            missing = tuple(n for n in request.names if n not in rows)
-            seq = request.seq
-            if seq is not None:  # a retry: perhaps a release already handed us the units
-                handed = self._collect(tx, request.request_id, missing)
-                if handed is not None:
-                    return handed
-            if missing and request.missing == "raise":
-                raise LimitNotFound(missing)
-            active = [r for r in sorted(rows.values(), key=lambda r: r.name) if r.active]
-            self._check_request(request, active)
-            has_ticket = False
-            queued_since = None
-            if seq is not None:  # keep the place the ticket already has
-                ticket = tx.one(
-                    "SELECT seq, created_at FROM sluice_tickets WHERE id = ?",
-                    (request.request_id,),
-                )
-                has_ticket = ticket is not None
-                if ticket is not None:
-                    seq, queued_since = int(ticket[0]), float(ticket[1])
-
-            blocked = self._blockers(tx, request.kind, request.occupy, active, seq)
-            # Reclaim what is in the way (expired, or of dead processes), unless only
-            # other waiters are ahead of a newcomer: those are reclaimed by whoever
-            # waits right behind them, woken by their exit or expiry.
-            check = seq is not None or any(why != "queue" for _, why in blocked)
-            if blocked and check and self._reclaim(tx, [r.id for r in active]):
-                # Something expired or died in the way: look again with fresh numbers.
-                fresh = self._limit_rows(tx, [r.name for r in active])
-                active = [fresh[r.name] for r in active]
-                blocked = self._blockers(tx, request.kind, request.occupy, active, seq)
-            if not blocked:
-                claim = Claim(
-                    request.request_id,
-                    me.id,
-                    request.holder,
-                    me.host,
-                    me.pid,
-                    request.occupy,
-                    request.kind,
-                )
-                if request.seq is not None and self._drop_ticket(tx, request.request_id):
-                    self._unwatch(request.request_id)
-                return self._take(
-                    tx, claim, active, missing, record_rate=False, queued_since=queued_since
-                )
-            return self._queue(tx, request, active, missing, me, seq, has_ticket, blocked)
-
-    def _peek_grant(self, request: AcquireRequest) -> Granted | None:
-        rows = self._read(
-            "SELECT names, acquired_at, expires_at, lease_ttl FROM sluice_leases"
-            " WHERE id = ? AND kind = 'concurrency'",
-            (request.request_id,),
-        )
-        row = rows[0] if rows else None
-        if row is None or float(row[2]) <= time.time():
-            return None  # none yet, or lapsed: the transaction path sorts that out
-        self._unwatch(request.request_id)
-        names = tuple(n for n in str(row[0]).split(",") if n)
-        # Which names were missing was already said when the request queued.
-        return Granted(request.request_id, names, row[1], row[2], row[3])
-
-    # ------------------------------------------------------------- release & renew
-
-    def release(self, lease_id: str) -> bool:
-        # Group commit: releases that arrive while another thread of this process is
-        # releasing are done together in its next transaction, so a burst of releases
-        # costs one write-lock turn, not one each.
-        entry = _PendingRelease(lease_id)
-        with self._pending_lock:
-            self._pending.append(entry)
-        with self._release_gate:
-            if entry.done:
-                return entry.found
-            with self._pending_lock:
-                batch, self._pending = self._pending, []
-            try:
-                with self._tx() as tx:
-                    for pending in batch:
-                        pending.found = self._release_one(tx, pending.lease_id)
-            except BaseException:
-                # Nothing was released: the others try again, each in its own turn.
-                with self._pending_lock:
-                    self._pending[:0] = [p for p in batch if p is not entry]
-                raise
-            for pending in batch:
-                pending.done = True
-        return entry.found
+            return self._exchange(tx, me, batch)
 
     def renew(self, lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> Renewal:
         lost_leases: list[str] = []
@@ -531,22 +432,16 @@ class SQLiteStore(SQLiteEngine):
                     )
                     if table == "sluice_leases":
                         expires.update(live)
+                    else:  # a ticket whose process shows life is served again
+                        tx.conn.executemany(
+                            "UPDATE sluice_queue SET stalled = 0 WHERE ticket_id = ? AND stalled",
+                            [(i,) for i in live],
+                        )
             # Expired but not yet reclaimed is lost too, and final: reclaim it now.
             self._revoke(tx, lost_leases, expired=True)
             for ticket_id in lost_tickets:
                 self._drop_ticket(tx, ticket_id)
         return Renewal(frozenset(lost_leases), frozenset(lost_tickets), expires)
-
-    def abandon(self, request_id: str, timed_out_on: str | None = None) -> None:
-        with self._tx() as tx:
-            self._drop_ticket(tx, request_id)
-            self._revoke(tx, [request_id])
-            if timed_out_on is not None:
-                tx.run(
-                    "UPDATE sluice_limits SET timeouts = timeouts + 1 WHERE name = ?",
-                    (timed_out_on,),
-                )
-        self._unwatch(request_id)
 
     # ------------------------------------------------------------- diagnosis
 

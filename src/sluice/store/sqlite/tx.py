@@ -8,17 +8,23 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from sluice.limits.model import Kind, Limit
+from sluice.store.base import Granted
 
 __all__ = [
     "HAS_RETURNING",
     "LIMIT_COLUMNS",
     "PREFIXED_COLUMNS",
+    "TICKET_COLUMNS",
     "Claim",
     "LimitRow",
+    "TicketRow",
     "Tx",
+    "arrival_list",
+    "arrivals_text",
     "chunks",
     "id_list",
     "marks",
+    "take_arrivals",
 ]
 
 HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
@@ -26,15 +32,62 @@ _CHUNK = 400  # stay well under SQLite's bound-parameter limit
 
 
 class Claim(NamedTuple):
-    """A request as its lease will record it: whose it is and what it takes."""
+    """A grant about to be made, as its lease will record it: whose it is and what it takes."""
 
-    id: str
+    ticket_id: str
+    """The ticket (or request) granted; the lease is named ``<ticket_id>.<fence>``."""
     process_id: str
     holder: str
     host: str
     pid: int
     occupy: int
     kind: Kind
+    ticket_seq: int | None = None
+    """The ticket's place in line, kept on the lease so a lapsed grant can find it again."""
+
+
+TICKET_COLUMNS = (
+    "seq, id, process_id, holder, host, pid, occupy, kind, names, limit_count, lease_ttl,"
+    " created_at, expires_at, wanted, arrivals"
+)
+
+
+class TicketRow(NamedTuple):
+    """A tickets-table row: a place in line wanting ``wanted`` grants of one request."""
+
+    seq: int
+    id: str
+    process_id: str
+    holder: str
+    host: str
+    pid: int
+    occupy: int
+    kind: str
+    names: str
+    limit_count: int
+    lease_ttl: float
+    created_at: float
+    expires_at: float
+    wanted: int
+    arrivals: str
+
+    def claim(self) -> Claim:
+        """The grant this ticket's next one would be."""
+        return Claim(
+            self.id,
+            self.process_id,
+            self.holder,
+            self.host,
+            self.pid,
+            self.occupy,
+            Kind(self.kind),
+            self.seq,
+        )
+
+    @property
+    def name_list(self) -> tuple[str, ...]:
+        """Every limit name the ticket's request asked for."""
+        return tuple(n for n in self.names.split(",") if n)
 
 
 class LimitRow(NamedTuple):
@@ -71,6 +124,10 @@ class Tx:
     moved: set[int] = field(default_factory=set)  # limits whose queue head may have changed
     wake_tickets: dict[str, str] = field(default_factory=dict)  # ticket -> process to wake
     alive: set[str] = field(default_factory=set)  # processes found alive in this step
+    caller: str | None = None
+    """The process whose exchange this is: hand-offs to its tickets are its grants at once
+    (claimed, in ``mine``) instead of waiting to be claimed. None for every other step."""
+    mine: list[Granted] = field(default_factory=list)
 
     def one(self, sql: str, params: Sequence[object] = ()) -> Any:
         """The first row of a query (a tuple), or None."""
@@ -98,3 +155,38 @@ def chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
     """Slices small enough to bind as parameters of one statement."""
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
+
+
+# --------------------------------------------------------------------------- arrivals
+
+
+def arrival_list(arrivals: str, created_at: float, wanted: int) -> list[tuple[float, int]]:
+    """When a ticket's wanted grants arrived, oldest first: ``[(time, count), ...]``."""
+    if not arrivals:
+        return [(created_at, wanted)] if wanted > 0 else []
+    out = []
+    for part in arrivals.split(","):
+        moment, _, count = part.partition(":")
+        out.append((float(moment), int(count)))
+    return out
+
+
+def arrivals_text(segments: list[tuple[float, int]]) -> str:
+    """The ``arrivals`` column for these segments (empty for one: it is ``created_at``)."""
+    kept = [(t, n) for t, n in segments if n > 0]
+    if len(kept) <= 1:
+        return ""
+    return ",".join(f"{t!r}:{n}" for t, n in kept)
+
+
+def take_arrivals(segments: list[tuple[float, int]], count: int) -> list[tuple[float, int]]:
+    """Remove ``count`` from the oldest segments; return what is left."""
+    left = list(segments)
+    while count > 0 and left:
+        moment, n = left[0]
+        used = min(n, count)
+        count -= used
+        left[0] = (moment, n - used)
+        if left[0][1] == 0:
+            left.pop(0)
+    return left
