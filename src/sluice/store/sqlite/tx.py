@@ -172,9 +172,13 @@ def arrival_list(arrivals: str, created_at: float, wanted: int) -> list[tuple[fl
 
 
 def arrivals_text(segments: list[tuple[float, int]]) -> str:
-    """The ``arrivals`` column for these segments (empty for one: it is ``created_at``)."""
+    """The ``arrivals`` column for these segments (empty when none is left).
+
+    A single segment is written out too: it need not be the ticket's ``created_at``
+    (the first arrivals may have been served, leaving a later one).
+    """
     kept = [(t, n) for t, n in segments if n > 0]
-    if len(kept) <= 1:
+    if not kept:
         return ""
     return ",".join(f"{t!r}:{n}" for t, n in kept)
 
