@@ -152,8 +152,8 @@ class LimitsCollector(Collector):
                 slots.add_metric(name, status.limit.slots)
             in_use.add_metric(name, status.in_use)
             holders.add_metric(name, len(status.holders))
-            waiters.add_metric(name, len(status.waiters))
-            waiting.add_metric(name, sum(w.occupy for w in status.waiters))
+            waiters.add_metric(name, sum(w.count for w in status.waiters))
+            waiting.add_metric(name, sum(w.count * w.occupy for w in status.waiters))
             active.add_metric(name, 1.0 if status.limit.active else 0.0)
             if status.limit.rate is not None:
                 rate.add_metric(name, status.limit.rate)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -10,8 +11,14 @@ import pytest
 
 import sluice.runs
 import sluice.runtime
+from conformance._helpers import wait_until
 from sluice import Limits, flow, task
 from sluice.runners import ThreadPoolTaskRunner
+
+
+def waiting_on(limits: Limits, name: str) -> int:
+    """How many requests wait on a limit (a ticket stands for ``count`` of them)."""
+    return sum(w.count for w in limits.inspect(name).waiters)
 
 
 def test_no_head_of_line_blocking_across_limits(admin: Limits) -> None:
@@ -33,10 +40,9 @@ def test_no_head_of_line_blocking_across_limits(admin: Limits) -> None:
     @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
     def f() -> tuple[int, list[int], int]:
         blocked = on_full.map(range(20))  # 1 runs, 19 wait on "full" without a worker
-        while admin.inspect("full").waiters.__len__() < 19:
-            time.sleep(0.01)
+        wait_until(lambda: waiting_on(admin, "full") >= 19, 20, "19 task runs waiting on 'full'")
         quick = [x.result(timeout=20) for x in on_free.map(range(30))]
-        waiting = len(admin.inspect("full").waiters)
+        waiting = waiting_on(admin, "full")
         release.set()
         return waiting, quick, sum(x.result() for x in blocked)
 
@@ -171,3 +177,82 @@ def test_retention_keeps_the_newest_runs(flow_url: str, monkeypatch: pytest.Monk
     for _ in range(4):
         f()
     assert len(sluice.runs.list(10)) == 2
+
+
+def _peak(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(b, -1) for _, b in intervals] + [(a, 1) for a, _ in intervals])
+    peak = now = 0
+    for _, delta in events:
+        now += delta
+        peak = max(peak, now)
+    return peak
+
+
+def test_the_default_runner_never_leaves_granted_slots_waiting_for_a_worker(
+    admin: Limits,
+) -> None:
+    admin.create("wide", slots=20)
+    intervals: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    @task(limits=["wide"])
+    def held(i: int) -> int:
+        began = time.monotonic()
+        time.sleep(0.2)
+        with lock:
+            intervals.append((began, time.monotonic()))
+        return i
+
+    @task
+    def unlimited(i: int) -> int:
+        began = time.monotonic()
+        time.sleep(0.05)
+        with lock:
+            intervals_free.append((began, time.monotonic()))
+        return i
+
+    intervals_free: list[tuple[float, float]] = []
+
+    @flow  # the default runner: min(32, CPUs + 4) workers for task runs without limits
+    def f() -> str:
+        done = [x.result(timeout=30) for x in held.map(range(60))]
+        assert done == list(range(60))
+        assert [x.result(timeout=30) for x in unlimited.map(range(60))] == list(range(60))
+        return sluice.runtime.flow_run.id or ""
+
+    run_id = f()
+    assert _peak(intervals) == 20  # every slot used, never more
+    workers = ThreadPoolTaskRunner().max_workers
+    assert 1 <= _peak(intervals_free) <= workers  # unlimited task runs keep a bounded pool
+    detail = sluice.runs.get(run_id)
+    waited_for_worker = [
+        s.message
+        for t in detail.task_runs
+        if t.run.task == "held"
+        for s in t.states
+        if s.name == "Waiting" and s.limit is None
+    ]
+    assert waited_for_worker == []
+
+
+def test_max_workers_below_the_slots_warns_once_per_flow_run_naming_the_numbers(
+    admin: Limits, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin.create("api", slots=8)
+
+    @task(limits=["api"])
+    def call(i: int) -> int:
+        time.sleep(0.05)
+        return i
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def f() -> int:
+        return sum(x.result(timeout=30) for x in call.map(range(12)))
+
+    with caplog.at_level(logging.WARNING, logger="sluice.flows"):
+        assert f() == sum(range(12))
+        assert f() == sum(range(12))
+    traps = [r.getMessage() for r in caplog.records if "max_workers trap" in r.getMessage()]
+    assert len(traps) == 2, traps  # once per flow run
+    assert "'api' (8 slots)" in traps[0] and "at most 2" in traps[0]
+    assert "max_workers=8 or more" in traps[0]

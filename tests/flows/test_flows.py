@@ -266,19 +266,28 @@ def test_a_missing_limit_fails_the_task_loudly(flow_url: str) -> None:
         f()
 
 
-def test_the_lease_holder_names_the_task_run(flow_url: str, admin: Limits) -> None:
+def test_the_lease_holder_names_the_task_and_its_flow_run(flow_url: str, admin: Limits) -> None:
     admin.create("db", slots=2)
 
     @task(limits=["db"])
     def look() -> tuple[str, list[str]]:
-        return sluice.runtime.task_run.id or "", [h.holder for h in admin.inspect("db").holders]
+        return sluice.runtime.flow_run.id or "", [h.holder for h in admin.inspect("db").holders]
 
     @flow
     def f() -> tuple[str, list[str]]:
         return look.submit().result()
 
     run_id, holders = f()
-    assert holders == [f"task look run {run_id}"]
+    assert holders == [f"task look in flow f run {run_id}"]
+    # Called directly, outside a flow, a task run is named itself.
+    direct_ids: list[str] = []
+
+    @task(limits=["db"])
+    def alone() -> list[str]:
+        direct_ids.append(sluice.runtime.task_run.id or "")
+        return [h.holder for h in admin.inspect("db").holders]
+
+    assert alone() == [f"task alone run {direct_ids[0]}"]
 
 
 def test_flow_retries_and_names(flow_url: str) -> None:

@@ -150,8 +150,17 @@ class TaskRun(_Run):
 
     @property
     def holder(self) -> str:
-        """The holder label of this run's leases: names the task run for ``inspect()``."""
-        return f"task {self.name[:160]} run {self.id}"
+        """The holder label of this run's leases, as ``inspect()`` shows them.
+
+        In a flow run it names the task and the flow run (``task NAME in flow FLOW run
+        ID``), the same for every run of one task in one flow run: those wait in line
+        together, on one store ticket, however many they are. A direct call outside
+        a flow names the task run itself (``task NAME run ID``).
+        """
+        flow = self.flow_run
+        if flow is None:
+            return f"task {self.name[:160]} run {self.id}"
+        return f"task {self.name[:100]} in flow {flow.name[:100]} run {flow.id}"
 
     def record(self) -> TaskRunRecord:
         state = self.states[-1]

@@ -27,7 +27,7 @@ from sluice.flows.context import FlowRun, TaskRun
 from sluice.flows.engine import Executor, TaskSpec, drive
 from sluice.flows.futures import SluiceFuture
 from sluice.flows.jobs import Job, run_async_body, run_sync_body
-from sluice.flows.runners import TaskRunner
+from sluice.flows.runners import GRANTED_WORKERS_MAX, TaskRunner
 from sluice.flows.states import State, StateName
 
 __all__ = [
@@ -41,21 +41,28 @@ __all__ = [
     "start_execution",
 ]
 
-log = logging.getLogger("sluice")
+log = logging.getLogger("sluice.flows")
 
 
 class PoolExecutor:
-    """Bodies on the runner's workers, at most ``max_workers`` at once."""
+    """Bodies on the runner's workers: at most ``max_workers`` at once, beyond which a
+    growing runner starts task runs that hold their limits at once anyway."""
 
-    def __init__(self, runner: TaskRunner, dispatcher: Dispatcher) -> None:
+    def __init__(self, runner: TaskRunner, dispatcher: Dispatcher, run: FlowRun) -> None:
         self._runner = runner
         self._dispatcher = dispatcher
+        self._run = run
         self._free: asyncio.Semaphore | None = None
+        self._granted: asyncio.Semaphore | None = None
+        self._checked: set[str] = set()
 
     async def execute(self, job: Job) -> None:
         if self._free is None:
             self._free = asyncio.Semaphore(self._runner.max_workers)
-        free = self._free
+            self._granted = asyncio.Semaphore(GRANTED_WORKERS_MAX)
+        holds = bool(job.task_run.limits)
+        free = self._granted if holds and self._runner.grows else self._free
+        assert free is not None
         if free.locked():
             job.task_run.set_state(
                 State(
@@ -63,12 +70,47 @@ class PoolExecutor:
                     message=f"waiting for a free worker ({self._runner!r})",
                 )
             )
+            if holds:
+                self._warn_idle_slots(job.task_run.limits)
         await free.acquire()
         loop = asyncio.get_running_loop()
         # The worker is free again when the body really ends, even after a timeout.
         job.outcome.add_done_callback(lambda _: loop.call_soon_threadsafe(free.release))
         job.task_run.set_state(State(StateName.RUNNING))
         self._runner.run(job)
+
+    def _warn_idle_slots(self, names: tuple[str, ...]) -> None:
+        """Once per flow run and limit: granted slots wait for workers (the max_workers trap)."""
+        unchecked = [n for n in names if n not in self._checked]
+        if not unchecked:
+            return
+        self._checked.update(unchecked)
+        self._dispatcher.spawn(self._check_slots(unchecked))
+
+    async def _check_slots(self, names: list[str]) -> None:
+        workers = self._runner.max_workers
+        for name in names:
+            try:
+                limit = await self._dispatcher.limits().get(name)
+            except Exception:  # a warning is never worth failing a flow
+                continue
+            if limit.slots is not None and limit.slots > workers:
+                log.warning(
+                    "flow run %s (%s): task runs holding slots of limit %r (%d slots) wait "
+                    "for a free worker: %r runs at most %d task bodies at once, so at most "
+                    "%d of those %d slots are ever used by this flow run (the max_workers "
+                    "trap). Give the runner max_workers=%d or more, or leave max_workers "
+                    "unset: the default runner starts task runs that hold their limits at once.",
+                    self._run.name,
+                    self._run.id,
+                    name,
+                    limit.slots,
+                    self._runner,
+                    workers,
+                    workers,
+                    limit.slots,
+                    limit.slots,
+                )
 
 
 class CallerThread:
@@ -212,7 +254,7 @@ def start_execution(run: FlowRun, runner: TaskRunner) -> Execution:
     """Start a flow run's runner and dispatcher (on the run's store URL)."""
     runner.start()
     dispatcher = Dispatcher(run.url)
-    execution = Execution(run, runner, dispatcher, PoolExecutor(runner, dispatcher))
+    execution = Execution(run, runner, dispatcher, PoolExecutor(runner, dispatcher, run))
     with _lock:
         _executions[run] = execution
     return execution

@@ -24,7 +24,12 @@ from sluice.errors import InvalidRequest
 from sluice.flows import context
 from sluice.flows.jobs import Job, Outcome, run_async_body, run_sync_body
 
-__all__ = ["ProcessPoolTaskRunner", "TaskRunner", "ThreadPoolTaskRunner"]
+__all__ = [
+    "GRANTED_WORKERS_MAX",
+    "ProcessPoolTaskRunner",
+    "TaskRunner",
+    "ThreadPoolTaskRunner",
+]
 
 
 def _check_workers(max_workers: object, default: int) -> int:
@@ -35,10 +40,19 @@ def _check_workers(max_workers: object, default: int) -> int:
     return max_workers
 
 
+GRANTED_WORKERS_MAX = 1000
+"""How many bodies of task runs that hold their limits the default runner runs at once,
+beyond its ``max_workers`` for task runs without limits."""
+
+
 class TaskRunner:
     """Runs task bodies on ``max_workers`` workers; one per flow run (see :meth:`duplicate`)."""
 
     max_workers: int
+    grows: bool = False
+    """Whether task runs holding their limits' grants start at once, whatever
+    ``max_workers`` says (up to :data:`GRANTED_WORKERS_MAX`): then a granted task run
+    never waits for a worker, so no granted slot sits idle."""
 
     def duplicate(self) -> TaskRunner:
         """A fresh, unstarted runner with the same settings (each flow run gets its own)."""
@@ -61,22 +75,29 @@ class TaskRunner:
 class ThreadPoolTaskRunner(TaskRunner):
     """Sync bodies on a pool of threads; async bodies on an event loop owned by the runner.
 
-    The default runner. ``max_workers`` bodies run at once, sync and async together
-    (default: ``min(32, CPUs + 4)``, as ``concurrent.futures``).
+    The default runner. With ``max_workers`` given, at most that many bodies run at
+    once, sync and async together. Without it, task runs without limits share
+    ``min(32, CPUs + 4)`` workers (as ``concurrent.futures``), and a task run that
+    holds its limits' grants starts at once on a thread of its own (up to
+    :data:`GRANTED_WORKERS_MAX`), so the slots it holds are never idle waiting
+    for a worker.
     """
 
     def __init__(self, max_workers: int | None = None) -> None:
+        self._requested = max_workers
         self.max_workers = _check_workers(max_workers, min(32, (os.cpu_count() or 1) + 4))
+        self.grows = max_workers is None
         self._pool: cf.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def duplicate(self) -> ThreadPoolTaskRunner:
-        return ThreadPoolTaskRunner(self.max_workers)
+        return ThreadPoolTaskRunner(self._requested)
 
     def start(self) -> None:
-        self._pool = cf.ThreadPoolExecutor(self.max_workers, thread_name_prefix="sluice-worker")
+        threads = self.max_workers + (GRANTED_WORKERS_MAX if self.grows else 0)
+        self._pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="sluice-worker")
 
     def _async_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -95,6 +116,13 @@ class ThreadPoolTaskRunner(TaskRunner):
         else:
             assert self._pool is not None, "runner not started"
             self._pool.submit(run_sync_body, job)
+
+    def __repr__(self) -> str:
+        if self.grows:
+            return (
+                f"ThreadPoolTaskRunner() ({self.max_workers} workers, more for granted task runs)"
+            )
+        return f"ThreadPoolTaskRunner(max_workers={self.max_workers})"
 
     def shutdown(self, wait: bool = True) -> None:
         if self._pool is not None:

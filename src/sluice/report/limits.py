@@ -56,7 +56,7 @@ def summary_json(status: LimitStatus) -> dict[str, Any]:
         **limit_json(status.limit),
         "in_use": status.in_use,
         "holders": len(status.holders),
-        "waiters": len(status.waiters),
+        "waiters": sum(w.count for w in status.waiters),
     }
 
 
@@ -86,6 +86,7 @@ def status_json(status: LimitStatus) -> dict[str, Any]:
             {
                 "position": w.position,
                 "ticket_id": w.ticket_id,
+                "count": w.count,
                 "occupy": w.occupy,
                 "holder": w.holder,
                 "host": w.host,
@@ -157,7 +158,7 @@ def list_text(statuses: Sequence[LimitStatus]) -> str:
             _slots_cell(s),
             format_rate(s.limit.rate) if s.limit.rate is not None else "-",
             str(s.limit.burst) if s.limit.burst is not None else "-",
-            str(len(s.waiters)),
+            str(sum(w.count for w in s.waiters)),
             "yes" if s.limit.active else "no",
         ]
         for s in statuses
@@ -202,13 +203,14 @@ def inspect_text(status: LimitStatus) -> str:
         lines.append(
             table(["LEASE", "OCCUPY", "HOLDER", "HOST:PID", "HELD FOR", "EXPIRES IN"], rows, "  ")
         )
-    lines += ["", f"waiters ({len(status.waiters)})"]
+    waiting = sum(w.count for w in status.waiters)
+    lines += ["", f"waiters ({waiting})"]
     if status.waiters:
         rows = [
             [
-                str(w.position),
+                str(w.position) if w.count == 1 else f"{w.position}-{w.position + w.count - 1}",
                 str(w.occupy),
-                w.holder,
+                w.holder if w.count == 1 else f"{w.holder} (x{w.count})",
                 f"{w.host}:{w.pid}",
                 format_age((now - w.since).total_seconds()) if now else "?",
             ]

@@ -144,7 +144,7 @@ class Sampler:
                 Point(
                     sample.at,
                     status.in_use,
-                    len(status.waiters),
+                    sum(w.count for w in status.waiters),
                     status.totals.granted_units,
                 )
             )

@@ -29,10 +29,12 @@ __all__ = [
     "limit_json",
     "limits_json",
     "run_detail_json",
+    "flow_run_of",
     "task_run_of",
 ]
 
 _HOLDER_TASK: Final = re.compile(r"task .* run ([0-9a-f]{32})")
+_HOLDER_FLOW: Final = re.compile(r"task .* in flow .* run ([0-9a-f]{32})")
 _FAILED_NEXT: Final = {"Retrying", "Failed", "Crashed", "TimedOut", "Cancelled"}
 _WAIT_CAUSES: Final = ("limit", "worker", "retry", "pending")
 
@@ -42,8 +44,16 @@ def _iso(moment: float) -> str:
 
 
 def task_run_of(holder: str) -> str | None:
-    """The task run id in a flow's holder label (``task NAME run ID``), if it is one."""
+    """The task run id of a direct call's holder label (``task NAME run ID``), if it is one."""
+    if _HOLDER_FLOW.fullmatch(holder):
+        return None
     match = _HOLDER_TASK.fullmatch(holder)
+    return match.group(1) if match else None
+
+
+def flow_run_of(holder: str) -> str | None:
+    """The flow run id of a flow's task runs' holder label (``task NAME in flow FLOW run ID``)."""
+    match = _HOLDER_FLOW.fullmatch(holder)
     return match.group(1) if match else None
 
 
@@ -59,7 +69,7 @@ def limits_json(
             {
                 **summary_json(s),
                 "next_token_in": s.next_token_in,
-                "waiting_units": sum(w.occupy for w in s.waiters),
+                "waiting_units": sum(w.count * w.occupy for w in s.waiters),
                 "grants": s.totals.grants,
                 "delivered_rate": delivered(s.limit.name),
             }
@@ -77,8 +87,10 @@ def limit_json(
     data["delivered_rate"] = delivered_rate
     for holder in data["holders"]:
         holder["task_run_id"] = task_run_of(holder["holder"])
+        holder["flow_run_id"] = flow_run_of(holder["holder"])
     for waiter in data["waiters"]:
         waiter["task_run_id"] = task_run_of(waiter["holder"])
+        waiter["flow_run_id"] = flow_run_of(waiter["holder"])
     data["sampled_at"] = _iso(sample.at)
     data["history"] = [{"at": p.at, "in_use": p.in_use, "waiting": p.waiting} for p in points]
     return data

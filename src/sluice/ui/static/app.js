@@ -308,10 +308,14 @@
   }
 
   function who(entry) {
-    const label = entry.task_run_id
-      ? el("a", { href: "/task-runs/" + entry.task_run_id, "data-key": "run:" + entry.task_run_id, text: entry.holder })
-      : entry.holder || "–";
-    return el("span", {}, label, el("br"), el("span", { class: "muted", text: entry.host + " pid " + entry.pid }));
+    let label = entry.holder || "–";
+    if (entry.task_run_id) {
+      label = el("a", { href: "/task-runs/" + entry.task_run_id, "data-key": "run:" + entry.task_run_id, text: entry.holder });
+    } else if (entry.flow_run_id) {
+      label = el("a", { href: "/runs/" + entry.flow_run_id, "data-key": "flow:" + entry.flow_run_id, text: entry.holder });
+    }
+    const count = entry.count > 1 ? " ×" + entry.count : "";
+    return el("span", {}, label, count, el("br"), el("span", { class: "muted", text: entry.host + " pid " + entry.pid }));
   }
 
   function confirmDialog(question) {
