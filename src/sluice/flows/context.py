@@ -73,7 +73,7 @@ class _Run:
                         state.position,
                     )
                 )
-                self.writer.put(self.record())
+                self.writer.touch(self)
         return state
 
     @property

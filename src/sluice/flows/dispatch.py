@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sluice.limits.aio
-from sluice import settings
+from sluice import _loops, settings
 from sluice.flows.context import FlowRun, TaskRun
 from sluice.flows.engine import Executor, TaskSpec, drive
 from sluice.flows.futures import SluiceFuture
@@ -75,7 +75,7 @@ class PoolExecutor:
         await free.acquire()
         loop = asyncio.get_running_loop()
         # The worker is free again when the body really ends, even after a timeout.
-        job.outcome.add_done_callback(lambda _: loop.call_soon_threadsafe(free.release))
+        job.outcome.add_done_callback(lambda _: _loops.post(loop, free.release))
         job.task_run.set_state(State(StateName.RUNNING))
         self._runner.run(job)
 
@@ -174,7 +174,7 @@ class Dispatcher:
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Start a coroutine on the loop, from any thread."""
-        self.loop.call_soon_threadsafe(self._spawn, coro)
+        _loops.post(self.loop, self._spawn, coro)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)

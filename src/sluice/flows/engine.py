@@ -18,11 +18,13 @@ Each task run is one coroutine (:func:`drive`) on its dispatcher's event loop
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import sluice.limits.aio
+from sluice import _loops
 from sluice.errors import LeaseLost, SluiceError, TaskTimeoutError
 from sluice.flows.context import TaskRun
 from sluice.flows.futures import SluiceFuture
@@ -167,7 +169,7 @@ async def _drive(
         try:
             if task.limits:
                 lease = await limits().acquire(
-                    list(task.limits), task.occupy, holder=run.holder, on_wait=_on_wait(run)
+                    task.limits, task.occupy, holder=run.holder, on_wait=_on_wait(run)
                 )
         except asyncio.CancelledError:
             raise
@@ -268,8 +270,15 @@ def _settle(future: SluiceFuture[Any], run: TaskRun, outcome: Outcome) -> None:
         future._set_exception(outcome.value)
 
 
+def _copy_outcome(done: cf.Future[Outcome], waiter: asyncio.Future[Outcome]) -> None:
+    if not waiter.done():
+        waiter.set_result(done.result())
+
+
 async def _outcome(job: Job, task: TaskSpec) -> Outcome:
-    waiter: Awaitable[Outcome] = asyncio.wrap_future(job.outcome)
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[Outcome] = loop.create_future()
+    job.outcome.add_done_callback(lambda done: _loops.post(loop, _copy_outcome, done, waiter))
     timeout = task.timeout_seconds
     if timeout is None:
         outcome = await waiter

@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
+from typing import Protocol
 
 from sluice import settings
 from sluice.errors import SluiceError
@@ -36,6 +37,14 @@ class _Marker:
     prune: bool = False
 
 
+class _Snapshot(Protocol):
+    """A run whose current record the writer takes when it writes (the latest wins)."""
+
+    id: str
+
+    def record(self) -> HistoryRecord: ...
+
+
 class HistoryWriter:
     """Batches records to one history store on a daemon thread."""
 
@@ -44,10 +53,22 @@ class HistoryWriter:
         self._queue: queue.SimpleQueue[HistoryRecord | _Marker] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._dirty: dict[str, _Snapshot] = {}
+        self._dirty_lock = threading.Lock()
 
     def put(self, record: HistoryRecord) -> None:
         """Queue one record for the next batch."""
         self._queue.put(record)
+        if self._thread is None:
+            self._start()
+
+    def touch(self, run: _Snapshot) -> None:
+        """The run changed: write its record as it is when the next batch is written.
+
+        A run that changes several times between two batches is written once.
+        """
+        with self._dirty_lock:
+            self._dirty[run.id] = run
         if self._thread is None:
             self._start()
 
@@ -83,6 +104,9 @@ class HistoryWriter:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
+            with self._dirty_lock:
+                dirty, self._dirty = self._dirty, {}
+            batch.extend(run.record() for run in dirty.values())
             if batch:
                 try:
                     self.store.write(batch)

@@ -246,7 +246,9 @@ class Limits:
     def _policy(self, missing: object) -> MissingPolicy:
         if missing is not None:
             return validate_missing(missing)
-        return self._missing if self._missing is not None else missing_policy()
+        if self._missing is None:
+            self._missing = missing_policy()  # SLUICE_MISSING_LIMIT, read on first use
+        return self._missing
 
     async def _lease(
         self,

@@ -96,10 +96,22 @@ def validate_name(name: object) -> str:
     return name
 
 
+_checked_names: dict[tuple[str, ...], tuple[str, ...]] = {}
+"""Tuples of names already checked (task runs ask with the same few, thousands of times)."""
+
+
 def validate_names(names: object) -> tuple[str, ...]:
     """Return the de-duplicated, sorted names of a str or a list of str."""
     if isinstance(names, str):
         return (validate_name(names),)
+    if isinstance(names, tuple):
+        known = _checked_names.get(names)
+        if known is not None:
+            return known
+        if len(_checked_names) < 4096 and all(isinstance(n, str) for n in names):
+            result = validate_names(list(names))
+            _checked_names[names] = result
+            return result
     if not isinstance(names, Iterable) or isinstance(names, (bytes, bytearray, dict)):
         raise InvalidRequest(
             f"limit names must be a str or a list of str, got {type(names).__name__} {names!r}"

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from sluice import _loops
 from sluice.errors import AcquireTimeout, StoreError
 from sluice.limits import counters
 from sluice.limits.lease import LeaseState, raise_if_lost
@@ -146,39 +147,32 @@ async def wait_for_grant_async(
     timeout: object,
     on_wait: Callable[[WaitInfo], None] | None = None,
 ) -> Waiter:
-    """The async twin: waiting is an asyncio.Event; cancellation is safe at every await."""
+    """The async twin: waiting is a future of the loop; cancellation is safe at every await."""
     limit = validate_timeout(timeout)
-    loop = asyncio.get_running_loop()
-    event = asyncio.Event()
-
-    def signal() -> None:
-        with contextlib.suppress(RuntimeError):  # the loop has closed
-            loop.call_soon_threadsafe(event.set)
-
+    signal = _LoopSignal(asyncio.get_running_loop())
     waiter = Waiter(request, signal)
     session.line.arrive(waiter, lead=False)
     try:
         while waiter.grant is None:
-            event.clear()
+            woken = signal.arm()
             if waiter.error is not None:
                 raise waiter.error
             _news(waiter, on_wait)
             left = _left(waiter, limit, lambda: session.line.refresh(waiter, False))
             if waiter.grant is None and waiter.error is None and not waiter.told:
                 # Not asyncio.wait_for: it can swallow a cancellation that arrives as the
-                # event is set (Python < 3.12); the deadline just sets the event too.
-                timer = None if left is None else loop.call_later(left, event.set)
+                # future is set (Python < 3.12); the deadline just sets the future too.
+                timer = None if left is None else signal.loop.call_later(left, _wake, woken)
                 try:
-                    await event.wait()
+                    await woken
                 finally:
                     if timer is not None:
                         timer.cancel()
     except BaseException as exc:
-        settled = loop.create_future()
+        settled = signal.loop.create_future()
 
         def settle() -> None:
-            with contextlib.suppress(RuntimeError):  # the loop has closed
-                loop.call_soon_threadsafe(_settle, settled)
+            _loops.post(signal.loop, _wake, settled)
 
         if session.line.give_up(waiter, _timed_out_on(waiter, exc), settle, False):
             with contextlib.suppress(BaseException):  # a second cancel: the line goes on
@@ -188,6 +182,33 @@ async def wait_for_grant_async(
                 await release_lease_async(astore, session, waiter.state)
         raise
     return waiter
+
+
+class _LoopSignal:
+    """A waiter's signal to its coroutine: wakes the future it currently waits on."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def arm(self) -> asyncio.Future[None]:
+        """The future to wait on next (a fresh one once the last was woken)."""
+        if self.future.done():
+            self.future = self.loop.create_future()
+        return self.future
+
+    def __call__(self) -> None:
+        _loops.post(self.loop, self._fire)
+
+    def _fire(self) -> None:
+        _wake(self.future)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _releaser(signal: threading.Lock) -> Callable[[], None]:
@@ -224,18 +245,12 @@ async def release_lease_async(astore: AsyncStore, session: Session, state: Lease
     done = loop.create_future()
 
     def signal() -> None:
-        with contextlib.suppress(RuntimeError):  # the loop has closed
-            loop.call_soon_threadsafe(_settle, done)
+        _loops.post(loop, _wake, done)
 
     release = Release(state.id, signal)
     session.line.release(release, lead=False)
     await asyncio.shield(done)
     _finish_release(state, release)
-
-
-def _settle(done: asyncio.Future[None]) -> None:
-    if not done.done():
-        done.set_result(None)
 
 
 def _finish_release(state: LeaseState, release: Release) -> None:

@@ -36,7 +36,7 @@ from sluice.store.sqlite.tx import (
     chunks,
     id_list,
     marks,
-    take_arrivals,
+    pop_arrival,
 )
 
 __all__ = ["SQLiteEngine"]
@@ -247,15 +247,14 @@ class SQLiteEngine:
         self, tx: Tx, ticket: TicketRow, active: list[LimitRow], claimed: bool
     ) -> Granted:
         """One grant of a ticket's request; the ticket wants one fewer (and goes at none)."""
-        segments = arrival_list(ticket.arrivals, ticket.created_at, ticket.wanted)
-        arrived = segments[0][0] if segments else ticket.created_at
+        arrived, arrivals = pop_arrival(ticket.arrivals, ticket.created_at)
         granted = self._grant(tx, ticket.claim(), active, (), claimed=claimed, queued_since=arrived)
         if ticket.wanted <= 1:
             self._drop_ticket(tx, ticket.id, [r.id for r in active])
         else:
             tx.run(
                 "UPDATE sluice_tickets SET wanted = wanted - 1, arrivals = ? WHERE id = ?",
-                (arrivals_text(take_arrivals(segments, 1)), ticket.id),
+                (arrivals, ticket.id),
             )
         return granted
 
@@ -287,7 +286,7 @@ class SQLiteEngine:
     ) -> int:
         """Queue a ticket wanting ``wanted`` grants of ``request`` on every active limit;
         return its seq (``seq``, if given: the place it had)."""
-        ttl = min(r.lease_ttl for r in active)
+        ttl = min((r.lease_ttl for r in active), default=DEFAULT_LEASE_TTL)  # none: served at once
         seq = tx.conn.execute(
             f"INSERT INTO sluice_tickets ({TICKET_COLUMNS})"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '')",

@@ -28,12 +28,16 @@ from sluice.store.sqlite.tx import (
     LimitRow,
     TicketRow,
     Tx,
+    add_arrivals,
     arrival_list,
     arrivals_text,
     take_arrivals,
 )
 
 __all__ = ["Exchanger"]
+
+_FENCE = "CAST(substr(id, length(ticket_id) + 2) AS INTEGER)"
+"""A lease's grant number (its id is <ticket id>.<fence>): grant order, as a number."""
 
 
 class _Answer:
@@ -104,7 +108,7 @@ class Exchanger(SQLiteEngine):
             # Handed over meanwhile for waiters now gone: never claimed, never used.
             unclaimed = tx.all(
                 "SELECT id FROM sluice_leases WHERE ticket_id = ? AND process_id = ?"
-                " AND claimed = 0 ORDER BY acquired_at DESC, id DESC",
+                f" AND claimed = 0 ORDER BY acquired_at DESC, {_FENCE} DESC",
                 (withdrawal.ticket_id, me.id),
             )
             ids = [str(r[0]) for r in unclaimed]
@@ -157,7 +161,7 @@ class Exchanger(SQLiteEngine):
         """The grants handed to one of this process's tickets: claimed now, if still live."""
         rows = tx.all(
             "SELECT id, names, kind, acquired_at, expires_at, lease_ttl FROM sluice_leases"
-            " WHERE ticket_id = ? AND process_id = ? AND claimed = 0 ORDER BY acquired_at, id",
+            f" WHERE ticket_id = ? AND process_id = ? AND claimed = 0 ORDER BY acquired_at, {_FENCE}",
             (ticket_id, me.id),
         )
         grants: list[Granted] = []
@@ -270,16 +274,13 @@ class Exchanger(SQLiteEngine):
         )
         if behind is not None:
             return None
-        segments = arrival_list(ticket.arrivals, ticket.created_at, ticket.wanted)
+        arrivals = add_arrivals(
+            ticket.arrivals, ticket.created_at, ticket.wanted, tx.now, request.count
+        )
         tx.run(
             "UPDATE sluice_tickets SET wanted = wanted + ?, arrivals = ?,"
             " expires_at = ? + lease_ttl WHERE id = ?",
-            (
-                request.count,
-                arrivals_text([*segments, (tx.now, request.count)]),
-                tx.now,
-                ticket.id,
-            ),
+            (request.count, arrivals, tx.now, ticket.id),
         )
         return self._ticket(tx, ticket.id)
 

@@ -10,6 +10,7 @@ instead of making them sleep in SQLite's busy handler. Reads never wait (WAL).
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import threading
 import time
@@ -89,6 +90,15 @@ CREATE INDEX IF NOT EXISTS sluice_history_states_flow
 """
 
 
+def _bulk(verb: str, table: str, columns: str) -> str:
+    """One statement inserting every row of a JSON array of rows (arrays of columns)."""
+    names = [c.strip() for c in columns.split(",")]
+    values = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(names)))
+    return (
+        f"{verb} INTO sluice_history_{table} ({columns}) SELECT {values} FROM json_each(?)"
+    )
+
+
 class SQLiteHistory:
     """Flow runs, task runs and states in ``sluice_history_*`` tables of a SQLite file."""
 
@@ -160,29 +170,26 @@ class SQLiteHistory:
     # ------------------------------------------------------------- the protocol
 
     def write(self, batch: Sequence[HistoryRecord]) -> None:
-        """Upsert runs and insert states, in one transaction."""
+        """Upsert runs and insert states, in one transaction.
+
+        Each table gets ONE statement whatever the batch's size (its rows travel as one
+        JSON array): the sqlite3 module releases and takes back the GIL around every
+        step, so row-by-row inserts from a busy process would hold the database's write
+        lock for as long as the other threads keep the GIL.
+        """
         rows = rows_of(batch)
         if not rows:
             return
+        flows = json.dumps(list(rows.flows.values())) if rows.flows else None
+        tasks = json.dumps(list(rows.tasks.values())) if rows.tasks else None
+        states = json.dumps(rows.states) if rows.states else None
         with self._tx() as conn:
-            if rows.flows:
-                conn.executemany(
-                    f"INSERT OR REPLACE INTO sluice_history_flow_runs ({FLOW_COLUMNS})"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    list(rows.flows.values()),
-                )
-            if rows.tasks:
-                conn.executemany(
-                    f"INSERT OR REPLACE INTO sluice_history_task_runs ({TASK_COLUMNS})"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    list(rows.tasks.values()),
-                )
-            if rows.states:
-                conn.executemany(
-                    f"INSERT OR IGNORE INTO sluice_history_states ({STATE_COLUMNS})"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows.states,
-                )
+            if flows is not None:
+                conn.execute(_bulk("INSERT OR REPLACE", "flow_runs", FLOW_COLUMNS), (flows,))
+            if tasks is not None:
+                conn.execute(_bulk("INSERT OR REPLACE", "task_runs", TASK_COLUMNS), (tasks,))
+            if states is not None:
+                conn.execute(_bulk("INSERT OR IGNORE", "states", STATE_COLUMNS), (states,))
 
     def list_flow_runs(self, limit: int = 20) -> list[FlowRunRecord]:
         """The newest flow runs first."""

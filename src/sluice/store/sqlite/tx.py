@@ -194,3 +194,33 @@ def take_arrivals(segments: list[tuple[float, int]], count: int) -> list[tuple[f
         if left[0][1] == 0:
             left.pop(0)
     return left
+
+
+ARRIVALS_JOIN_WINDOW = 0.005
+"""Seconds within which requests joining a ticket count as one arrival (fewer segments)."""
+
+
+def pop_arrival(arrivals: str, created_at: float) -> tuple[float, str]:
+    """(when the oldest wanted grant arrived, the column once it is granted); touches only
+    the first segment, so a grant costs the same however many segments there are."""
+    if not arrivals:
+        return created_at, ""
+    first, _, rest = arrivals.partition(",")
+    moment, _, count = first.partition(":")
+    left = int(count) - 1
+    if left > 0:
+        return float(moment), f"{moment}:{left}" + ("," + rest if rest else "")
+    return float(moment), rest
+
+
+def add_arrivals(arrivals: str, created_at: float, wanted: int, now: float, count: int) -> str:
+    """The column once ``count`` more requests arrived at ``now`` (joined to the last
+    segment if it arrived within :data:`ARRIVALS_JOIN_WINDOW`)."""
+    text = arrivals or (f"{created_at!r}:{wanted}" if wanted > 0 else "")
+    if text:
+        head, _, last = text.rpartition(",")
+        moment, _, n = last.partition(":")
+        if now - float(moment) <= ARRIVALS_JOIN_WINDOW:
+            return (head + "," if head else "") + f"{moment}:{int(n) + count}"
+        return f"{text},{now!r}:{count}"
+    return f"{now!r}:{count}"
