@@ -27,6 +27,37 @@ def test_redact_url_masks_only_the_password() -> None:
     assert redact_url("redis://:s3cret@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
     assert redact_url("postgresql://me:pw@127.0.0.1/db") == "postgresql://me:***@127.0.0.1/db"
     assert redact_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    assert redact_url("redis://127.0.0.1/0?prefix=app") == "redis://127.0.0.1/0?prefix=app"
+
+
+def test_redact_url_masks_passwords_in_query_parameters_and_nested_urls() -> None:
+    url = (
+        "postgresql://app@127.0.0.1/db?password=hunter22&sslmode=disable"
+        "&listen_url=postgresql://app:nested-pw@127.0.0.1:5432/db"
+    )
+    shown = redact_url(url)
+    assert "hunter22" not in shown and "nested-pw" not in shown
+    assert "password=***" in shown and "sslmode=disable" in shown
+    assert "listen_url=postgresql://app:***@127.0.0.1:5432/db" in shown
+    assert redact_url("redis://127.0.0.1:6379/0?password=abc12") == (
+        "redis://127.0.0.1:6379/0?password=***"
+    )
+
+
+def test_scrub_masks_every_secret_of_the_urls_wherever_it_appears() -> None:
+    from sluice._urls import scrub
+
+    url = "postgresql://u:s3cr3t-pw@h/db?listen_url=postgresql://u:other-pw@h/db"
+    message = "failed for s3cr3t-pw at postgresql://u:other-pw@h/db (try again)"
+    assert scrub(message, [url, None]) == "failed for *** at postgresql://u:***@h/db (try again)"
+
+
+def test_a_password_in_a_query_parameter_never_reaches_limits_url_or_errors() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Limits("mongo://127.0.0.1/db?password=hunter2x")
+    assert "hunter2x" not in str(caught.value)
+    with Limits("memory://secret-test") as limits:
+        assert "hunter" not in limits.url
 
 
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:", "nothing"])

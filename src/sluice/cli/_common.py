@@ -5,15 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit
 
 import click
 
+from sluice._urls import redact_url, scrub
 from sluice.errors import (
     InvalidRequest,
     LimitBusy,
@@ -24,7 +23,6 @@ from sluice.errors import (
 )
 from sluice.limits.sync import Limits
 from sluice.settings import ConfigFile, ResolvedURL, resolve_url
-from sluice.store import redact_url
 
 __all__ = [
     "EXIT_CONFLICT",
@@ -117,27 +115,6 @@ def echo_json(value: object) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=False))
 
 
-def _secret(url: str) -> str | None:
-    """The password in a URL, also in one too malformed for urlsplit to find it."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        password = None
-    if password:
-        return password
-    match = re.search(r":([^:/@]+)@", url)
-    return match.group(1) if match else None
-
-
-def _scrub(message: str, urls: list[str | None]) -> str:
-    """The message with the password of any of these URLs masked, wherever it appears."""
-    for url in urls:
-        secret = _secret(url) if url else None
-        if secret:
-            message = message.replace(f":{secret}@", ":***@")
-    return message
-
-
 def mask_passwords(message: str, ctx: click.Context | None = None) -> str:
     """The message with the password of this invocation's store URL masked (from the flag,
     the environment or the configuration file), wherever it appears."""
@@ -146,7 +123,7 @@ def mask_passwords(message: str, ctx: click.Context | None = None) -> str:
     urls = [flag, os.environ.get("SLUICE_URL")]
     with contextlib.suppress(Exception):  # the configuration file's URL, if that is used
         urls.append(resolve_url(flag).url)
-    return _scrub(message, urls)
+    return scrub(message, urls)
 
 
 def translate(exc: SluiceError) -> CLIError:

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from sluice import _fork
+from sluice._urls import redact_url
 from sluice.errors import ConfigError
 from sluice.store.base import AsyncStore, Store, StoreDiagnosis, ThreadedAsyncStore, WakeHandler
 from sluice.store.history import HistoryStore
@@ -82,18 +82,6 @@ _histories: dict[str, HistoryStore] = {}
 def known_schemes() -> list[str]:
     """The URL schemes a store can be opened with."""
     return sorted(BACKENDS)
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, safe for logs and errors."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 def _sqlite_path(url: str) -> str:
