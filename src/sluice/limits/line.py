@@ -475,7 +475,8 @@ class Line:
 
         Releases and requests that never queued fail with the error; tickets keep
         their place and are asked about again after a back-off, as are withdrawals
-        (whose leaving waiters are told they left: the ticket expires by itself).
+        (whose leaving waiters are told they left: the ticket expires by itself); a
+        waiter that asked for its last answer before timing out is answered by the failure.
         """
         for release in round_.releases:
             release.error = exc
@@ -493,6 +494,16 @@ class Line:
                 settle()
             self._withdrawals.append(_Withdraw(withdraw.withdrawal))
         self._asks.update(a.ticket_id for a in round_.batch.asks if a.ticket_id in self._tickets)
+        # Waiters past their timeout asked for one last answer; the store could not give
+        # it, so they time out now with the place they last had (not when it is back).
+        now = time.monotonic()
+        for ask in round_.batch.asks:
+            ticket = self._tickets.get(ask.ticket_id)
+            if ticket is not None:
+                for waiter in ticket.asking:
+                    waiter.answered_at = now
+                    waiter.signal()
+                ticket.asking.clear()
         self._failures += 1
         if isinstance(exc, StoreUnavailable) and (round_.batch.asks or round_.withdrawals):
             log.warning("sluice: %s; waiting tickets keep their place, retrying", exc)
@@ -500,6 +511,7 @@ class Line:
         self._retry_at = time.monotonic() + backoff
         heapq.heappush(self._timers, (self._retry_at, ""))
         self._start_thread()
+        self._wakeup.notify()  # its thread may sleep past the retry on an older timer
 
     # ------------------------------------------------------------- routing the answer
 
