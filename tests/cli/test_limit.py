@@ -59,7 +59,7 @@ def test_create_without_slots_or_rate_is_a_usage_error(db_url: str, limits: Limi
     [
         (["--rate", "10/x"], "'10/x' is not a rate: use COUNT/PERIOD such as 10/s"),
         (["--slots", "3", "--lease-ttl", "soon"], "'soon' is not a duration"),
-        (["--slots", "0"], "slots must be an int >= 1 or None, got 0"),
+        (["--slots", "0"], "slots must be an int from 1 to 2,147,483,647 or None, got 0"),
         (["--slots", "3", "--lease-ttl", "500ms"], "lease_ttl must be seconds between 1 and"),
         (["--slots", "3", "--burst", "2"], "burst=2 needs a rate"),
     ],

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import string
 import uuid
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -534,3 +536,34 @@ def test_unknown_admin_arguments_are_type_errors(limits: Limits) -> None:
     with pytest.raises(TypeError):
         limits.create("db", slotz=1)  # type: ignore[call-arg]
     assert limits.list() == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "rule"),
+    [
+        ({"slots": 2**31}, "slots must be an int from 1 to 2,147,483,647"),
+        ({"slots": 2**63}, "slots must be an int from 1 to 2,147,483,647"),
+        ({"rate": 1e300}, "rate must be units per second from 1e-06 to 1e+09"),
+        ({"rate": 5e-324}, "rate must be units per second from 1e-06 to 1e+09"),
+        ({"rate": 10.0, "burst": 2**53 + 1}, "burst must be an int from 1 to 2,147,483,647"),
+    ],
+)
+def test_numbers_no_store_can_hold_are_refused_alike_everywhere_and_change_nothing(
+    limits: Limits, fields: dict[str, Any], rule: str
+) -> None:
+    limits.create("db", slots=1)
+    before = snapshot(limits, "db")
+    with pytest.raises(InvalidRequest, match=re.escape(rule)):
+        limits.create("huge", **fields)
+    with pytest.raises(InvalidRequest, match=re.escape(rule)):
+        limits.update("db", **fields)
+    assert [lim.name for lim in limits.list()] == ["db"]
+    assert snapshot(limits, "db") == before
+    # The largest values allowed are stored and read back exactly, on every store.
+    limits.create("edge", slots=2**31 - 1, rate=1e9, burst=2**31 - 1)
+    edge = limits.get("edge")
+    assert (edge.slots, edge.rate, edge.burst) == (2**31 - 1, 1e9, 2**31 - 1)
+    limits.update("edge", rate=1e-6)
+    assert limits.get("edge").rate == 1e-6
+    with pytest.raises(InvalidRequest, match="occupy must be an int from 1 to"):
+        limits.acquire("db", occupy=2**31)

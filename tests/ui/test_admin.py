@@ -108,7 +108,10 @@ def test_with_the_token_enable_disable_update_and_reset_work(
 @pytest.mark.parametrize(
     ("action", "body", "status", "needle"),
     [
-        ("update", {"limit": "db", "slots": 0}, 400, "slots must be an int >= 1"),
+        ("update", {"limit": "db", "slots": 0}, 400, "slots must be an int from 1 to"),
+        ("update", {"limit": "db", "slots": 2**63}, 400, "slots must be an int from 1 to"),
+        ("update", {"limit": "db", "rate": 1e300}, 400, "rate must be units per second from"),
+        ("update", {"limit": "db", "burst": 2**53 + 1}, 400, "burst must be an int from 1 to"),
         ("update", {"limit": "db", "rate": "fast"}, 400, "'fast' is not a rate"),
         ("update", {"limit": "db", "colour": "red"}, 400, "unknown field(s) ['colour']"),
         ("update", {"limit": "db"}, 400, "needs at least one of"),
@@ -131,6 +134,22 @@ def test_bad_actions_say_what_is_wrong_and_change_nothing(
     response = client.post(f"/api/admin/{action}", json=body, headers=admin_headers)
     assert response.status_code == status
     assert needle in response.json()["error"]
+    assert limits.get("db") == before
+
+
+def test_deeply_nested_or_huge_json_is_a_400_and_changes_nothing(
+    client: TestClient, limits: Limits, admin_headers: dict[str, str]
+) -> None:
+    limits.create("db", slots=2)
+    before = limits.get("db")
+    headers = {**admin_headers, "Content-Type": "application/json"}
+    nested = '{"limit": "db", "slots": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    response = client.post("/api/admin/update", content=nested, headers=headers)
+    assert response.status_code == 400
+    assert "bytes" in response.json()["error"] or "nested" in response.json()["error"]
+    deep = '{"limit": "db", "slots": ' + "[" * 20_000 + "]" * 20_000 + "}"
+    response = client.post("/api/admin/update", content=deep, headers=headers)
+    assert response.status_code == 400, response.text
     assert limits.get("db") == before
 
 

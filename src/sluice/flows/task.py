@@ -17,6 +17,7 @@ from sluice.flows.dispatch import CallerLoop, CallerThread, admit
 from sluice.flows.futures import SluiceFuture
 from sluice.flows.states import State, StateName
 from sluice.limits import Limit
+from sluice.limits.model import validate_occupy
 
 __all__ = ["Task", "task", "unmapped"]
 
@@ -95,9 +96,7 @@ def _check_limits(limits: object) -> tuple[str, ...]:
 
 
 def _check_occupy(occupy: object) -> int:
-    if isinstance(occupy, bool) or not isinstance(occupy, int) or occupy < 1:
-        raise InvalidRequest(f"occupy must be an int >= 1 (units of each limit), got {occupy!r}")
-    return occupy
+    return validate_occupy(occupy)
 
 
 def _check_tags(tags: object) -> tuple[str, ...]:

@@ -20,6 +20,9 @@ from sluice.errors import InvalidRequest
 __all__ = [
     "DEFAULT_LEASE_TTL",
     "MAX_LEASE_TTL",
+    "MAX_RATE",
+    "MAX_UNITS",
+    "MIN_RATE",
     "MIN_LEASE_TTL",
     "NAME_PATTERN",
     "WAIT_BUCKETS",
@@ -43,6 +46,12 @@ __all__ = [
 ]
 
 DEFAULT_LEASE_TTL: Final = 30.0
+MAX_UNITS: Final = 2**31 - 1
+"""The most slots, burst or occupy a limit may have: the same on every store."""
+MIN_RATE: Final = 1e-6
+"""The slowest rate, in units per second: one unit every 11.6 days."""
+MAX_RATE: Final = 1e9
+"""The fastest rate, in units per second."""
 MIN_LEASE_TTL: Final = 1.0
 MAX_LEASE_TTL: Final = 86_400.0
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
@@ -122,14 +131,24 @@ def validate_names(names: object) -> tuple[str, ...]:
     return tuple(sorted(checked))
 
 
+def _check_units(what: str, value: object, none_ok: bool) -> int | None:
+    """A whole number of units in 1 .. MAX_UNITS (or None, where allowed)."""
+    rule = f"{what} must be an int from 1 to {MAX_UNITS:,}" + (" or None" if none_ok else "")
+    if value is None and none_ok:
+        return None
+    if not _is_int(value):
+        raise InvalidRequest(f"{rule}, got {type(value).__name__} {value!r}")
+    assert isinstance(value, int)
+    if not 1 <= value <= MAX_UNITS:
+        raise InvalidRequest(f"{rule}, got {value!r}")
+    return value
+
+
 def validate_occupy(occupy: object) -> int:
-    """Return ``occupy`` if it is a whole number of units >= 1."""
-    if not _is_int(occupy):
-        raise InvalidRequest(f"occupy must be an int >= 1, got {type(occupy).__name__} {occupy!r}")
-    assert isinstance(occupy, int)
-    if occupy < 1:
-        raise InvalidRequest(f"occupy must be an int >= 1, got {occupy!r}")
-    return occupy
+    """Return ``occupy`` if it is a whole number of units from 1 to MAX_UNITS."""
+    checked = _check_units("occupy", occupy, none_ok=False)
+    assert checked is not None
+    return checked
 
 
 def validate_timeout(timeout: object) -> float | None:
@@ -144,7 +163,7 @@ def validate_timeout(timeout: object) -> float | None:
     value = float(timeout)  # type: ignore[arg-type]
     if math.isnan(value) or value < 0:
         raise InvalidRequest(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
-    return value
+    return None if value == math.inf else value
 
 
 def validate_missing(missing: object) -> MissingPolicy:
@@ -155,42 +174,23 @@ def validate_missing(missing: object) -> MissingPolicy:
 
 
 def _check_slots(slots: object) -> int | None:
-    if slots is None:
-        return None
-    if not _is_int(slots):
-        raise InvalidRequest(
-            f"slots must be an int >= 1 or None, got {type(slots).__name__} {slots!r}"
-        )
-    assert isinstance(slots, int)
-    if slots < 1:
-        raise InvalidRequest(f"slots must be an int >= 1 or None, got {slots!r}")
-    return slots
+    return _check_units("slots", slots, none_ok=True)
 
 
 def _check_rate(rate: object) -> float | None:
+    rule = f"rate must be units per second from {MIN_RATE:g} to {MAX_RATE:g}, or None"
     if rate is None:
         return None
     if not _is_number(rate):
-        raise InvalidRequest(
-            f"rate must be units per second > 0 or None, got {type(rate).__name__} {rate!r}"
-        )
+        raise InvalidRequest(f"{rule}, got {type(rate).__name__} {rate!r}")
     value = float(rate)  # type: ignore[arg-type]
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidRequest(f"rate must be a finite number of units per second > 0, got {rate!r}")
+    if not MIN_RATE <= value <= MAX_RATE:  # also rejects NaN and infinities
+        raise InvalidRequest(f"{rule}, got {rate!r}")
     return value
 
 
 def _check_burst(burst: object) -> int | None:
-    if burst is None:
-        return None
-    if not _is_int(burst):
-        raise InvalidRequest(
-            f"burst must be an int >= 1 or None, got {type(burst).__name__} {burst!r}"
-        )
-    assert isinstance(burst, int)
-    if burst < 1:
-        raise InvalidRequest(f"burst must be an int >= 1 or None, got {burst!r}")
-    return burst
+    return _check_units("burst", burst, none_ok=True)
 
 
 def _check_ttl(lease_ttl: object) -> float:

@@ -151,11 +151,20 @@ def _json_error(message: str, status: int) -> JSONResponse:
 # --------------------------------------------------------------------------- admin
 
 
+_MAX_BODY: Final = 64 * 1024
+"""Bytes an admin action's JSON body may have (an action names a limit and a few numbers)."""
+
+
 async def _body(request: Request) -> dict[str, Any]:
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         raise InvalidRequest("send the action as JSON (Content-Type: application/json)")
+    body = await request.body()
+    if len(body) > _MAX_BODY:
+        raise InvalidRequest(f"the request body is {len(body):,} bytes: send at most {_MAX_BODY:,}")
     try:
-        data = json.loads(await request.body())
+        data = json.loads(body)
+    except RecursionError as exc:
+        raise InvalidRequest("the request body is JSON nested too deeply") from exc
     except ValueError as exc:
         raise InvalidRequest(f"the request body is not JSON: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("limit"), str):
