@@ -197,7 +197,7 @@ def test_the_flag_overrides_the_files_url(tmp_path: Path, db_url: str, limits: L
         ("[limits.db]\nslot = 3\n", "[limits.db]: unknown key 'slot' (did you mean 'slots'?)"),
         ('[limits.db]\nrate = "ten/s"\n', "[limits.db]: rate: 'ten/s' is not a rate"),
         ('[limits.db]\nslots = 3\nlease_ttl = "ages"\n', "[limits.db]: lease_ttl: 'ages' is not"),
-        ('[limits.db]\nslots = "3"\n', "[limits.db]: slots must be an int from 1 to 2,147,483,647 or None"),
+        ('[limits.db]\nslots = "3"\n', "[limits.db]: slots must be an int from 1 to 2,147,483,647"),
         ("[limits.db]\nslots = 3\nactive = 1\n", "[limits.db]: active must be a bool"),
         ("[limits.db]\nburst = 3\n", "[limits.db]: limit 'db': burst=3 needs a rate"),
         ("[limits.db]\nactive = true\n", "[limits.db]: limit 'db' needs slots="),
