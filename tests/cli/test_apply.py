@@ -230,3 +230,35 @@ def test_apply_without_a_file_anywhere_is_a_usage_error(tmp_path: Path) -> None:
     ran = sluice("limit", "apply", "missing.toml")
     assert ran.exit_code == 2
     assert "'missing.toml' does not exist" in ran.error
+
+
+def test_a_file_with_several_bad_entries_names_them_all_and_changes_nothing(
+    tmp_path: Path, db_url: str
+) -> None:
+    config = tmp_path / "sluice.toml"
+    config.write_text(
+        f'url = "{db_url}"\n'
+        "[limits.aaa]\nslots = 2\n"
+        "[limits.bbb]\nslots = 3\n"
+        '[limits.ccc]\nslots = "three"\n'
+        "[limits.ddd]\nslots = 4\n"
+        "[limits.eee]\nrate = 1e300\n"
+    )
+    ran = sluice("limit", "apply", str(config))
+    assert ran.exit_code == 2, ran.stderr
+    assert "2 limits in" in ran.stderr and "nothing was changed" in ran.stderr
+    assert "[limits.ccc]: slots must be an int" in ran.stderr
+    assert "[limits.eee]: rate must be units per second" in ran.stderr
+    with Limits(db_url) as limits:
+        assert limits.list() == []
+
+
+def test_the_plan_is_printed_before_it_is_applied(tmp_path: Path, db_url: str) -> None:
+    config = tmp_path / "sluice.toml"
+    config.write_text(f'url = "{db_url}"\n[limits.aaa]\nslots = 2\n[limits.bbb]\nslots = 3\n')
+    ran = sluice("limit", "apply", str(config))
+    assert ran.exit_code == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert lines[0].startswith("plan for ")
+    assert [line.split()[0] for line in lines[1:3]] == ["create", "create"]
+    assert lines[-1] == "applied: 2 created, 0 updated, 0 unchanged"

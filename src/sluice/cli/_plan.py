@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from sluice.cli._common import EXIT_CONFLICT, CLIError
-from sluice.errors import ConfigError, InvalidRequest, LimitNotFound
+from sluice.cli._common import EXIT_CONFLICT, CLIError, translate
+from sluice.errors import ConfigError, InvalidRequest, LimitNotFound, SluiceError
 from sluice.limits.model import DEFAULT_LEASE_TTL, Limit, validate_name
 from sluice.limits.sync import Limits
 from sluice.report.limits import changes_json, diff_limits, limit_json
@@ -89,32 +89,46 @@ def read_declared(config: ConfigFile) -> list[Limit]:
             f"[{'.'.join(p for p in (config.table, 'limits') if p)}.NAME] with slots = 20"
         )
     declared = []
+    problems: list[str] = []
     for name, table in sorted(tables.items()):
-        where = config.where("limits", name)
         try:
-            validate_name(name)
-        except InvalidRequest as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        if not isinstance(table, Mapping):
-            raise ConfigError(f"{where} must be a table of {', '.join(LIMIT_KEYS)}, got {table!r}")
-        unknown = sorted(set(table) - set(LIMIT_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: {unknown_key(unknown[0], LIMIT_KEYS)}")
-        values = {key: _convert(config, name, key, value) for key, value in table.items()}
-        try:
-            declared.append(
-                Limit.build(
-                    name,
-                    slots=values.get("slots"),
-                    rate=values.get("rate"),
-                    burst=values.get("burst"),
-                    active=values.get("active", True),
-                    lease_ttl=values.get("lease_ttl", DEFAULT_LEASE_TTL),
-                )
-            )
-        except InvalidRequest as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+            declared.append(_declared(config, name, table))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(
+            f"{len(problems)} limits in {config.where()} are invalid; nothing was changed:\n  "
+            + "\n  ".join(problems)
+        )
     return declared
+
+
+def _declared(config: ConfigFile, name: str, table: object) -> Limit:
+    """One ``[limits.NAME]`` table, checked whole."""
+    where = config.where("limits", name)
+    try:
+        validate_name(name)
+    except InvalidRequest as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where} must be a table of {', '.join(LIMIT_KEYS)}, got {table!r}")
+    unknown = sorted(set(table) - set(LIMIT_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: {unknown_key(unknown[0], LIMIT_KEYS)}")
+    values = {key: _convert(config, name, key, value) for key, value in table.items()}
+    try:
+        return Limit.build(
+            name,
+            slots=values.get("slots"),
+            rate=values.get("rate"),
+            burst=values.get("burst"),
+            active=values.get("active", True),
+            lease_ttl=values.get("lease_ttl", DEFAULT_LEASE_TTL),
+        )
+    except InvalidRequest as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def make_plan(limits: Limits, declared: list[Limit], prune: bool, force: bool) -> Plan:
@@ -151,22 +165,43 @@ def make_plan(limits: Limits, declared: list[Limit], prune: bool, force: bool) -
 
 
 def apply_plan(limits: Limits, plan: Plan, force: bool) -> None:
-    """Carry out the plan's creates, updates and deletes, in order."""
-    for action in plan.actions:
-        limit = action.limit
-        if action.kind == "create":
-            limits.create(
-                limit.name,
-                slots=limit.slots,
-                rate=limit.rate,
-                burst=limit.burst,
-                lease_ttl=limit.lease_ttl,
-                active=limit.active,
-            )
-        elif action.kind == "update":
-            _update(limits, action)
-        elif action.kind == "delete":
-            limits.delete(limit.name, force=force)
+    """Carry out the plan's creates, updates and deletes, in order.
+
+    Everything was checked before the first change; should the store fail part
+    way, the error says which actions were done and which were not.
+    """
+    done: list[str] = []
+    for index, action in enumerate(plan.actions):
+        try:
+            _apply(limits, action, force)
+        except SluiceError as exc:
+            if not done:
+                raise
+            left = [f"{a.kind} {a.name}" for a in plan.actions[index:] if a.kind != "unchanged"]
+            raise CLIError(
+                f"{exc}; done before it: {', '.join(done)}; not done: {', '.join(left)}. "
+                "Run `sluice limit apply` again once the store answers: it applies what is left",
+                translate(exc).exit_code,
+            ) from exc
+        if action.kind != "unchanged":
+            done.append(f"{action.kind} {action.name}")
+
+
+def _apply(limits: Limits, action: Action, force: bool) -> None:
+    limit = action.limit
+    if action.kind == "create":
+        limits.create(
+            limit.name,
+            slots=limit.slots,
+            rate=limit.rate,
+            burst=limit.burst,
+            lease_ttl=limit.lease_ttl,
+            active=limit.active,
+        )
+    elif action.kind == "update":
+        _update(limits, action)
+    elif action.kind == "delete":
+        limits.delete(limit.name, force=force)
 
 
 def _update(limits: Limits, action: Action) -> None:

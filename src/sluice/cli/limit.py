@@ -21,7 +21,7 @@ from sluice.cli._common import (
     url_option,
 )
 from sluice.cli._params import DURATION, RATE, REMOVE, OrNone
-from sluice.cli._plan import ActionKind, apply_plan, make_plan, read_declared
+from sluice.cli._plan import ActionKind, Plan, apply_plan, make_plan, read_declared
 from sluice.errors import LimitNotFound
 from sluice.limits.model import LimitStatus
 from sluice.report.limits import (
@@ -271,6 +271,8 @@ def apply(file: Path | None, dry_run: bool, prune: bool, force: bool, as_json: b
         url = redacted(limits.url)
         plan = make_plan(limits, declared, prune, force)
         changing = any(a.kind != "unchanged" for a in plan.actions)
+        if not as_json:
+            _echo_plan(config.path, url, plan)  # the plan first, then the changes
         if changing and not dry_run:
             apply_plan(limits, plan, force)
     applied = changing and not dry_run
@@ -286,7 +288,19 @@ def apply(file: Path | None, dry_run: bool, prune: bool, force: bool, as_json: b
             }
         )
         return
-    click.echo(f"plan for {config.path} on {url}:")
+    counts = ", ".join(
+        f"{plan.count(kind)} {word}" for kind, word in _DONE if plan.count(kind) or kind != "delete"
+    )
+    if dry_run:
+        click.echo("dry run: nothing changed; run without --dry-run to apply")
+    elif applied:
+        click.echo(f"applied: {counts}")
+    else:
+        click.echo("nothing to change")
+
+
+def _echo_plan(path: Path, url: str, plan: Plan) -> None:
+    click.echo(f"plan for {path} on {url}:")
     if not plan.actions:
         click.echo("  (no limits declared)")
     width = max((len(a.name) for a in plan.actions), default=0)
@@ -305,12 +319,3 @@ def apply(file: Path | None, dry_run: bool, prune: bool, force: bool, as_json: b
             f"  ({len(plan.unmanaged)} stored limit(s) not in the file left alone: "
             f"{', '.join(plan.unmanaged)}; --prune deletes them)"
         )
-    counts = ", ".join(
-        f"{plan.count(kind)} {word}" for kind, word in _DONE if plan.count(kind) or kind != "delete"
-    )
-    if dry_run:
-        click.echo("dry run: nothing changed; run without --dry-run to apply")
-    elif applied:
-        click.echo(f"applied: {counts}")
-    else:
-        click.echo("nothing to change")
