@@ -1,78 +1,104 @@
 """Redis commands per grant with 1, 100 and 1,000 waiters queued (Redis store).
 
-A limit with slots=1 is held; N requests wait on it, queued from a second
-store connection (another process, as far as Redis can tell, so wake-ups are
-published). Then, repeatedly, the holder releases: the release script hands
-the slot to the head waiter and publishes its wake-up, which carries the
-grant; the woken waiter takes it, and its lease is released in turn.
-``INFO commandstats`` (reset before the grants) counts every command the
-server ran, the scripts' own and PUBLISH included; the figure is commands per
-grant. Baseline, same run: the same figure with one waiter. Target: O(1), i.e.
-1,000 waiters cost no more than 1.5x the commands of one.
+A limit with slots=1 is held; N tickets wait on it, each wanting one grant,
+opened from a second store object (another process, as far as Redis can tell,
+so hand-offs to them wait to be claimed and wake-ups are published). Then,
+repeatedly, the holder's side releases the lease in an exchange: the step hands
+the slot to the head ticket and publishes its id; the woken process asks about
+the ticket in an exchange of its own, which claims the grant; that lease is
+released by the holder's side in turn. ``INFO commandstats`` (reset before the
+grants) counts every command the server ran, the scripts' own and PUBLISH
+included; the figure is commands per grant. Baseline, same run: the same figure
+with one waiter. Target: O(1), i.e. 1,000 waiters cost no more than 1.5x the
+commands of one.
 
 Run: ``python benchmarks/commands_per_grant.py``
 """
 
 from __future__ import annotations
 
-import time
+import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import redis
 
 from _common import Row, parse_args, print_table
 from _redis import REDIS_URL, available, commandstats_calls, temp_redis_url
 from sluice import Limits
-from sluice.store.base import AcquireRequest, Granted, Queued
+from sluice.store.base import AcquireRequest, Ask, Exchange, Withdrawal
+from sluice.store.redis.store import RedisStore, from_url
 
 LIMIT = "grants"
 SIZES = (1, 100, 1000)
 GRANTS = 20  # grants measured per size (at most the number of waiters)
 
 
-def wait_for_wake_up(store: object, request_id: str) -> None:
-    """Wait until the waiter's process has received its wake-up (benchmark plumbing)."""
-    deadline = time.monotonic() + 5
-    while request_id not in store.engine.handed:  # type: ignore[attr-defined]
-        if time.monotonic() > deadline:
-            raise RuntimeError("the wake-up with the grant never arrived")
-        time.sleep(0.0005)
+class Woken:
+    """The ticket ids the waiters' process was woken for (benchmark plumbing)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._ids: set[str] = set()
+
+    def __call__(self, ticket_ids: Collection[str]) -> None:
+        with self._cond:
+            self._ids.update(ticket_ids)
+            self._cond.notify_all()
+
+    def wait_for(self, ticket_id: str) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: ticket_id in self._ids, timeout=5):
+                raise RuntimeError("the wake-up never arrived")
 
 
 def commands_per_grant(waiters: int) -> float:
-    """Average server commands for one hand-off (release + collect) with ``waiters`` queued."""
+    """Average server commands for one hand-off (release + claiming ask) with ``waiters``."""
     with temp_redis_url(f"grants{waiters}") as url:
-        other = url.replace("127.0.0.1", "localhost", 1)
-        with Limits(url) as holder_side, Limits(other) as waiter_side:
-            holder_side.create(LIMIT, slots=1)
-            held = holder_side.acquire(LIMIT)
-            store = waiter_side._store  # benchmark plumbing: queue without a thread each
-            requests = [
-                AcquireRequest(f"w{i}-{uuid.uuid4().hex[:8]}", (LIMIT,)) for i in range(waiters)
-            ]
-            queued = [store.acquire(request) for request in requests]
-            if any(not isinstance(q, Queued) for q in queued):
-                raise RuntimeError("a waiter got in while the slot was held")
-            grants = min(GRANTS, waiters)
-            with redis.Redis.from_url(REDIS_URL) as admin:
-                admin.config_resetstat()
-            for i in range(grants):
-                if i == 0:
-                    holder_side._store.release(held.id)  # hands the slot to waiter 0
-                else:
-                    store.release(requests[i - 1].request_id)  # ... and on down the line
-                request, place = requests[i], queued[i]
-                assert isinstance(place, Queued)
-                wait_for_wake_up(store, request.request_id)
-                retry = AcquireRequest(request.request_id, request.names, seq=place.seq)
-                collected = store.acquire(retry)  # the woken waiter takes its grant
-                if not isinstance(collected, Granted):
-                    raise RuntimeError(f"waiter {i} was not handed the slot: {collected}")
-            total = commandstats_calls()
-            for request in requests:
-                store.abandon(request.request_id)
-            return total / grants
+        with Limits(url) as admin:
+            admin.create(LIMIT, slots=1)
+        holder_side, waiter_side = from_url(url), from_url(url)
+        try:
+            return _measure(holder_side, waiter_side, waiters)
+        finally:
+            holder_side.close()
+            waiter_side.close()
+
+
+def _measure(holder_side: RedisStore, waiter_side: RedisStore, waiters: int) -> float:
+    woken = Woken()
+    waiter_side.set_wake_handler(woken)
+    first = holder_side.exchange(Exchange(requests=(AcquireRequest("holder", (LIMIT,)),)))
+    held = first.grants[0].lease_id
+    # One ticket per request (distinct holders: they never join one ticket).
+    requests = [
+        AcquireRequest(f"w{i}-{uuid.uuid4().hex[:8]}", (LIMIT,), holder=f"w{i}")
+        for i in range(waiters)
+    ]
+    seqs = []
+    for request in requests:
+        answer = waiter_side.exchange(Exchange(requests=(request,)))
+        if request.request_id not in answer.queued:
+            raise RuntimeError("a waiter got in while the slot was held")
+        seqs.append(answer.queued[request.request_id].seq)
+    grants = min(GRANTS, waiters)
+    with redis.Redis.from_url(REDIS_URL) as server:
+        server.config_resetstat()
+    for i in range(grants):
+        assert held is not None
+        holder_side.exchange(Exchange(releases=(held,)))  # hands the slot to waiter i
+        request = requests[i]
+        woken.wait_for(request.request_id)
+        ask = Ask(request.request_id, request, seqs[i], 1)
+        answer = waiter_side.exchange(Exchange(asks=(ask,)))  # claims it
+        if [g.ticket_id for g in answer.grants] != [request.request_id]:
+            raise RuntimeError(f"waiter {i} was not handed the slot: {answer}")
+        held = answer.grants[0].lease_id
+    total = commandstats_calls()
+    waiter_side.exchange(
+        Exchange(withdrawals=tuple(Withdrawal(r.request_id) for r in requests[grants:]))
+    )
+    return total / grants
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -96,14 +122,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         for size in SIZES
     ]
     print_table(
-        "Redis commands per grant (the release that hands over; the waiter takes the grant "
-        "from its wake-up), from INFO commandstats",
+        "Redis commands per grant (the exchange that releases and hands over; the woken "
+        "process's exchange that claims), from INFO commandstats",
         rows,
         [
             f"{GRANTS} grants measured per size (1 with one waiter); every command counts, "
             "the scripts' own and PUBLISH included",
-            "one round trip per grant: the releasing script; the woken waiter takes the "
-            "grant its wake-up carries",
+            "two round trips per grant across processes: the releasing exchange, and the "
+            "woken process's ask, which claims the grant",
         ],
         markdown=args.markdown,
     )

@@ -19,11 +19,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from conformance._helpers import Attempt, wait_for_waiters, wait_until
+from conformance._helpers import Attempt, peak_units, wait_for_waiters, wait_until
 from conftest import REDIS_HOST, REDIS_PORT, REDIS_START, require_server
 from sluice import Limits, aio
 from sluice.errors import (
@@ -34,10 +34,14 @@ from sluice.errors import (
     StoreError,
     StoreUnavailable,
 )
+from sluice.limits.model import Limit
 from sluice.store import acquire_store, release_store
 
 if TYPE_CHECKING:
     from redis import Redis
+
+    from sluice.store.base import Exchange, Exchanged
+    from sluice.store.redis.store import RedisStore
 
 redis = pytest.importorskip("redis", reason="the Redis store needs: pip install 'sluice[redis]'")
 
@@ -91,6 +95,9 @@ def test_the_password_comes_from_the_url_and_never_shows(own_redis: OwnRedis) ->
         ("redis://127.0.0.1:6379/zero", ["database", "'zero'"]),
         ("redis:///0", ["host"]),
         ("redis://127.0.0.1:notaport/0", ["invalid Redis URL"]),
+        ("redis://127.0.0.1:6379/0?pool_size=0", ["pool_size", "'0'", "1-100"]),
+        ("redis://127.0.0.1:6379/0?pool_size=101", ["pool_size", "'101'"]),
+        ("redis://127.0.0.1:6379/0?pool_size=four", ["pool_size", "'four'"]),
     ],
 )
 def test_a_bad_redis_url_is_a_config_error_naming_the_value(url: str, words: list[str]) -> None:
@@ -98,6 +105,15 @@ def test_a_bad_redis_url_is_a_config_error_naming_the_value(url: str, words: lis
         Limits(url)
     for word in words:
         assert word in str(caught.value)
+
+
+def test_pool_size_comes_from_the_url_and_stays_out_of_the_connection_url() -> None:
+    from sluice.store.redis.config import RedisConfig
+
+    assert RedisConfig.parse("redis://127.0.0.1:6379/0").pool_size == 4
+    config = RedisConfig.parse("redis://127.0.0.1:6379/0?pool_size=12&prefix=p&health=1")
+    assert (config.pool_size, config.prefix) == (12, "p")
+    assert "pool_size" not in config.connect_url and "health=1" in config.connect_url
 
 
 def test_an_unreachable_server_is_store_unavailable_without_the_password() -> None:
@@ -179,11 +195,13 @@ def test_the_async_store_reloads_scripts_too(prefix: str) -> None:
     assert asyncio.run(main()) == 2
 
 
-def test_the_async_store_is_native_and_serves_several_event_loops(prefix: str) -> None:
-    from sluice.store.redis.store import RedisAsyncStore
+def test_the_async_front_door_runs_steps_on_threads_and_serves_several_event_loops(
+    prefix: str,
+) -> None:
+    from sluice.store.base import ThreadedAsyncStore
 
     async def once(limits: aio.Limits) -> int:
-        assert isinstance(limits._astore, RedisAsyncStore)
+        assert isinstance(limits._astore, ThreadedAsyncStore)  # no event-loop-bound client
         async with limits.concurrency("db"):
             return (await limits.inspect("db")).in_use
 
@@ -242,34 +260,82 @@ def test_killed_command_connections_are_reopened_transparently(prefix: str) -> N
         assert holder_side.inspect("db").in_use == 0
 
 
-def test_an_acquire_sent_again_after_a_lost_reply_takes_nothing_twice(prefix: str) -> None:
-    # What a resend after a connection error looks like to the server: the same
-    # request id, marked as resent. It must find the grant the first one made.
-    from sluice.store.base import AcquireRequest, Granted
+def _two_stores(prefix: str) -> tuple[RedisStore, RedisStore]:
+    """Two store objects on one deployment: two processes, as far as Redis can tell."""
+    from sluice.store.redis.store import from_url
 
-    with Limits(_url(prefix)) as limits:
-        limits.create("db", slots=3)
-        store = limits._store
-        request = AcquireRequest("lost-reply-1", ("db",), occupy=2)
-        first = store.acquire(request)
-        assert isinstance(first, Granted)
-        again = store._drive(store.engine.acquire(request, resent=True))  # type: ignore[attr-defined]
-        assert isinstance(again, Granted)
-        assert again.lease_id == "lost-reply-1"
-        assert limits.inspect("db").in_use == 2
-        queued = store.acquire(AcquireRequest("lost-reply-2", ("db",), occupy=2))
-        assert not isinstance(queued, Granted)
-        store._drive(  # type: ignore[attr-defined]
-            store.engine.acquire(  # type: ignore[attr-defined]
-                AcquireRequest("lost-reply-2", ("db",), occupy=2), resent=True
-            )
-        )
-        status = limits.inspect("db")
-        assert [w.ticket_id for w in status.waiters] == ["lost-reply-2"]  # one place, not two
-        assert store.release("lost-reply-1")
-        assert [h.lease_id for h in limits.inspect("db").holders] == ["lost-reply-2"]
-        assert store.release("lost-reply-2")
-        assert limits.inspect("db").in_use == 0
+    return from_url(_url(prefix)), from_url(_url(prefix))
+
+
+def test_an_exchange_sent_again_after_a_lost_reply_does_nothing_twice(prefix: str) -> None:
+    # What a resend after a lost reply looks like to the server: the same batch with
+    # the same exchange id, marked as resent. It gets the first try's reply back.
+    from sluice.store.base import AcquireRequest, Exchange
+
+    store, _ = _two_stores(prefix)
+
+    def send(batch: Exchange, exchange_id: str, resent: bool = False) -> Exchanged:
+        return store._drive(store.engine.exchange(batch, exchange_id=exchange_id, resent=resent))
+
+    try:
+        with Limits(_url(prefix)) as limits:
+            limits.create("db", slots=3)
+            take = Exchange(requests=(AcquireRequest("lost-1", ("db",), occupy=2),))
+            granted = send(take, "x1")
+            assert send(take, "x1", resent=True) == granted and len(granted.grants) == 1
+            assert limits.inspect("db").in_use == 2  # granted once
+            wait = Exchange(requests=(AcquireRequest("lost-2", ("db",), occupy=2),))
+            queued = send(wait, "x2")
+            assert send(wait, "x2", resent=True) == queued
+            status = limits.inspect("db")
+            assert [(w.ticket_id, w.count) for w in status.waiters] == [("lost-2", 1)]  # one place
+            held = granted.grants[0].lease_id
+            assert held is not None
+            give_back = Exchange(releases=(held,))
+            freed = send(give_back, "x3")
+            assert freed.released == {held: True} and len(freed.grants) == 1  # handed on
+            assert send(give_back, "x3", resent=True) == freed  # the hand-off not made twice
+            handed = freed.grants[0].lease_id
+            assert handed is not None
+            assert [h.lease_id for h in limits.inspect("db").holders] == [handed]
+            # A resend whose first try never reached the server runs as a first try.
+            assert send(Exchange(releases=(handed,)), "x4", resent=True).released == {handed: True}
+            assert limits.inspect("db").in_use == 0
+    finally:
+        store.close()
+
+
+def test_a_lost_reply_is_resent_by_the_driver_and_grants_once(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The connection drops after the server ran the step: the driver sends it again,
+    # marked, and gets the stored reply; nothing is granted twice.
+    from sluice.store.base import AcquireRequest, Exchange
+
+    store, _ = _two_stores(prefix)
+    try:
+        with Limits(_url(prefix)) as limits:
+            limits.create("db", slots=5)
+            store.client.ping()
+            execute = store._execute
+            sent: list[tuple[object, ...]] = []
+
+            def lose_the_first_reply(call: Any) -> Any:
+                reply = execute(call)
+                sent.append(call.args)
+                if len(sent) == 1:
+                    raise redis.ConnectionError("Connection reset by peer (after the step ran)")
+                return reply
+
+            monkeypatch.setattr(store, "_execute", lose_the_first_reply)
+            answer = store.exchange(Exchange(requests=(AcquireRequest("r", ("db",), count=3),)))
+            monkeypatch.undo()
+            assert len(answer.grants) == 3
+            assert [a[-1] for a in sent] != [sent[0][-1]] * 2 and sent[1][-1] == "resent"
+            status = limits.inspect("db")
+            assert status.in_use == 3 and status.totals.grants == 3
+    finally:
+        store.close()
 
 
 # --------------------------------------------------------------------------- totals
@@ -279,7 +345,7 @@ def test_the_scripts_bucket_waits_as_the_model_does(prefix: str) -> None:
     from sluice.limits.model import WAIT_BUCKETS, wait_bucket
     from sluice.store.redis.config import Scripts
 
-    lib = Scripts.source("abandon").split("\n-- abandon:", 1)[0]  # _lib.lua as the steps see it
+    lib = Scripts.source("renew").split("\n-- renew:", 1)[0]  # _lib.lua as the steps see it
     waits = [0.0, *WAIT_BUCKETS, *(b * 1.0001 for b in WAIT_BUCKETS), 1e9]
     probe = "\n".join(
         [
@@ -292,6 +358,18 @@ def test_the_scripts_bucket_waits_as_the_model_does(prefix: str) -> None:
     with redis.Redis(REDIS_HOST, REDIS_PORT, decode_responses=True) as client:
         raw = client.eval(probe, 1, f"{{{prefix}}}:meta", "probe", "", *map(repr, waits))
     assert json.loads(raw) == [wait_bucket(w) for w in waits]
+
+
+def test_the_scripts_constants_are_the_pythons(prefix: str) -> None:
+    from sluice.store.base import CLAIM_WINDOW
+    from sluice.store.redis.config import SCHEMA_VERSION, Scripts
+    from sluice.store.sqlite.tx import ARRIVALS_JOIN_WINDOW
+
+    lib = Scripts.source("renew").split("\n-- renew:", 1)[0]
+    probe = lib + "\nreturn cjson.encode({CLAIM_WINDOW, ARRIVALS_JOIN_WINDOW, SCHEMA})"
+    with redis.Redis(REDIS_HOST, REDIS_PORT, decode_responses=True) as client:
+        raw = client.eval(probe, 1, f"{{{prefix}}}:meta", "probe", "")
+    assert json.loads(raw) == [CLAIM_WINDOW, ARRIVALS_JOIN_WINDOW, SCHEMA_VERSION]
 
 
 def test_totals_live_in_one_hash_per_limit_as_long_as_the_limit(prefix: str) -> None:
@@ -320,52 +398,320 @@ def test_totals_live_in_one_hash_per_limit_as_long_as_the_limit(prefix: str) -> 
         assert limits.inspect("db").totals == LimitTotals()
 
 
-def test_a_handed_off_grant_counts_once_and_a_lapsed_one_as_reclaimed(prefix: str) -> None:
-    from sluice.store.base import AcquireRequest, Granted, Queued
+def test_a_handed_off_grant_counts_once_and_a_lapsed_one_goes_back_unreclaimed(
+    prefix: str,
+) -> None:
+    from sluice.store.base import AcquireRequest, Ask, Exchange
 
-    with Limits(_url(prefix)) as limits:
-        limits.create("db", slots=1, lease_ttl=1)
-        store = limits._store
-        for waiter, late in (("w-in-time", False), ("w-late", True)):
-            holder = store.acquire(AcquireRequest(f"h-{waiter}", ("db",)))
-            assert isinstance(holder, Granted)
-            queued = store.acquire(AcquireRequest(waiter, ("db",)))
-            assert isinstance(queued, Queued)
-            assert store.release(f"h-{waiter}")  # hands the slot to the waiter
-            if late:
-                time.sleep(1.2)  # its TTL lapses before it collects: revoked, reclaimed
-            store.engine.handed.clear()  # type: ignore[attr-defined]  # collect from the store
-            collected = store.acquire(AcquireRequest(waiter, ("db",), seq=queued.seq))
-            if isinstance(collected, Queued):  # late: queued anew and handed the slot at once
-                collected = store.acquire(AcquireRequest(waiter, ("db",), seq=collected.seq))
-            assert isinstance(collected, Granted)
-            assert store.release(waiter)
-        t = limits.inspect("db").totals
+    holder_side, waiter_side = _two_stores(prefix)
+    try:
+        with Limits(_url(prefix)) as limits:
+            limits.create("db", slots=1, lease_ttl=1)  # a hand-off waits 1 s to be claimed
+            for waiter, late in (("w-in-time", False), ("w-late", True)):
+                held = holder_side.exchange(
+                    Exchange(requests=(AcquireRequest(f"h-{waiter}", ("db",)),))
+                ).grants[0]
+                request = AcquireRequest(waiter, ("db",))
+                queued = waiter_side.exchange(Exchange(requests=(request,))).queued[waiter]
+                assert held.lease_id is not None
+                holder_side.exchange(Exchange(releases=(held.lease_id,)))  # handed to the waiter
+                if late:
+                    time.sleep(1.2)  # not claimed in time: it lapses, unused
+                ask = Ask(waiter, request, queued.seq, 1)
+                grants = waiter_side.exchange(Exchange(asks=(ask,))).grants
+                assert [g.ticket_id for g in grants] == [waiter]  # claimed, or granted anew
+                assert grants[0].lease_id is not None
+                waiter_side.exchange(Exchange(releases=(grants[0].lease_id,)))
+            t = limits.inspect("db").totals
         # Two holders and two hand-offs, plus the late waiter's grant anew once its
-        # lapsed grant was revoked; collecting a grant (in time) adds nothing.
-        assert (t.grants, t.expired_leases_reclaimed, t.timeouts) == (5, 1, 0)
+        # lapsed grant went back; claiming a grant adds nothing, and a grant that lapsed
+        # unclaimed was never used: it is not an expired lease reclaimed.
+        assert (t.grants, t.expired_leases_reclaimed, t.timeouts) == (5, 0, 0)
         assert sum(t.wait_buckets) == 5
-        assert t.wait_seconds < 1.0  # counted when handed, not when (late) collected
+        assert t.wait_seconds < 1.0  # counted when handed, not when claimed
+    finally:
+        holder_side.close()
+        waiter_side.close()
 
 
-def test_an_abandon_sent_again_after_a_lost_reply_counts_one_timeout(prefix: str) -> None:
-    from sluice.store.base import AcquireRequest, Granted, Queued
+def test_a_withdrawal_sent_again_after_a_lost_reply_counts_one_timeout(prefix: str) -> None:
+    from sluice.store.base import AcquireRequest, Exchange, Withdrawal
 
-    with (
-        Limits(_url(prefix)) as limits,
-        redis.Redis(REDIS_HOST, REDIS_PORT, decode_responses=True) as client,
-    ):
-        limits.create("db", slots=1)
-        store = limits._store
-        assert isinstance(store.acquire(AcquireRequest("holder", ("db",))), Granted)
-        assert isinstance(store.acquire(AcquireRequest("gave-up", ("db",))), Queued)
-        store.abandon("gave-up", timed_out_on="db")
-        store._drive(store.engine.abandon("gave-up", "db", resent=True))  # type: ignore[attr-defined]
-        assert limits.inspect("db").totals.timeouts == 1
-        store.abandon("gave-up-too", timed_out_on="nope")  # no such limit: nothing counted
-        assert not client.exists(f"{{{prefix}}}:tot:nope")
-        assert store.release("holder")
-        assert limits.inspect("db").totals.timeouts == 1
+    store, _ = _two_stores(prefix)
+    try:
+        with (
+            Limits(_url(prefix)) as limits,
+            redis.Redis(REDIS_HOST, REDIS_PORT, decode_responses=True) as client,
+        ):
+            limits.create("db", slots=1)
+            store.exchange(Exchange(requests=(AcquireRequest("holder", ("db",)),)))
+            store.exchange(Exchange(requests=(AcquireRequest("gave-up", ("db",), count=3),)))
+            give_up = Exchange(withdrawals=(Withdrawal("gave-up", 2, timed_out_on="db"),))
+            store._drive(store.engine.exchange(give_up, exchange_id="w1"))
+            store._drive(store.engine.exchange(give_up, exchange_id="w1", resent=True))
+            status = limits.inspect("db")
+            assert status.totals.timeouts == 2  # one per grant withdrawn, counted once
+            assert [w.count for w in status.waiters] == [1]
+            nope = Exchange(withdrawals=(Withdrawal("gave-up-too", 1, timed_out_on="nope"),))
+            store.exchange(nope)  # no such limit: nothing counted
+            assert not client.exists(f"{{{prefix}}}:tot:nope")
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- wake-ups
+
+
+def test_a_wake_up_carries_ticket_ids_only_and_the_woken_process_claims_by_asking(
+    prefix: str,
+) -> None:
+    from sluice.store.base import AcquireRequest, Ask, Exchange
+
+    holder_side, waiter_side = _two_stores(prefix)
+    try:
+        with (
+            Limits(_url(prefix)) as limits,
+            redis.Redis(REDIS_HOST, REDIS_PORT, decode_responses=True) as client,
+        ):
+            limits.create("db", slots=1)
+            held = holder_side.exchange(Exchange(requests=(AcquireRequest("h", ("db",)),)))
+            request = AcquireRequest("t", ("db",), count=2)
+            queued = waiter_side.exchange(Exchange(requests=(request,))).queued["t"]
+            woken: list[list[str]] = []
+            waiter_side.set_wake_handler(lambda ids: woken.append(list(ids)))
+            pubsub = client.pubsub()
+            pubsub.subscribe(f"{{{prefix}}}:wake:{waiter_side.process_id}")
+            assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+            lease_id = held.grants[0].lease_id
+            assert lease_id is not None
+            holder_side.exchange(Exchange(releases=(lease_id,)))  # hands the slot to "t"
+            message = pubsub.get_message(timeout=5)
+            assert message is not None and json.loads(message["data"]) == ["t"]
+            pubsub.close()
+            wait_until(lambda: woken == [["t"]], 5.0, "the listener to deliver the wake-up")
+            status = limits.inspect("db")  # the grant is held for "t", not yet claimed
+            assert [h.lease_id.split(".")[0] for h in status.holders] == ["t"]
+            answer = waiter_side.exchange(Exchange(asks=(Ask("t", request, queued.seq, 2),)))
+            assert [g.ticket_id for g in answer.grants] == ["t"]
+            assert answer.grants[0].lease_id == status.holders[0].lease_id
+            assert answer.queued["t"].wanted == 1
+    finally:
+        holder_side.close()
+        waiter_side.close()
+
+
+# --------------------------------------------------------------------------- connections
+
+
+def test_a_full_pool_makes_a_step_wait_then_says_so(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sluice.store.redis import store as store_module
+
+    monkeypatch.setattr(store_module, "POOL_TIMEOUT", 0.5)
+    store = store_module.from_url(_url(prefix) + "&pool_size=1")
+    try:
+        store.create_limit(Limit("db", slots=1))
+        pool = store.client.connection_pool
+        taken = pool.get_connection()  # the pool's one connection, busy elsewhere
+        freed = threading.Timer(0.2, pool.release, (taken,))
+        freed.start()
+        assert store.get_limit("db").slots == 1  # waited for it, then ran
+        taken = pool.get_connection()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=r"pool_size.*busy for 0\.5 s"):
+            store.get_limit("db")
+        assert 0.4 < time.monotonic() - started < 2.0  # one wait, not one per retry
+        pool.release(taken)
+        assert store.get_limit("db").slots == 1
+    finally:
+        store.close()
+
+
+def test_more_waiters_than_connections_all_get_through_on_pool_size_connections(
+    prefix: str,
+) -> None:
+    """300 threads and 300 coroutines, 2 connections: none fails, none over-admits."""
+    pool_size, slots, threads, coroutines = 2, 5, 300, 300
+    url = _url(prefix) + f"&pool_size={pool_size}"
+    intervals: list[tuple[float, float, int]] = []
+    errors: list[BaseException] = []
+    seen: set[str] = set()
+    most = 0
+    stop = threading.Event()
+
+    with Limits(url) as limits:
+        limits.create("db", slots=slots)
+        name = f"sluice:{limits._store.process_id}"  # type: ignore[attr-defined]
+
+        def count_connections() -> None:
+            nonlocal most
+            with redis.Redis(REDIS_HOST, REDIS_PORT, decode_responses=True) as client:
+                while not stop.is_set():
+                    ours = [c for c in client.client_list() if c.get("name") == name]
+                    seen.update(c["id"] for c in ours)
+                    most = max(most, len(ours))
+                    time.sleep(0.01)
+
+        def thread_worker(start: threading.Barrier) -> None:
+            try:
+                start.wait()
+                assert limits.get("db").slots == slots  # a step straight on the pool
+                with limits.concurrency("db", timeout=60):
+                    began = time.monotonic()
+                    time.sleep(0.002)
+                    intervals.append((began, time.monotonic(), 1))
+            except BaseException as exc:  # recorded and asserted below
+                errors.append(exc)
+
+        async def coroutine_worker(alimits: aio.Limits, gate: asyncio.Event) -> None:
+            try:
+                await gate.wait()
+                assert (await alimits.get("db")).slots == slots
+                async with alimits.concurrency("db", timeout=60):
+                    began = time.monotonic()
+                    await asyncio.sleep(0.002)
+                    intervals.append((began, time.monotonic(), 1))
+            except BaseException as exc:  # recorded and asserted below
+                errors.append(exc)
+
+        async def coroutines_main() -> None:
+            async with aio.Limits(url) as alimits:
+                gate = asyncio.Event()
+                tasks = [
+                    asyncio.ensure_future(coroutine_worker(alimits, gate))
+                    for _ in range(coroutines)
+                ]
+                await asyncio.sleep(0)
+                gate.set()
+                await asyncio.gather(*tasks)
+
+        counter = threading.Thread(target=count_connections, daemon=True)
+        counter.start()
+        start = threading.Barrier(threads)
+        workers = [threading.Thread(target=thread_worker, args=(start,)) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        asyncio.run(coroutines_main())
+        for worker in workers:
+            worker.join(60)
+        stop.set()
+        counter.join(10)
+        status = limits.inspect("db")
+
+    assert not errors, errors[:3]
+    assert len(intervals) == threads + coroutines
+    assert peak_units(intervals)[0] <= slots
+    assert (status.in_use, status.waiters) == (0, [])
+    assert status.totals.grants == threads + coroutines
+    # The step pool and the wake-up listener: never more connections than that.
+    assert 1 <= most <= pool_size + 1, most
+    assert len(seen) <= pool_size + 1, seen
+
+
+# --------------------------------------------------------------------------- older data
+
+
+def _write_schema_1(client: Redis, prefix: str, now: float) -> None:
+    """A deployment as the previous version (schema 1) left it: limit "db" (1 slot)
+    held by lease "old-lease", and ticket "old-ticket" waiting, both of process "old"."""
+    p = f"{{{prefix}}}"
+    expires = repr(now + 30)
+    client.hset(f"{p}:meta", mapping={"epoch": repr(now - 100), "seq": 1, "schema": 1})
+    client.sadd(f"{p}:limits", "db")
+    client.hset(
+        f"{p}:l:db",
+        mapping={
+            "slots": 1,
+            "rate": "",
+            "burst": "",
+            "active": "1",
+            "lease_ttl": "30.0",
+            "tat": "0",
+            "in_use": 1,
+            "version": 1,
+            "created_at": repr(now - 100),
+            "updated_at": repr(now - 100),
+        },
+    )
+    client.hset(f"{p}:h:db", "old-lease", 1)
+    client.zadd(f"{p}:he:db", {"old-lease": now + 30})
+    client.hset(
+        f"{p}:lease:old-lease",
+        mapping={
+            "kind": "concurrency",
+            "names": "db",
+            "holds": "db",
+            "process_id": "old",
+            "holder": "before",
+            "host": "h",
+            "pid": 1,
+            "occupy": 1,
+            "lease_ttl": "30.0",
+            "acquired_at": repr(now - 5),
+            "expires_at": expires,
+        },
+    )
+    client.hset(
+        f"{p}:t:old-ticket",
+        mapping={
+            "seq": 1,
+            "process_id": "old",
+            "holder": "waiting",
+            "host": "h",
+            "pid": 1,
+            "occupy": 1,
+            "kind": "concurrency",
+            "names": "db",
+            "queues": "db",
+            "lease_ttl": "30.0",
+            "created_at": repr(now - 3),
+            "expires_at": expires,
+        },
+    )
+    client.zadd(f"{p}:q:db", {"old-ticket": 1})
+    client.zadd(f"{p}:qe:db", {"old-ticket": now + 30})
+    client.sadd(f"{p}:n:db", "old-ticket")
+
+
+def test_a_deployment_written_by_schema_1_is_used_in_place(prefix: str) -> None:
+    from sluice.store.base import AcquireRequest, Ask, Exchange
+
+    with redis.Redis(REDIS_HOST, REDIS_PORT, decode_responses=True) as client:
+        seconds, micros = client.time()
+        _write_schema_1(client, prefix, seconds + micros / 1e6)
+    old, mine = _two_stores(prefix)
+    old.engine.process_id = "old"  # the previous version's process, still running
+    try:
+        with Limits(_url(prefix)) as limits:
+            diagnosis = limits._store.diagnose()
+            assert (diagnosis.schema_version, diagnosis.schema_current) == (1, False)
+            status = limits.inspect("db")  # its fields absent: a ticket wants one grant
+            assert [h.lease_id for h in status.holders] == ["old-lease"]
+            assert [(w.ticket_id, w.count, w.position) for w in status.waiters] == [
+                ("old-ticket", 1, 1)
+            ]
+            diagnosis = limits._store.diagnose()
+            assert (diagnosis.schema_version, diagnosis.schema_current) == (2, True)
+            request = AcquireRequest("new", ("db",))
+            answer = mine.exchange(Exchange(requests=(request,)))
+            assert answer.queued["new"].position == 2  # behind the old ticket, FIFO
+            assert mine.renew(["old-lease"], []).lost_leases == frozenset()  # a lease is claimed
+            answer = old.exchange(Exchange(releases=("old-lease",)))
+            assert answer.released == {"old-lease": True}
+            assert [g.ticket_id for g in answer.grants] == ["old-ticket"]  # its own, claimed
+            handed = answer.grants[0].lease_id
+            assert handed is not None and handed.startswith("old-ticket.")
+            old.exchange(Exchange(releases=(handed,)))  # hands the slot to "new"
+            answer = mine.exchange(Exchange(asks=(Ask("new", request, 2, 1),)))
+            assert [g.ticket_id for g in answer.grants] == ["new"]
+            assert answer.grants[0].lease_id is not None
+            mine.exchange(Exchange(releases=(answer.grants[0].lease_id,)))
+            status = limits.inspect("db")  # grants counted since: the hand-off and "new"'s
+            assert (status.in_use, status.waiters, status.totals.grants) == (0, [], 2)
+    finally:
+        old.close()
+        mine.close()
 
 
 # --------------------------------------------------------------------------- restarts

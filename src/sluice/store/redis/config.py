@@ -25,26 +25,32 @@ __all__ = [
     "ATTEMPTS",
     "CONFLICT_RETRIES",
     "LISTEN_POLL",
+    "POOL_TIMEOUT",
     "SCHEMA_VERSION",
     "STEPS",
+    "PoolTimeout",
     "RedisConfig",
     "Scripts",
     "backoff",
     "translate",
 ]
 
-SCHEMA_VERSION = 1
-"""The layout of the keys this code writes, as the deployment's meta hash records it."""
+SCHEMA_VERSION = 2
+"""The layout of the keys this code writes, as the deployment's meta hash records it.
+
+2: tickets wanting several grants, grants waiting to be claimed, stalled tickets
+(see ``scripts/_lib.lua``). Keys written by version 1 lack the new fields, which read
+as their defaults (a ticket wants one grant, a lease is claimed, nothing is stalled),
+so a deployment is used in place; the first step of this version records 2."""
 
 STEPS = (
-    "acquire",
-    "abandon",
     "create_limit",
     "delete_limit",
     "diagnose",
+    "exchange",
+    "forget_process",
     "get_limits",
     "inspect_limit",
-    "release",
     "renew",
     "reset_limit",
     "set_active",
@@ -61,10 +67,20 @@ CONFLICT_RETRIES = 20
 LISTEN_POLL = 5.0
 """Seconds the listener blocks per read (stopping it wakes it at once)."""
 
+POOL_TIMEOUT = 30.0
+"""Seconds a step waits for one of the process's ``pool_size`` connections to be free
+(as long as one command may take: the socket timeout)."""
+
+DEFAULT_POOL_SIZE = 4
+
 _STANDALONE = frozenset({"diagnose"})  # read-only scripts that run without _lib.lua
 _PREFIX = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _BACKOFF_CAP = 2.0  # seconds: the longest pause between reconnection attempts
 _CONNECTION = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class PoolTimeout(RedisError):
+    """Every connection of the process's pool stayed busy for :data:`POOL_TIMEOUT` seconds."""
 
 
 def backoff(attempt: int) -> float:
@@ -109,6 +125,8 @@ class RedisConfig:
     """What redis-py connects with: the URL less Sluice's own query parameters."""
     prefix: str
     """The deployment's key prefix: every key starts with the hash tag ``{prefix}``."""
+    pool_size: int = DEFAULT_POOL_SIZE
+    """The most connections this process opens for steps (its wake-up listener has its own)."""
 
     @property
     def meta_key(self) -> str:
@@ -134,12 +152,19 @@ class RedisConfig:
             )
         query = parse_qsl(parts.query, keep_blank_values=True)
         prefix = "sluice"
+        raw_size = str(DEFAULT_POOL_SIZE)
         rest = []
         for name, value in query:
             if name == "prefix":
                 prefix = value
+            elif name == "pool_size":
+                raw_size = value
             else:
                 rest.append((name, value))
+        if not raw_size.isdigit() or not 1 <= int(raw_size) <= 100:
+            raise ConfigError(
+                f"invalid pool_size {raw_size!r} in Redis URL {masked!r}: use a whole number 1-100"
+            )
         if not _PREFIX.match(prefix):
             raise ConfigError(
                 f"invalid prefix {prefix!r} in Redis URL {masked!r}: use 1-64 letters, digits "
@@ -151,11 +176,13 @@ class RedisConfig:
                 f"invalid database {db!r} in Redis URL {masked!r}: use a number, e.g. /0"
             )
         connect = urlunsplit(parts._replace(query=urlencode(rest)))
-        return cls(masked, connect, prefix)
+        return cls(masked, connect, prefix, int(raw_size))
 
 
 def translate(exc: Exception, url: str) -> SluiceError | None:
     """The Sluice error a redis-py error means (raise it ``from exc``); None if not redis-py's."""
+    if isinstance(exc, PoolTimeout):
+        return StoreUnavailable(f"Redis store {url}: {exc}")
     if isinstance(exc, _CONNECTION):
         return StoreUnavailable(
             f"Redis store {url} is unreachable: {exc}; check that the server is "

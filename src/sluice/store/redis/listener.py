@@ -1,9 +1,12 @@
 """This process's wake-up subscription: one pub/sub thread per process and deployment.
 
-A script that hands units over publishes the granted ticket ids (and the grants)
-on the channel of the process that owns them; the :class:`Listener` passes each
-message on, and after a lost subscription subscribes again and has every local
-waiter look again, since a wake-up sent meanwhile is lost.
+A script that hands a grant over (or has news for a waiting ticket) publishes the
+ticket ids, a JSON array, on the channel of the process that owns them; the
+:class:`Listener` passes each message on (the process then asks about those
+tickets, which claims what was handed to them), and after a lost subscription
+subscribes again and has every local waiter look again, since a wake-up sent
+meanwhile is lost. The subscription holds a connection of its own, outside the
+store's pool of step connections.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import redis
 
@@ -29,13 +31,16 @@ class Listener:
 
     def __init__(
         self,
-        connect: Callable[[], redis.Redis],
+        subscriber: redis.Redis,
+        publisher: Callable[[], redis.Redis],
         channel: str,
-        deliver: Callable[[dict[str, Any]], None],
+        deliver: Callable[[list[str]], None],
         wake_all: Callable[[], None],
         url: str,
     ) -> None:
-        self._connect = connect
+        self._subscriber = subscriber
+        """A client of its own: its one connection serves the subscription only."""
+        self._publisher = publisher
         self._channel = channel
         self._deliver = deliver
         self._wake_all = wake_all
@@ -49,7 +54,7 @@ class Listener:
     def _run(self) -> None:
         failures = 0
         while not self._stop.is_set():
-            pubsub = self._connect().pubsub()  # type: ignore[no-untyped-call, unused-ignore]
+            pubsub = self._subscriber.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
             try:
                 pubsub.subscribe(self._channel)
                 while not self._stop.is_set():
@@ -65,7 +70,7 @@ class Listener:
                         data = message["data"]
                         text = data.decode() if isinstance(data, bytes) else str(data)
                         if text:  # empty: stop() waking this loop
-                            self._deliver(json.loads(text))
+                            self._deliver([str(t) for t in json.loads(text)])
             except Exception as exc:  # the listener must outlive any one failure
                 if self._stop.is_set():
                     break
@@ -81,6 +86,8 @@ class Listener:
         self._stop.set()
         if self.ready.is_set():
             with contextlib.suppress(Exception):  # an empty message ends its wait at once
-                self._connect().publish(self._channel, "")
+                self._publisher().publish(self._channel, "")
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
+        with contextlib.suppress(Exception):
+            self._subscriber.close()

@@ -10,7 +10,7 @@
 local name = ARGV[3]
 local existing = load_limit(name)
 if existing then
-  if ARGV[9] == '1' then return reply({limit = limit_reply(existing), created = false}) end
+  if ARGV[9] == '1' then return finish({limit = limit_reply(existing), created = false}) end
   return fail('exists', {name = name})
 end
 redis.call('HSET', key('l', name), 'slots', ARGV[4], 'rate', ARGV[5], 'burst', ARGV[6],
@@ -19,4 +19,4 @@ redis.call('HSET', key('l', name), 'slots', ARGV[4], 'rate', ARGV[5], 'burst', A
 redis.call('DEL', key('tot', name))
 redis.call('SADD', P .. ':limits', name)
 if ARGV[7] == '1' then join_waiters(name) end
-return reply({limit = limit_reply(load_limit(name)), created = true})
+return finish({limit = limit_reply(load_limit(name)), created = true})

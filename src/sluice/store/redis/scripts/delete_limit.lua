@@ -18,14 +18,16 @@ touched[name] = nil
 moved[name] = nil
 -- Its waiters' tickets are withdrawn and they are woken to look again: they get
 -- LimitNotFound, or (missing="ignore") queue anew without it.
-for _, ticket_id in ipairs(redis.call('ZRANGE', key('q', name), 0, -1)) do
-  local process_id = redis.call('HGET', key('t', ticket_id), 'process_id')
-  if process_id then wakes[ticket_id] = process_id end
-  drop_ticket(ticket_id)
+for _, which in ipairs({'q', 'qs'}) do
+  for _, ticket_id in ipairs(redis.call('ZRANGE', key(which, name), 0, -1)) do
+    local process_id = redis.call('HGET', key('t', ticket_id), 'process_id')
+    if process_id then wakes[ticket_id] = process_id end
+    drop_ticket(ticket_id)
+  end
 end
 touched[name] = nil
 moved[name] = nil
-redis.call('DEL', key('l', name), key('h', name), key('he', name), key('q', name), key('qe', name),
-  key('tot', name))
+redis.call('DEL', key('l', name), key('h', name), key('he', name), key('q', name), key('qs', name),
+  key('qe', name), key('tot', name))
 redis.call('SREM', P .. ':limits', name)
-return reply({})
+return finish({})

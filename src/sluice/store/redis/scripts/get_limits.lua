@@ -16,4 +16,4 @@ for _, name in ipairs(names) do
   local l = load_limit(name)
   if l then out[#out + 1] = limit_reply(l) else missing[#missing + 1] = name end
 end
-return reply({limits = out, missing = missing})
+return finish({limits = out, missing = missing})

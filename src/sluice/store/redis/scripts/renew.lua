@@ -3,7 +3,9 @@
 -- ARGV[1]  caller process id        ARGV[2]  known epoch
 -- ARGV[3]  number of lease ids L    ARGV[4..3+L] lease ids    ARGV[4+L..] ticket ids
 -- Reply: {lost_leases = [...], lost_tickets = [...], expires = {lease id: expires_at}}
--- A lease found expired is reclaimed here and counted in its limits' totals.
+-- A lease found expired is reclaimed here and counted in its limits' totals. A renewed
+-- ticket that was stalled (a grant handed to it lapsed) is served again: its process
+-- shows life.
 
 local count = tonumber(ARGV[3])
 local lost_leases, lost_tickets, expires = {}, {}, {}
@@ -19,7 +21,7 @@ for i = 4, 3 + count do
     local at = NOW + tonumber(v[2])
     redis.call('HSET', lkey, 'expires_at', fmt(at))
     local holds = split(v[3])
-    if #holds == 0 then redis.call('PEXPIREAT', lkey, math.floor((at + GRACE) * 1000)) end
+    if #holds == 0 then expire_at(lkey, at) end
     for _, name in ipairs(holds) do
       redis.call('ZADD', key('he', name), 'XX', fmt(at), id)
     end
@@ -28,19 +30,13 @@ for i = 4, 3 + count do
 end
 for i = 4 + count, #ARGV do
   local id = ARGV[i]
-  local tkey = key('t', id)
-  local v = redis.call('HMGET', tkey, 'expires_at', 'lease_ttl', 'queues')
-  if not v[1] or tonumber(v[1]) <= NOW then
+  local t = load_ticket(id)
+  if not t or t.expires_at <= NOW then
     lost_tickets[#lost_tickets + 1] = id
     drop_ticket(id)
   else
-    local at = NOW + tonumber(v[2])
-    redis.call('HSET', tkey, 'expires_at', fmt(at))
-    redis.call('PEXPIREAT', tkey, math.floor((at + GRACE) * 1000))
-    for _, name in ipairs(split(v[3])) do
-      redis.call('ZADD', key('qe', name), 'XX', fmt(at), id)
-    end
+    set_ticket_expiry(t, NOW + t.lease_ttl)
+    set_stalled(t, false)
   end
 end
-return reply({lost_leases = lost_leases, lost_tickets = lost_tickets,
-              expires = expires})
+return finish({lost_leases = lost_leases, lost_tickets = lost_tickets, expires = expires})

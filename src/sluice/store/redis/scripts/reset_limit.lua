@@ -15,4 +15,4 @@ end
 redis.call('HSET', key('l', name), 'tat', '0', 'in_use', '0', 'updated_at', fmt(NOW))
 touched[name] = true
 moved[name] = true
-return reply({revoked = #leases})
+return finish({revoked = #leases})

@@ -12,4 +12,4 @@ redis.call('HSET', key('l', name), 'active', ARGV[4], 'version', l.version + 1,
 if ARGV[4] == '1' and not l.active then join_waiters(name) end
 touched[name] = true
 moved[name] = true
-return reply({limit = limit_reply(load_limit(name))})
+return finish({limit = limit_reply(load_limit(name))})

@@ -16,4 +16,4 @@ redis.call('HSET', lkey, 'slots', ARGV[4], 'rate', ARGV[5], 'burst', ARGV[6],
 if ARGV[8] == '1' then redis.call('HSET', lkey, 'tat', '0') end
 touched[name] = true
 moved[name] = true -- its head may now be served, or wait for another token
-return reply({limit = limit_reply(load_limit(name))})
+return finish({limit = limit_reply(load_limit(name))})
