@@ -1,11 +1,12 @@
 """The PostgreSQL store's own behaviour, against the real server (never a mock).
 
 Connections killed server-side (``pg_terminate_backend``: the wake-up listener, a
-holder's step connections), server errors surfacing as Sluice errors, the schema
-(created once by racing processes, versioned, usable when made by an
-administrator beforehand) and URL parsing. Every test uses its own schema in the
-``test`` database and kills only backends of that schema (by application_name)
-or of a role it created.
+holder's step connections, a step whose reply never arrives), server errors
+surfacing as Sluice errors, the schema (created once by racing processes,
+versioned, migrated in place with live holders and waiters, usable when made by
+an administrator beforehand), the connections a busy process uses, and URL
+parsing. Every test uses its own schema in the ``test`` database and kills only
+backends of that schema (by application_name) or of a role it created.
 """
 
 from __future__ import annotations
@@ -18,19 +19,30 @@ import uuid
 from collections.abc import Iterator
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
+from conformance._helpers import peak_units
 from conftest import PG_DSN, PG_HOW_TO_START, drop_pg_schema, require_server
 from sluice import Limits, aio
 from sluice.errors import AcquireTimeout, ConfigError, LeaseLost, StoreError, StoreUnavailable
 from sluice.limits.model import WAIT_BUCKETS, Limit, LimitTotals, wait_bucket
+from sluice.store.base import (
+    CLAIM_WINDOW,
+    AcquireRequest,
+    Ask,
+    Exchange,
+    StoreDiagnosis,
+    ThreadedAsyncStore,
+)
 
 psycopg = pytest.importorskip("psycopg")
 
-from sluice.store.base import StoreDiagnosis  # noqa: E402
 from sluice.store.postgres.config import SCHEMA_VERSION, migration_sql, parse_url  # noqa: E402
-from sluice.store.postgres.store import AsyncPostgresStore, PostgresStore  # noqa: E402
+from sluice.store.postgres.store import PostgresStore  # noqa: E402
+
+from ._pg_proxy import ReplyDropper  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,6 +78,15 @@ def step_backends(schema: str) -> list[int]:
     return [r[0] for r in rows]
 
 
+def connections(schema: str) -> list[int]:
+    """Server pids of every connection (steps and listener) of the stores on ``schema``."""
+    rows = admin(
+        "SELECT pid FROM pg_stat_activity WHERE application_name IN (%s, %s)",
+        (f"sluice/{schema}", f"sluice/{schema}:listen"),
+    )
+    return [r[0] for r in rows]
+
+
 def terminate(pids: list[int]) -> None:
     for pid in pids:
         admin("SELECT pg_terminate_backend(%s)", (pid,))
@@ -91,9 +112,11 @@ def wait_until(probe: Any, timeout: float, what: str) -> Any:
 class Waiter(threading.Thread):
     """``limits.acquire(name)`` in a thread, recording the lease and when it came."""
 
-    def __init__(self, limits: Limits, name: str, timeout: float = 20.0) -> None:
+    def __init__(
+        self, limits: Limits, name: str, timeout: float = 20.0, holder: str | None = None
+    ) -> None:
         super().__init__(daemon=True)
-        self.limits, self.name, self.timeout = limits, name, timeout
+        self.limits, self.name, self.timeout, self.holder = limits, name, timeout, holder
         self.lease: Any = None
         self.error: BaseException | None = None
         self.granted_at = 0.0
@@ -101,7 +124,7 @@ class Waiter(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.lease = self.limits.acquire(self.name, timeout=self.timeout)
+            self.lease = self.limits.acquire(self.name, timeout=self.timeout, holder=self.holder)
             self.granted_at = time.monotonic()
         except BaseException as exc:
             self.error = exc
@@ -271,7 +294,7 @@ def test_renewals_failing_past_the_ttl_lose_the_lease(schema: str, role: str) ->
 def test_a_server_side_error_is_a_store_error(url: str, schema: str) -> None:
     with Limits(url) as limits:
         limits.create("db", slots=1)
-        admin(f'DROP FUNCTION "{schema}".acquire')
+        admin(f'DROP FUNCTION "{schema}".exchange')
         with pytest.raises(StoreError) as caught:
             limits.acquire("db", timeout=0)
         assert "schema is missing or incomplete" in str(caught.value)
@@ -345,17 +368,22 @@ def test_migrations_run_forward_from_the_stored_version(schema: str) -> None:
     assert len(fresh) == len(from_1) + 1 == len(current) + SCHEMA_VERSION
 
 
-def make_schema_1(schema: str) -> None:
-    """A store as Sluice left it at schema version 1: migration 1's tables, the version,
-    and (as stand-ins for its step functions) the functions whose parameters changed since."""
+def make_schema(schema: str, version: int) -> None:
+    """A store as Sluice left it at schema ``version`` (1 or 2): those migrations' tables,
+    the version, and (as stand-ins for its step functions) functions that are gone since."""
     s = f'"{schema}"'
-    script = resources.files("sluice.store.postgres").joinpath("sql/migrate_001.sql").read_text()
     admin(f"CREATE SCHEMA {s}")
-    admin(script.replace("@schema@", s))
-    admin(f"INSERT INTO {s}.meta (key, value) VALUES ('schema_version', '1')")
+    for v in range(1, version + 1):
+        script = resources.files("sluice.store.postgres").joinpath(f"sql/migrate_{v:03d}.sql")
+        admin(script.read_text().replace("@schema@", s))
+    admin(f"INSERT INTO {s}.meta (key, value) VALUES ('schema_version', '{version}')")
     admin(
         f"CREATE FUNCTION {s}.abandon(p_request_id text, p_process_id text) RETURNS jsonb"
-        " LANGUAGE sql AS $$ SELECT '{\"v1\": true}'::jsonb $$"
+        " LANGUAGE sql AS $$ SELECT '{\"old\": true}'::jsonb $$"
+    )
+    admin(
+        f"CREATE FUNCTION {s}.release(p_lease_id text, p_process_id text) RETURNS jsonb"
+        " LANGUAGE sql AS $$ SELECT '{\"old\": true}'::jsonb $$"
     )
     admin(
         f"CREATE FUNCTION {s}._take(p_id text, p_process_id text, p_holder text, p_host text,"
@@ -365,13 +393,11 @@ def make_schema_1(schema: str) -> None:
     )
 
 
-def test_a_schema_1_store_is_migrated_in_place_and_counts_totals_from_zero(
-    url: str, schema: str
-) -> None:
-    make_schema_1(schema)
+def add_old_holder_and_waiter(schema: str, waited: float) -> int:
+    """Limit "db" (1 slot) held by lease "held" with ticket "waiting" queued behind it for
+    ``waited`` seconds so far, and rate limit "api", as schema 1 or 2's steps wrote them;
+    returns db's id."""
     s = f'"{schema}"'
-    # A limit held by one lease, with a waiter queued behind it for 2 s so far, and
-    # a rate limit, all written by schema 1's steps (here: by hand, as they would).
     admin(
         f"INSERT INTO {s}.limits (name, slots, lease_ttl, in_use, created_at, updated_at)"
         " VALUES ('db', 1, 30, 1, 0, 0)"
@@ -387,45 +413,69 @@ def test_a_schema_1_store_is_migrated_in_place_and_counts_totals_from_zero(
     admin(
         f"INSERT INTO {s}.leases (id, limit_ids, names, kind, process_id, holder, host, pid,"
         " occupy, lease_ttl, acquired_at, expires_at) VALUES ('held', %s, '{db}', 'concurrency',"
-        " 'v1-process', 'worker', 'host-1', 1, 1, 30, %s, %s)",
+        " 'old-process', 'worker', 'host-1', 1, 1, 30, %s, %s)",
         ([db_id], now - 5, now + 25),
     )
     admin(f"INSERT INTO {s}.holdings (limit_id, lease_id, units) VALUES (%s, 'held', 1)", (db_id,))
     admin(
         f"INSERT INTO {s}.tickets (seq, id, process_id, holder, host, pid, occupy, kind, names,"
         f" limit_count, lease_ttl, created_at, expires_at) VALUES (nextval('{s}.ticket_seq'),"
-        " 'waiting', 'v1-process', 'queued', 'host-1', 1, 1, 'concurrency', '{db}', 1, 30,"
+        " 'waiting', 'old-process', 'queued', 'host-1', 1, 1, 'concurrency', '{db}', 1, 30,"
         " %s, %s)",
-        (now - 2, now + 28),
+        (now - waited, now + 28),
     )
     admin(
         f"INSERT INTO {s}.queue (limit_id, seq, ticket_id, occupy, kind)"
         f" SELECT %s, seq, id, occupy, kind FROM {s}.tickets WHERE id = 'waiting'",
         (db_id,),
     )
+    return int(db_id)
 
+
+def old_functions(schema: str) -> list[tuple[Any, ...]]:
+    """Functions of versions before 3 that must be gone (or they would be stale overloads)."""
+    return admin(
+        "SELECT proname FROM pg_proc WHERE pronamespace = %s::regnamespace"
+        " AND proname IN ('acquire', 'release', 'abandon', '_take', '_collect', '_queue')",
+        (f'"{schema}"',),
+    )
+
+
+def test_a_schema_1_store_is_migrated_in_place_and_counts_totals_from_zero(
+    url: str, schema: str
+) -> None:
+    make_schema(schema, 1)
+    add_old_holder_and_waiter(schema, waited=2.0)
+    s = f'"{schema}"'
     with Limits(url) as limits:
         status = limits.inspect("db")
         assert admin(f"SELECT value FROM {s}.meta WHERE key = 'schema_version'") == [
             (str(SCHEMA_VERSION),)
         ]
-        assert SCHEMA_VERSION == 2
+        assert SCHEMA_VERSION == 3
         assert status.limit == Limit("db", slots=1)
         assert [(h.lease_id, h.occupy, h.holder) for h in status.holders] == [("held", 1, "worker")]
-        assert [(w.ticket_id, w.holder) for w in status.waiters] == [("waiting", "queued")]
+        assert [(w.ticket_id, w.holder, w.count) for w in status.waiters] == [
+            ("waiting", "queued", 1)
+        ]
         assert status.totals == LimitTotals()
         assert limits.get("api") == Limit("api", rate=100, burst=5)
         assert limits.inspect("api").totals == LimitTotals()
         assert broken_invariants(schema) == {}
 
-        # The waiter is handed the slot when the holder leaves: a grant that queued ~2 s.
-        store = store_of(limits)
-        assert store.release("held")
-        t = limits.inspect("db").totals
+        # The waiter is handed the slot when the holder leaves: a grant that queued ~2 s,
+        # counted when handed over, as a lease named <its ticket>.<fence> for it to claim.
+        # (The releases come from a store object of their own: another process.)
+        store = PostgresStore(url)
+        assert store.exchange(Exchange(releases=("held",))).released == {"held": True}
+        status = limits.inspect("db")
+        [handed] = [h.lease_id for h in status.holders]
+        assert handed.startswith("waiting.") and status.waiters == []
+        t = status.totals
         assert (t.grants, t.granted_units, t.timeouts, t.expired_leases_reclaimed) == (1, 1, 0, 0)
         assert 2.0 <= t.wait_seconds < 10.0, t
         assert t.wait_buckets[wait_bucket(t.wait_seconds)] == 1 and sum(t.wait_buckets) == 1
-        assert store.release("waiting")
+        assert store.exchange(Exchange(releases=(handed,))).released == {handed: True}
         limits.acquire("db").release()  # at once: waited 0
         limits.rate_limit("api", occupy=3)
         held = limits.acquire("db")
@@ -438,16 +488,53 @@ def test_a_schema_1_store_is_migrated_in_place_and_counts_totals_from_zero(
         assert limits.inspect("api").totals.granted_units == 3
         report = store.diagnose()
         assert (report.schema_version, report.schema_current) == (SCHEMA_VERSION, True)
-
-    # Schema 1's functions whose parameters changed are gone: a call as schema 1's
-    # code makes it (abandon with two arguments) reaches the new step, unambiguously.
-    assert admin(f"SELECT {s}.abandon('nobody', 'v1-process')") == [({"wake": []},)]
-    assert admin(
-        "SELECT count(*) FROM pg_proc WHERE pronamespace = %s::regnamespace"
-        " AND proname IN ('abandon', '_take')",
-        (s,),
-    ) == [(2,)]
+        store.close()
+    assert old_functions(schema) == []
     assert broken_invariants(schema) == {}
+
+
+def test_a_schema_2_store_is_migrated_in_place_keeping_its_holder_and_waiter(
+    url: str, schema: str
+) -> None:
+    """A live version-2 holder and waiter survive the migration: the lease (named by its
+    request id) is claimed and still held, the ticket wants one grant, and it is served."""
+    make_schema(schema, 2)
+    add_old_holder_and_waiter(schema, waited=1.0)
+    s = f'"{schema}"'
+    with Limits(url) as limits:
+        status = limits.inspect("db")
+        assert admin(f"SELECT value FROM {s}.meta WHERE key = 'schema_version'") == [("3",)]
+        assert [(h.lease_id, h.holder) for h in status.holders] == [("held", "worker")]
+        assert [(w.ticket_id, w.holder, w.count, w.position) for w in status.waiters] == [
+            ("waiting", "queued", 1, 1)
+        ]
+        assert admin(f"SELECT claimed, ticket_id FROM {s}.leases") == [(True, "")]
+        assert admin(f"SELECT wanted, arrival_at, step FROM {s}.tickets") == [(1, [], None)]
+        assert admin(f"SELECT stalled FROM {s}.queue") == [(False,)]
+        assert broken_invariants(schema) == {}
+        # The old holder's lease is renewed and kept like any other: ours is still held.
+        renewal = store_of(limits).renew(["held"], [])
+        assert renewal.lost_leases == frozenset() and set(renewal.expires_at) == {"held"}
+        # A newcomer queues behind the old waiter, which keeps its place ...
+        late = Waiter(limits, "db")  # (a thread named after its limit: its holder is "db")
+        wait_until(lambda: len(limits.inspect("db").waiters) == 2, 5, "the newcomer to queue")
+        assert [w.holder for w in limits.inspect("db").waiters] == ["queued", "db"]
+        # ... and room for one more goes to the old waiter first, as a grant to claim.
+        limits.update("db", slots=2)
+        status = limits.inspect("db")
+        assert sorted(h.holder for h in status.holders) == ["queued", "worker"]
+        assert [w.holder for w in status.waiters] == ["db"]
+        assert status.totals.grants == 1
+        assert 1.0 <= status.totals.wait_seconds < 10.0
+        # The old holder leaves (released by another process): the newcomer gets its slot.
+        other = PostgresStore(url)
+        assert other.exchange(Exchange(releases=("held",))).released == {"held": True}
+        other.close()
+        late.join(10)
+        assert late.error is None, late.error
+        late.lease.release()
+        assert broken_invariants(schema) == {}
+    assert old_functions(schema) == []
 
 
 def test_the_wait_buckets_are_the_clients(url: str, schema: str) -> None:
@@ -468,9 +555,13 @@ def test_an_empty_schema_made_beforehand_is_filled(url: str, schema: str) -> Non
 # --------------------------------------------------------------------------- asyncio
 
 
-def test_the_async_store_is_native_and_serves_several_event_loops(url: str) -> None:
+def test_the_async_front_door_runs_on_the_sync_stores_pool_from_any_event_loop(
+    url: str, schema: str
+) -> None:
     alimits = aio.Limits(url)
-    assert isinstance(alimits._astore, AsyncPostgresStore)
+    assert isinstance(alimits._astore, ThreadedAsyncStore)
+    store = alimits._astore.sync
+    assert isinstance(store, PostgresStore)
 
     async def use(name: str) -> None:
         await alimits.create(name, slots=1)
@@ -479,16 +570,19 @@ def test_the_async_store_is_native_and_serves_several_event_loops(url: str) -> N
             assert [h.lease_id for h in status.holders] == [lease.id]
 
     asyncio.run(use("first"))
-    asyncio.run(use("second"))  # a new loop: new connections, same store
+    asyncio.run(use("second"))  # a new loop: the same store, the same connections
+    assert len(connections(schema)) <= parse_url(url).pool_size + 1
     asyncio.run(alimits.aclose())
+    assert store.closed
 
 
 def test_many_wake_ups_for_one_process_arrive_in_chunks(url: str, schema: str) -> None:
-    # 250 tickets woken by one step: more than one NOTIFY payload's worth.
+    # 250 tickets woken by one step: more than one NOTIFY payload's worth. (Each waiter
+    # has a holder of its own: waiters asking for the same thing share one ticket.)
     with Limits(url) as limits, Limits(f"{url}&application_name=other-{schema}") as other:
         other.create("db", slots=1)
         held = other.acquire("db")
-        waiters = [Waiter(limits, "db") for _ in range(250)]
+        waiters = [Waiter(limits, "db", holder=f"waiter-{i}") for i in range(250)]
         wait_until(lambda: len(limits.inspect("db").waiters) == 250, 30, "250 waiters")
         started = time.monotonic()
         other.update("db", slots=251)  # one hand-off grants them all
@@ -500,6 +594,165 @@ def test_many_wake_ups_for_one_process_arrive_in_chunks(url: str, schema: str) -
             waiter.lease.release()
         held.release()
         assert limits.inspect("db").in_use == 0
+
+
+# --------------------------------------------------------------------------- exchange
+
+
+def test_the_claim_window_is_the_clients(url: str, schema: str) -> None:
+    with Limits(url) as limits:
+        limits.list()  # creates the schema
+    assert admin(f'SELECT "{schema}"._claim_window()') == [(CLAIM_WINDOW,)]
+
+
+def test_a_lost_reply_is_asked_for_again_and_nothing_is_granted_twice(schema: str) -> None:
+    """The server commits an exchange and its reply never arrives (a proxy loses it and
+    the server connection is terminated): the store sends the same batch again, marked
+    resent, and is answered what the first attempt did instead of it being done twice."""
+    require_server("127.0.0.1", 5432, PG_HOW_TO_START)
+    proxy = ReplyDropper(("127.0.0.1", 5432))
+    # Steps go through the proxy; the listener straight to the server.
+    store = PostgresStore(
+        f"postgresql://postgres@127.0.0.1:{proxy.port}/test?schema={schema}"
+        f"&listen_url={quote(PG_DSN, safe='')}"
+    )
+    other = PostgresStore(f"{PG_DSN}?schema={schema}")  # another process
+    committed: list[list[str]] = []
+
+    def lose_reply() -> None:
+        # The server committed before it replied: what the step did is there already.
+        [(leases,)] = admin(
+            f"SELECT coalesce(array_agg(id ORDER BY id), '{{}}') FROM \"{schema}\".leases"
+        )
+        committed.append(leases)
+        terminate(step_backends(schema))
+
+    try:
+        store.create_limit(Limit("db", slots=2))
+        # A request for three on two slots, its reply lost: two grants and a ticket for one.
+        first = AcquireRequest("lost-1", ("db",), count=3)
+        proxy.arm(lose_reply)
+        answer = store.exchange(Exchange(requests=(first,)))
+        assert proxy.dropped == 1
+        leases = sorted(g.lease_id for g in answer.grants if g.lease_id)
+        assert committed == [leases] and all(lid.startswith("lost-1.") for lid in leases)
+        assert answer.queued["lost-1"].wanted == 1
+        status = store.inspect_limit("db")
+        assert sorted(h.lease_id for h in status.holders) == leases
+        assert [(w.ticket_id, w.count) for w in status.waiters] == [("lost-1", 1)]
+        assert status.totals.grants == 2
+
+        # A release whose slot goes to this process's own ticket, reply lost: the release
+        # is reported done, and the grant it handed over is answered, once.
+        proxy.arm(lose_reply)
+        answer = store.exchange(Exchange(releases=(leases[0],)))
+        assert proxy.dropped == 2
+        assert answer.released == {leases[0]: True}
+        [handed] = answer.grants
+        assert handed.ticket_id == "lost-1" and handed.lease_id not in leases
+        assert answer.queued == {}
+        status = store.inspect_limit("db")
+        held = sorted([leases[1], str(handed.lease_id)])
+        assert committed[-1] == held == sorted(h.lease_id for h in status.holders)
+        assert status.waiters == [] and status.totals.grants == 3
+
+        # An ask that claims what another process's release handed to its ticket, reply
+        # lost: the claim is answered again, and the ticket it served out is not opened
+        # again for the grant it already had.
+        second = AcquireRequest("lost-2", ("db",))
+        queued = store.exchange(Exchange(requests=(second,))).queued["lost-2"]
+        assert other.exchange(Exchange(releases=(leases[1],))).released == {leases[1]: True}
+        proxy.arm(lose_reply)
+        answer = store.exchange(Exchange(asks=(Ask("lost-2", second, queued.seq, 1),)))
+        assert proxy.dropped == 3
+        [claimed] = answer.grants
+        assert claimed.ticket_id == "lost-2" and answer.queued == {}
+        status = store.inspect_limit("db")
+        assert sorted(h.lease_id for h in status.holders) == sorted(
+            [str(handed.lease_id), str(claimed.lease_id)]
+        )
+        assert status.waiters == [] and status.totals.grants == 4
+        assert admin(
+            f'SELECT claimed FROM "{schema}".leases WHERE id = %s', (claimed.lease_id,)
+        ) == [(True,)]
+        assert broken_invariants(schema) == {}
+    finally:
+        store.close()
+        other.close()
+        proxy.close()
+
+
+def test_more_waiters_than_connections_all_get_through_and_never_exceed(schema: str) -> None:
+    """300 threads and 300 coroutines of one process on 5 slots, with 2 step connections:
+    every one is served, never more than 5 at once, on at most 2 + 1 connections."""
+    require_server("127.0.0.1", 5432, PG_HOW_TO_START)
+    pool_size, slots, crowd = 2, 5, 300
+    url = f"{PG_DSN}?schema={schema}&pool_size={pool_size}"
+    intervals: list[tuple[float, float, int]] = []
+    errors: list[BaseException] = []
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:  # the process's connections, sampled all along
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            while not stop.is_set():
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name IN (%s, %s)",
+                    (f"sluice/{schema}", f"sluice/{schema}:listen"),
+                ).fetchone()
+                seen.append(int(row[0]) if row else 0)
+                time.sleep(0.005)
+
+    with Limits(url) as limits:
+        limits.create("db", slots=slots)
+        start = threading.Barrier(crowd + 1)
+
+        def thread(i: int) -> None:
+            try:
+                start.wait(30)
+                with limits.concurrency("db", holder=f"thread-{i % 7}", timeout=60):
+                    began = time.monotonic()
+                    time.sleep(0.001)
+                    intervals.append((began, time.monotonic(), 1))
+            except BaseException as exc:
+                errors.append(exc)
+
+        async def coroutines() -> None:
+            alimits = aio.Limits(url)  # the same store: the same pool
+
+            async def one(i: int) -> None:
+                async with alimits.concurrency("db", holder=f"task-{i % 3}", timeout=60):
+                    began = time.monotonic()
+                    await asyncio.sleep(0.001)
+                    intervals.append((began, time.monotonic(), 1))
+
+            try:
+                start.wait(30)
+                results = await asyncio.gather(
+                    *(one(i) for i in range(crowd)), return_exceptions=True
+                )
+                errors.extend(r for r in results if isinstance(r, BaseException))
+            finally:
+                await alimits.aclose()
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        threads = [threading.Thread(target=thread, args=(i,)) for i in range(crowd)]
+        threads.append(threading.Thread(target=lambda: asyncio.run(coroutines())))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        stop.set()
+        watcher.join(5)
+        assert not errors, errors[:3]
+        assert len(intervals) == 2 * crowd
+        assert peak_units(intervals)[0] <= slots
+        assert seen and max(seen) <= pool_size + 1, max(seen)
+        status = limits.inspect("db")
+        assert (status.in_use, status.waiters) == (0, [])
+        assert status.totals.grants == 2 * crowd
+        assert broken_invariants(schema) == {}
 
 
 # --------------------------------------------------------------------------- internal invariants
@@ -521,6 +774,12 @@ def broken_invariants(schema: str) -> dict[str, list[Any]]:
         " GROUP BY t.seq HAVING t.limit_count <> count(q.*)",
         "queue seq not its ticket's": f"SELECT q.* FROM {s}.queue q"
         f" JOIN {s}.tickets t ON t.id = q.ticket_id WHERE q.seq <> t.seq",
+        "tickets wanting nothing": f"SELECT id, wanted FROM {s}.tickets WHERE wanted <= 0",
+        "arrivals not adding up to wanted": f"SELECT id, wanted, arrival_n FROM {s}.tickets"
+        " WHERE cardinality(arrival_at) > 0 AND (cardinality(arrival_at) <> cardinality(arrival_n)"
+        " OR wanted <> (SELECT sum(n) FROM unnest(arrival_n) n))",
+        "leases of a ticket not named after it": f"SELECT id, ticket_id FROM {s}.leases"
+        " WHERE ticket_id <> '' AND left(id, length(ticket_id) + 1) <> ticket_id || '.'",
     }
     found = {what: admin(sql) for what, sql in checks.items()}
     return {what: rows for what, rows in found.items() if rows}

@@ -33,20 +33,19 @@ __all__ = [
     "PgConfig",
     "migration_sql",
     "parse_url",
+    "refusal",
     "translate",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema this code needs; ``sql/migrate_<NNN>.sql`` for each version up to it
-(1: the tables; 2: the limits' totals)."""
+(1: the tables; 2: the limits' totals; 3: the exchange protocol)."""
 
 DEFAULT_SCHEMA = "sluice"
 STEPS = (
     "engine",
-    "acquire",
-    "release",
+    "exchange",
     "renew",
-    "abandon",
     "define_limit",
     "get_limit",
     "list_limits",
@@ -206,6 +205,13 @@ def translate(exc: Exception, url: str) -> SluiceError:
     if state == "42501":
         return StoreError(f"PostgreSQL store {url}: permission denied ({_first_line(exc)})")
     return StoreError(f"PostgreSQL store {url} failed: {_first_line(exc)}")
+
+
+def refusal(detail: dict[str, Any]) -> SluiceError:
+    """The error of a request or ask an exchange refused, from its ``refused`` entry."""
+    if detail.get("error") == "not_found":
+        return LimitNotFound(detail.get("names") or [])
+    return _invalid(detail)
 
 
 def _first_line(exc: Exception) -> str:

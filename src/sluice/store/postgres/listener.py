@@ -1,13 +1,12 @@
 """The wake-up listener of the PostgreSQL store: one LISTEN connection per process and store.
 
-A step that grants or wakes tickets calls ``pg_notify('sluice_<process id>',
-'{"w": [ticket ids], "g": {ticket id: grant}}')`` inside its own transaction,
-so the notification is delivered exactly when the change commits. Each process
-listens on its own channel with one connection, watched by one thread, which
-keeps the grants for their waiters (so a woken waiter need not ask the store
-again) and hands the ticket ids to the store's wake handler, which routes them
-to the waiting threads and tasks. It also measures the database's clock against
-this host's, at connect and at each ping, so a waiter can tell a fresh grant.
+A step that hands grants to tickets (or wakes them) calls
+``pg_notify('sluice_<process id>', '{"w": [ticket ids]}')`` inside its own
+transaction, so the notification is delivered exactly when the change commits.
+It names tickets only: the woken process asks about them in its next exchange,
+which claims what was handed to them. Each process listens on its own channel
+with one connection, watched by one thread, which hands the ticket ids to the
+store's wake handler (the line, which routes them to its tickets).
 
 If the connection drops (server restart, ``pg_terminate_backend``, network),
 the thread reconnects with back-off, LISTENs again and then wakes every local
@@ -28,12 +27,10 @@ import select
 import threading
 import time
 from collections.abc import Callable, Collection
-from typing import Any
 
 import psycopg
 
 from sluice.errors import StoreUnavailable
-from sluice.store.base import ClockOffset
 
 __all__ = ["PING_INTERVAL", "Listener"]
 
@@ -55,12 +52,10 @@ class Listener:
         on_wake: Callable[[Collection[str]], None],
         on_reconnect: Callable[[], None],
         url: str,
-        on_grants: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._connect = connect
         self._channel = channel
         self._on_wake = on_wake
-        self._on_grants = on_grants
         self._on_reconnect = on_reconnect
         self._url = url
         self._ready = threading.Event()
@@ -73,8 +68,6 @@ class Listener:
         self.backend_pid: int | None = None
         """The server process of the current LISTEN connection (for tests and diagnostics)."""
         self.reconnects = 0
-        self.clock = ClockOffset()
-        """The database's clock against this host's, read at connect and at each ping."""
 
     def start(self, timeout: float = 10.0) -> None:
         """Start listening (once); return when LISTEN is in force, else StoreUnavailable."""
@@ -155,7 +148,6 @@ class Listener:
             conn.add_notify_handler(self._notified)
             conn.execute(f'LISTEN "{self._channel}"')
             self.backend_pid = conn.info.backend_pid
-            self._measure_clock(conn)
         except BaseException:
             conn.close()
             raise
@@ -170,7 +162,7 @@ class Listener:
         while not self._stopped:
             left = PING_INTERVAL - (time.monotonic() - quiet_since)
             if left <= 0:
-                self._measure_clock(conn)  # raises if the connection died silently
+                conn.execute("SELECT 1")  # raises if the connection died silently
                 quiet_since = time.monotonic()
                 continue
             readable, _, _ = select.select([sock, self._stop_r], [], [], left)
@@ -188,21 +180,9 @@ class Listener:
         # Notifications that arrive while a ping runs come through psycopg's handler.
         self._deliver(notify.payload)
 
-    def _measure_clock(self, conn: psycopg.Connection[object]) -> None:
-        row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
-        after = time.time()
-        if row is not None:
-            # Read before ``after``: a late reply makes the reading low, never high.
-            self.clock.observe(float(row[0]), after)  # type: ignore[index]
-
     def _deliver(self, payload: str) -> None:
-        if payload.startswith("{"):  # {"w": [ticket ids], "g": {ticket id: grant}}
-            message = json.loads(payload)
-            grants = message.get("g") or {}
-            on_grants = self._on_grants
-            if grants and on_grants is not None:
-                self._safely(lambda: on_grants(grants))
-            tickets = [str(t) for t in message.get("w") or ()]
+        if payload.startswith("{"):  # {"w": [ticket ids]}
+            tickets = [str(t) for t in json.loads(payload).get("w") or ()]
         else:
             tickets = [t for t in payload.split(",") if t]
         if tickets:

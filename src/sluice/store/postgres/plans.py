@@ -1,32 +1,45 @@
-"""The PostgreSQL store's operations as plans: no I/O, driven by a sync and an async driver.
+"""The PostgreSQL store's operations as plans: no I/O, driven by the store's sync driver.
 
 Every store operation is a plan (:mod:`sluice.store.plans`): a generator that
 yields :class:`Call` objects (one SQL statement each, a step function of
 ``sql/``, run as its own transaction) and receives each one's result, then
 returns the operation's outcome. :class:`~sluice.store.postgres.store.PostgresStore`
-and its asyncio twin drive the same plans over psycopg's ``Connection`` and
-``AsyncConnection``: the decisions (in SQL) and their parsing (here) exist once.
+drives them over psycopg connections: the decisions (in SQL) and their parsing
+(here) exist once, apart from any I/O.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from sluice.errors import StoreUnavailable
 from sluice.limits import gcra
 from sluice.limits.model import Holder, Limit, LimitChanges, LimitStatus, LimitTotals, Waiter, utc
-from sluice.store.base import AcquireRequest, Granted, Queued, Renewal, StoreDiagnosis
-from sluice.store.plans import Plan
-from sluice.store.postgres.config import SCHEMA_VERSION, PgConfig
+from sluice.store.base import (
+    AcquireRequest,
+    Exchange,
+    Exchanged,
+    Granted,
+    Queued,
+    Renewal,
+    StoreDiagnosis,
+)
+from sluice.store.plans import Plan, Sleep
+from sluice.store.postgres.config import SCHEMA_VERSION, PgConfig, refusal
 
 __all__ = ["Call", "Engine", "wakes_in"]
 
 T = TypeVar("T")
+
+_RESEND_DELAYS = (0.0, 0.1, 0.5)
+"""Seconds before each resend of an exchange whose connection failed (then it fails)."""
 
 
 @dataclass(frozen=True)
@@ -62,26 +75,53 @@ def _totals(data: dict[str, Any]) -> LimitTotals:
     )
 
 
-def _outcome(data: dict[str, Any]) -> Granted | Queued:
-    missing = tuple(data.get("missing") or ())
-    if data["granted"]:
-        return Granted(
-            data["lease_id"],
-            tuple(data["names"]),
-            float(data["acquired_at"]),
-            data["expires_at"],
-            data["lease_ttl"],
-            missing,
-        )
+def _granted(data: dict[str, Any]) -> Granted:
+    return Granted(
+        data["lease_id"],
+        tuple(data["names"]),
+        float(data["acquired_at"]),
+        None if data["expires_at"] is None else float(data["expires_at"]),
+        None if data["lease_ttl"] is None else float(data["lease_ttl"]),
+        tuple(data.get("missing") or ()),
+        data["ticket_id"],
+    )
+
+
+def _queued(data: dict[str, Any]) -> Queued:
     return Queued(
         data["request_id"],
         int(data["seq"]),
         data["blocked_on"],
         int(data["position"]),
-        data["retry_in"],
+        None if data["retry_in"] is None else float(data["retry_in"]),
         float(data["lease_ttl"]),
-        missing,
+        tuple(data.get("missing") or ()),
+        int(data["wanted"]),
     )
+
+
+def _exchanged(data: dict[str, Any]) -> Exchanged:
+    return Exchanged(
+        {lease_id: bool(found) for lease_id, found in data["released"].items()},
+        tuple(_granted(g) for g in data["grants"]),
+        {ticket_id: _queued(q) for ticket_id, q in data["queued"].items()},
+        {key: refusal(detail) for key, detail in data["refused"].items()},
+        dict(data["joined"]),
+        {key: tuple(names) for key, names in data["missing"].items()},
+    )
+
+
+def _request(request: AcquireRequest) -> dict[str, Any]:
+    return {
+        "id": request.request_id,
+        "names": list(request.names),
+        "occupy": request.occupy,
+        "kind": request.kind.value,
+        "holder": request.holder,
+        "missing": request.missing,
+        "count": request.count,
+        "join": request.join,
+    }
 
 
 # --------------------------------------------------------------------------- the engine
@@ -96,28 +136,9 @@ class Engine:
     pid: int = field(default_factory=os.getpid)
     host: str = field(default_factory=socket.gethostname)
     waiting: set[str] = field(default_factory=set)
-    """This process's queued request ids: woken all at once when the listener reconnects."""
-    handed: dict[str, Granted] = field(default_factory=dict)
-    """Grants that wake-ups brought for this process's waiters, by request id."""
-
-    def keep_grants(self, grants: dict[str, Any]) -> None:
-        """Keep the grants a wake-up carries, for their waiters to take."""
-        for ticket_id, data in grants.items():
-            granted = _outcome(data)
-            if isinstance(granted, Granted) and granted.lease_id == ticket_id:
-                self.handed[ticket_id] = granted
-
-    def take_handed(self, request: AcquireRequest, store_now: float) -> Granted | None:
-        """A grant a wake-up brought this waiter, if fresh: the first half of its TTL."""
-        if request.seq is None:
-            return None
-        granted = self.handed.pop(request.request_id, None)
-        if granted is None or granted.expires_at is None or granted.lease_ttl is None:
-            return None
-        if granted.expires_at - store_now < granted.lease_ttl / 2:
-            return None  # away too long (paused, frozen): the store knows better
-        self.waiting.discard(request.request_id)
-        return granted
+    """This process's tickets that wait: woken all at once when the listener reconnects.
+    (Replaced, never changed in place: the listener's thread reads it.)"""
+    _steps: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
     def channel(self) -> str:
@@ -236,12 +257,22 @@ class Engine:
             )
             for h in data["holders"]
         ]
-        waiters = [
-            Waiter(
-                w["ticket_id"], w["occupy"], w["holder"], w["host"], w["pid"], utc(w["since"]), i
+        waiters = []
+        position = 1
+        for w in data["waiters"]:  # each ticket stands for ``wanted`` requests in a row
+            waiters.append(
+                Waiter(
+                    w["ticket_id"],
+                    w["occupy"],
+                    w["holder"],
+                    w["host"],
+                    w["pid"],
+                    utc(w["since"]),
+                    position,
+                    int(w["wanted"]),
+                )
             )
-            for i, w in enumerate(data["waiters"], start=1)
-        ]
+            position += int(w["wanted"])
         token_in = None
         if limit.rate is not None and limit.burst is not None:
             token_in = gcra.next_token_in(float(data["tat"]), data["now"], limit.rate, limit.burst)
@@ -255,34 +286,58 @@ class Engine:
             totals=_totals(data["totals"]),
         )
 
-    # ------------------------------------------------------------- acquire & co
+    # ------------------------------------------------------------- the hot path
 
-    def acquire(self, request: AcquireRequest) -> Plan[Granted | Queued]:
-        data = yield self._step(
-            "acquire",
-            "%s::text, %s::text[], %s::integer, %s::text, %s::text, %s::text, %s::bigint,"
-            " %s::text, %s::text, %s::integer",
-            request.request_id,
-            list(request.names),
-            request.occupy,
-            request.kind.value,
-            request.holder,
-            request.missing,
-            request.seq,
-            self.process_id,
-            self.host,
-            self.pid,
-        )
-        outcome = _outcome(data)
-        if isinstance(outcome, Queued):
-            self.waiting.add(request.request_id)
-        else:
-            self.waiting.discard(request.request_id)
-        return outcome
+    def payload(self, batch: Exchange) -> dict[str, Any]:
+        """An exchange as the step function takes it, numbered once: its resends repeat it."""
+        return {
+            "process": self.process_id,
+            "host": self.host,
+            "pid": self.pid,
+            "step": next(self._steps),
+            "resend": False,
+            "releases": list(batch.releases),
+            "withdrawals": [
+                {"ticket": w.ticket_id, "count": w.count, "timed_out_on": w.timed_out_on}
+                for w in batch.withdrawals
+            ],
+            "asks": [
+                {
+                    "ticket": a.ticket_id,
+                    "seq": a.seq,
+                    "count": a.count,
+                    "request": _request(a.request),
+                }
+                for a in batch.asks
+            ],
+            "requests": [_request(r) for r in batch.requests],
+        }
 
-    def release(self, lease_id: str) -> Plan[bool]:
-        data = yield self._step("release", "%s::text, %s::text", lease_id, self.process_id)
-        return bool(data["found"])
+    def exchange(self, batch: Exchange, payload: dict[str, Any]) -> Plan[Exchanged]:
+        """One exchange step; a reply lost with its connection is asked for again.
+
+        The step may have committed before its connection died: the batch is sent
+        again, marked ``resend``, and the step function answers what the first attempt
+        did instead of doing it twice (see ``sql/exchange.sql``).
+        """
+        sql = self._fn("exchange", "%s::jsonb")
+        for delay in (*_RESEND_DELAYS, None):
+            try:
+                data = yield Call(sql, (json.dumps(payload),))
+                break
+            except StoreUnavailable:
+                if delay is None:
+                    raise
+                payload["resend"] = True
+                if delay:
+                    yield Sleep(delay)
+        answer = _exchanged(data)
+        done = {a.ticket_id for a in batch.asks}
+        done.update(w.ticket_id for w in batch.withdrawals if w.count is None)
+        done.update(r.request_id for r in batch.requests)
+        done.update(g.ticket_id for g in answer.grants)
+        self.waiting = (self.waiting - done) | set(answer.queued)
+        return answer
 
     def renew(self, lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> Plan[Renewal]:
         data = yield self._step(
@@ -298,17 +353,9 @@ class Engine:
             {k: float(v) for k, v in data["expires_at"].items()},
         )
 
-    def abandon(self, request_id: str, timed_out_on: str | None = None) -> Plan[None]:
-        self.waiting.discard(request_id)
-        self.handed.pop(request_id, None)
-        yield self._step(
-            "abandon", "%s::text, %s::text, %s::text", request_id, self.process_id, timed_out_on
-        )
-
     def forget_process(self) -> Plan[None]:
         """Give back every lease and queue place of this process (a normal exit)."""
-        self.waiting.clear()
-        self.handed.clear()
+        self.waiting = set()
         yield self._step("forget_process", "%s::text", self.process_id)
 
 

@@ -10,25 +10,28 @@ limit's totals (:class:`~sluice.limits.model.LimitTotals`) live in its own row
 and are counted by the same step functions that grant, time out and reclaim
 (``sql/migrate_002.sql`` lists where).
 
-Wake-ups are LISTEN/NOTIFY: a step that grants or wakes tickets notifies the
-processes that own them inside its own transaction, and each process has one
-listening connection (:mod:`sluice.store.postgres.listener`). Crash detection
-across hosts is lease expiry alone: a waiter blocked by a holder is told when
-that lease expires (``Queued.retry_in``) and reclaims it then.
+Wake-ups are LISTEN/NOTIFY: a step that hands grants to tickets (or wakes
+them) notifies the processes that own them inside its own transaction, naming
+the tickets; each process has one listening connection
+(:mod:`sluice.store.postgres.listener`), and a woken process asks about its
+tickets in its next exchange, which claims what was handed to them. Crash
+detection across hosts is lease expiry alone: a waiter blocked by a holder is
+told when that lease expires (``Queued.retry_in``) and reclaims it then.
 
 :class:`PostgresStore` drives the plans of :mod:`sluice.store.postgres.plans`
-over psycopg ``Connection`` objects; :class:`AsyncPostgresStore` drives the
-same plans over ``AsyncConnection`` objects. Driver errors become Sluice errors.
+over psycopg connections, each call on a connection of its bounded pool: a
+process uses at most ``pool_size`` connections for steps, whoever calls (the
+line's rounds, the keeper's renewals, the async front door's worker threads),
+plus its one LISTEN connection. Driver errors become Sluice errors.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import select
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any, TypeVar
 
 try:
@@ -43,8 +46,8 @@ except ImportError as exc:  # pragma: no cover - depends on the optional driver
 from sluice import _fork
 from sluice.errors import SluiceError, StoreError
 from sluice.limits.model import Limit, LimitChanges, LimitStatus
-from sluice.store.base import AcquireRequest, Granted, Queued, Renewal, StoreDiagnosis, WakeHandler
-from sluice.store.plans import Plan, run_plan, run_plan_async
+from sluice.store.base import Exchange, Exchanged, Renewal, StoreDiagnosis, WakeHandler
+from sluice.store.plans import Plan, run_plan
 from sluice.store.postgres.config import (
     RETRY_SQLSTATES,
     SCHEMA_VERSION,
@@ -56,7 +59,7 @@ from sluice.store.postgres.config import (
 from sluice.store.postgres.listener import Listener
 from sluice.store.postgres.plans import Call, Engine, wakes_in
 
-__all__ = ["SAFETY_INTERVAL", "AsyncPostgresStore", "PostgresStore", "from_url"]
+__all__ = ["SAFETY_INTERVAL", "PostgresStore", "from_url"]
 
 T = TypeVar("T")
 
@@ -77,7 +80,7 @@ def _readable(fd: int) -> bool:
     return bool(readable)
 
 
-def _usable(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+def _usable(conn: psycopg.Connection[Any]) -> bool:
     """Whether an idle pooled connection can take a step.
 
     An idle connection receives nothing; if its socket is readable the server
@@ -90,7 +93,8 @@ def _usable(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> boo
 
 
 class _Pool:
-    """At most ``size`` autocommit connections, each used by one step at a time."""
+    """At most ``size`` autocommit connections, each used by one step at a time; a caller
+    finding none free waits for one."""
 
     def __init__(self, connect: Callable[[], psycopg.Connection[Any]], size: int) -> None:
         self._connect = connect
@@ -168,7 +172,6 @@ class PostgresStore:
         self.url = self._config.url
         self._closed = False
         self._handler: WakeHandler | None = None
-        self._async: AsyncPostgresStore | None = None
         self._start()
         _fork.track(self, PostgresStore._after_fork)
 
@@ -184,8 +187,6 @@ class PostgresStore:
         self._pool.abandon()
         if self._listener is not None:
             self._listener.abandon_after_fork()
-        if self._async is not None:
-            self._async._abandon()
         self._start()
 
     # ------------------------------------------------------------- connections
@@ -220,6 +221,11 @@ class PostgresStore:
             return None
         return translate(exc, self.url)
 
+    def _call(self, call: Call[Any]) -> Any:
+        """Run one call on a pooled connection (a connection that failed is not reused)."""
+        with self._pool.connection() as conn:
+            return self._execute(conn, call)
+
     def _drive(self, make: Callable[[], Plan[T]]) -> T:
         """Run a plan, each call one transaction; retry it whole after a deadlock."""
         if self._closed:
@@ -228,8 +234,7 @@ class PostgresStore:
             self.ensure_schema()
         for attempt in range(_RETRIES):
             try:
-                with self._pool.connection() as conn:
-                    return run_plan(make(), lambda call: self._execute(conn, call), self._translate)
+                return run_plan(make(), self._call, self._translate)
             except psycopg.Error as exc:
                 if exc.sqlstate in RETRY_SQLSTATES and attempt < _RETRIES - 1:
                     time.sleep(0.001 * (attempt + 1))
@@ -295,7 +300,6 @@ class PostgresStore:
                     self._wake_local,
                     self._wake_all,
                     self.url,
-                    self._engine.keep_grants,
                 )
             listener = self._listener
         listener.start()
@@ -349,45 +353,21 @@ class PostgresStore:
     def inspect_limit(self, name: str) -> LimitStatus:
         return self._drive(lambda: self._engine.inspect_limit(name))
 
-    def _take_handed(self, request: AcquireRequest) -> Granted | None:
-        """A grant the wake-up carried, so a woken waiter need not ask the store again."""
-        listener = self._listener
-        store_now = listener.clock.store_now() if listener is not None else time.time()
-        return self._engine.take_handed(request, store_now)
-
-    def acquire(self, request: AcquireRequest) -> Granted | Queued:
-        handed = self._take_handed(request)
-        if handed is not None:
-            return handed
+    def exchange(self, batch: Exchange) -> Exchanged:
         if not self._listening():
             self._ensure_listening()  # before a ticket exists that a wake-up could name
-        return self._drive(lambda: self._engine.acquire(request))
-
-    def release(self, lease_id: str) -> bool:
-        return self._drive(lambda: self._engine.release(lease_id))
+        payload = self._engine.payload(batch)  # once: a retry or resend repeats it
+        return self._drive(lambda: self._engine.exchange(batch, payload))
 
     def renew(self, lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> Renewal:
         return self._drive(lambda: self._engine.renew(lease_ids, ticket_ids))
 
-    def abandon(self, request_id: str, timed_out_on: str | None = None) -> None:
-        self._drive(lambda: self._engine.abandon(request_id, timed_out_on))
-
     def diagnose(self) -> StoreDiagnosis:
         """Read-only facts for ``sluice doctor``; never creates or migrates the schema."""
         try:
-            with self._pool.connection() as conn:
-                return run_plan(
-                    self._engine.diagnose(), lambda call: self._execute(conn, call), self._translate
-                )
+            return run_plan(self._engine.diagnose(), self._call, self._translate)
         except psycopg.Error as exc:
             raise translate(exc, self.url) from exc
-
-    def async_store(self) -> AsyncPostgresStore:
-        """The asyncio twin, on psycopg AsyncConnections, sharing this store's listener."""
-        with self._lock:
-            if self._async is None:
-                self._async = AsyncPostgresStore(self)
-            return self._async
 
     # ------------------------------------------------------------- lifecycle
 
@@ -415,176 +395,8 @@ class PostgresStore:
                 self._drive(self._engine.forget_process)
         if self._listener is not None:
             self._listener.stop()
-        if self._async is not None:
-            self._async._close()
         self._pool.close()
         self._closed = True
-
-
-class _AsyncPool:
-    """The asyncio twin of _Pool, for one event loop."""
-
-    def __init__(self, config: PgConfig, url: str) -> None:
-        self._config = config
-        self._url = url
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
-        self._all: set[psycopg.AsyncConnection[Any]] = set()
-        self._sem = asyncio.Semaphore(config.pool_size)
-
-    @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        async with self._sem:
-            conn = None
-            while self._idle:
-                candidate = self._idle.pop()
-                if _usable(candidate):
-                    conn = candidate
-                    break
-                self._forget(candidate)
-            if conn is None:
-                try:
-                    conn = await psycopg.AsyncConnection.connect(
-                        self._config.conninfo,
-                        autocommit=True,
-                        application_name=self._config.application_name,
-                        prepare_threshold=5 if self._config.prepared else None,
-                    )
-                except psycopg.Error as exc:
-                    raise translate(exc, self._url) from exc
-                self._all.add(conn)
-            try:
-                yield conn
-            except BaseException:
-                # Failed, or cancelled mid-statement: its state is unknown, so it goes.
-                self._forget(conn)
-                raise
-            self._idle.append(conn)
-
-    def _forget(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        self._all.discard(conn)
-        with contextlib.suppress(Exception):
-            conn.pgconn.finish()  # what AsyncConnection.close() does, without a loop
-
-    def close(self) -> None:
-        for conn in list(self._all):
-            self._forget(conn)
-        self._idle = []
-
-    def abandon(self) -> None:
-        _fork.keep_unclosed(*self._all)
-        self._all = set()
-        self._idle = []
-
-
-class AsyncPostgresStore:
-    """The asyncio twin of :class:`PostgresStore`: the same plans, on AsyncConnections.
-
-    Connections belong to an event loop, so each loop that uses the store gets
-    its own small pool. Wake-ups come from the sync store's listener thread.
-    """
-
-    def __init__(self, store: PostgresStore) -> None:
-        self.sync = store
-        self.url = store.url
-        self.safety_interval = store.safety_interval
-        self._pools: dict[asyncio.AbstractEventLoop, _AsyncPool] = {}
-        self._lock = threading.Lock()
-
-    def _pool(self) -> _AsyncPool:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            pool = self._pools.get(loop)
-            if pool is None:
-                for old, stale in list(self._pools.items()):
-                    if old.is_closed():  # a finished asyncio.run(): its connections go
-                        stale.close()
-                        del self._pools[old]
-                pool = self._pools[loop] = _AsyncPool(self.sync._config, self.url)
-            return pool
-
-    async def _execute(self, conn: psycopg.AsyncConnection[Any], call: Call[Any]) -> Any:
-        cursor = await conn.execute(call.sql, call.params)
-        row = await cursor.fetchone()
-        result = row[0] if row is not None else None
-        wakes = wakes_in(result)
-        if wakes:
-            self.sync._wake_local(wakes)
-        return result
-
-    async def _drive(self, make: Callable[[], Plan[T]]) -> T:
-        store = self.sync
-        if store.closed:
-            raise StoreError(f"store {self.url} is closed")
-        if not store._schema_ready:
-            await asyncio.to_thread(store.ensure_schema)
-        pool = self._pool()
-        for attempt in range(_RETRIES):
-            try:
-                async with pool.connection() as conn:
-                    return await run_plan_async(
-                        make(), lambda call: self._execute(conn, call), store._translate
-                    )
-            except psycopg.Error as exc:
-                if exc.sqlstate in RETRY_SQLSTATES and attempt < _RETRIES - 1:
-                    await asyncio.sleep(0.001 * (attempt + 1))
-                    continue
-                raise translate(exc, self.url) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _close(self) -> None:
-        with self._lock:
-            for pool in self._pools.values():
-                pool.close()
-            self._pools.clear()
-
-    def _abandon(self) -> None:
-        for pool in self._pools.values():
-            pool.abandon()
-        self._pools = {}
-
-    async def now(self) -> float:
-        return await self._drive(self.sync._engine.now)
-
-    async def create_limit(self, limit: Limit) -> Limit:
-        return await self._drive(lambda: self.sync._engine.create_limit(limit))
-
-    async def ensure_limit(self, limit: Limit) -> Limit:
-        return await self._drive(lambda: self.sync._engine.ensure_limit(limit))
-
-    async def get_limit(self, name: str) -> Limit:
-        return await self._drive(lambda: self.sync._engine.get_limit(name))
-
-    async def list_limits(self) -> list[Limit]:
-        return await self._drive(self.sync._engine.list_limits)
-
-    async def update_limit(self, name: str, changes: LimitChanges) -> Limit:
-        return await self._drive(lambda: self.sync._engine.update_limit(name, changes))
-
-    async def set_active(self, name: str, active: bool) -> Limit:
-        return await self._drive(lambda: self.sync._engine.set_active(name, active))
-
-    async def reset_limit(self, name: str) -> int:
-        return await self._drive(lambda: self.sync._engine.reset_limit(name))
-
-    async def delete_limit(self, name: str, force: bool = False) -> None:
-        await self._drive(lambda: self.sync._engine.delete_limit(name, force))
-
-    async def inspect_limit(self, name: str) -> LimitStatus:
-        return await self._drive(lambda: self.sync._engine.inspect_limit(name))
-
-    async def acquire(self, request: AcquireRequest) -> Granted | Queued:
-        handed = self.sync._take_handed(request)
-        if handed is not None:
-            return handed
-        if not self.sync._listening():
-            await asyncio.to_thread(self.sync._ensure_listening)
-        return await self._drive(lambda: self.sync._engine.acquire(request))
-
-    async def release(self, lease_id: str) -> bool:
-        return await self._drive(lambda: self.sync._engine.release(lease_id))
-
-    async def abandon(self, request_id: str, timed_out_on: str | None = None) -> None:
-        await self._drive(lambda: self.sync._engine.abandon(request_id, timed_out_on))
 
 
 def from_url(url: str) -> PostgresStore:

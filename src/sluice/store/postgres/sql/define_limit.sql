@@ -5,7 +5,8 @@
 --   p_process_id  text      the calling process
 --   p_ensure      boolean   true: a limit with this name already is the answer, untouched
 -- Returns: jsonb {limit: the stored limit, wake: ticket ids of the caller's process}.
---   Waiters that named it while it was missing join its queue.
+--   Waiters that named it while it was missing join its queue (and are served if they
+--   can be: hand-offs outside an exchange are claimed by asking).
 -- Raises: SL409 (detail: the name) if a limit has this name and not p_ensure; 40001 if its
 --   waiters queued elsewhere while it waited (retried).
 -- Locks: the limits its waiters wait on, in name order.
@@ -17,6 +18,7 @@ DECLARE
     v_limit @schema@.limits;
     v_now double precision;
     v_locked bigint[] := '{}';
+    s @schema@.step_state;
 BEGIN
     IF p_active THEN
         v_locked := @schema@._lock_for_join(p_name, '{}');
@@ -28,8 +30,12 @@ BEGIN
     ON CONFLICT (name) DO NOTHING
     RETURNING * INTO v_limit;
     IF FOUND THEN
-        IF p_active THEN
-            PERFORM @schema@._join_waiters(v_limit.id, p_name, v_locked);
+        IF p_active AND @schema@._join_waiters(v_limit.id, p_name, v_locked) THEN
+            s := @schema@._state(p_process_id, NULL, v_locked || v_limit.id, v_now);
+            s.moved := ARRAY[v_limit.id];
+            s := @schema@._hand_off(s);
+            RETURN jsonb_build_object('limit', @schema@._limit_json(v_limit),
+                                      'wake', to_jsonb(@schema@._notify(s)));
         END IF;
     ELSIF p_ensure THEN
         SELECT * INTO v_limit FROM @schema@.limits WHERE name = p_name;

@@ -15,42 +15,28 @@ CREATE OR REPLACE FUNCTION @schema@.delete_limit(
 DECLARE
     v_locked bigint[] := @schema@._lock_around(p_name, true);
     v_id bigint := v_locked[1];
-    v_now double precision := @schema@._now();
-    v_reclaim record;
+    s @schema@.step_state := @schema@._state(p_process_id, NULL, v_locked, @schema@._now());
     v_leases text[];
-    v_touched bigint[] := '{}';
-    v_moved bigint[] := '{}';
-    v_wake_t text[] := '{}';
-    v_wake_p text[] := '{}';
     v_ticket record;
-    v_ids bigint[];
 BEGIN
-    SELECT * INTO v_reclaim FROM @schema@._reclaim(ARRAY[v_id], v_locked, v_now);
-    v_touched := v_reclaim.touched;
-    v_moved := v_reclaim.moved;
-    v_locked := v_reclaim.locked;
+    s := @schema@._reclaim(s, ARRAY[v_id]);
     v_leases := ARRAY(SELECT lease_id FROM @schema@.holdings WHERE limit_id = v_id);
     IF cardinality(v_leases) > 0 AND NOT p_force THEN
         RAISE EXCEPTION 'limit % has % holder(s)', p_name, cardinality(v_leases)
             USING ERRCODE = 'SL423',
                   DETAIL = jsonb_build_object('name', p_name, 'holders', cardinality(v_leases))::text;
     END IF;
-    v_touched := v_touched || @schema@._revoke(v_leases);
+    s := @schema@._revoke(s, v_leases, false);
     FOR v_ticket IN
         SELECT t.id, t.process_id FROM @schema@.queue q JOIN @schema@.tickets t ON t.id = q.ticket_id
         WHERE q.limit_id = v_id ORDER BY q.seq
     LOOP
-        v_wake_t := v_wake_t || v_ticket.id;
-        v_wake_p := v_wake_p || v_ticket.process_id;
-        v_ids := @schema@._drop_ticket(v_ticket.id);
-        IF v_ids IS NOT NULL THEN
-            v_touched := v_touched || v_ids;
-            v_moved := v_moved || v_ids;
-        END IF;
+        s := @schema@._wake(s, v_ticket.id, v_ticket.process_id);
+        s := @schema@._drop(s, v_ticket.id);
     END LOOP;
     DELETE FROM @schema@.limits WHERE id = v_id;
-    v_touched := ARRAY(SELECT unnest(v_touched) EXCEPT SELECT v_id);
-    v_moved := ARRAY(SELECT unnest(v_moved) EXCEPT SELECT v_id);
-    RETURN jsonb_build_object('wake', to_jsonb(@schema@._hand_off(
-        v_touched, v_moved, v_locked, v_wake_t, v_wake_p, p_process_id, v_now)));
+    s.touched := ARRAY(SELECT unnest(s.touched) EXCEPT SELECT v_id);
+    s.moved := ARRAY(SELECT unnest(s.moved) EXCEPT SELECT v_id);
+    s := @schema@._hand_off(s);
+    RETURN jsonb_build_object('wake', to_jsonb(@schema@._notify(s)));
 END $$;

@@ -1,20 +1,23 @@
 -- Engine: the helpers every step function shares (schema @schema@), the PostgreSQL
 -- twin of sluice/store/sqlite/engine.py: the same decisions, in the same order.
 -- Parameters: none (installed with the step functions). Internal: clients call
--- the step functions (acquire.sql, release.sql, ...), never these.
+-- the step functions (exchange.sql, renew.sql, ...), never these.
 --
 -- Locking rule, which keeps steps free of deadlocks: a step first locks, with
 -- ONE blocking statement, the rows of the limits it works on, in name order
 -- (_lock, _lock_names). Any limit it needs later (the other limits of a
--- multi-limit waiter, of an expired lease) it only tries to lock (_try_lock,
--- SKIP LOCKED): it never waits for a second batch. It changes the holdings and
--- queue of a limit only while holding that limit's row lock, and reads them in
--- a statement that starts after the lock was granted (READ COMMITTED gives
--- each statement a fresh snapshot), so what it reads is current.
+-- multi-limit waiter, of an expired lease, of a lapsed grant's ticket) it only
+-- tries to lock (_try_lock, SKIP LOCKED): it never waits for a second batch. It
+-- changes the holdings and queue of a limit only while holding that limit's row
+-- lock, and reads them in a statement that starts after the lock was granted
+-- (READ COMMITTED gives each statement a fresh snapshot), so what it reads is
+-- current.
 --
--- State a step carries (what it touched, whom to wake) travels in arguments
--- and results: touched = limits whose units or queue changed (hand-off runs on
--- them); moved = limits whose queue head may have changed.
+-- State a step carries from helper to helper is one value of type step_state
+-- (migrate_003.sql), taken and returned by the helpers that change it: the
+-- limits it holds, those it touched (units or queue changed: the hand-off runs
+-- on them) and moved (queue head may have changed), whom to wake, and for an
+-- exchange the grants made to its caller and the parts of its answer.
 
 -- The database clock, in seconds since the epoch.
 CREATE OR REPLACE FUNCTION @schema@._now() RETURNS double precision
@@ -22,8 +25,24 @@ LANGUAGE sql VOLATILE AS $$
     SELECT extract(epoch FROM clock_timestamp())::double precision
 $$;
 
+-- Seconds a grant handed to another process's ticket waits to be claimed
+-- (sluice.store.base.CLAIM_WINDOW).
+CREATE OR REPLACE FUNCTION @schema@._claim_window() RETURNS double precision
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 2.0::double precision
+$$;
+
 -- (Helpers are PL/pgSQL, not SQL functions: PL/pgSQL keeps its query plans for
 -- the session, where an SQL function is planned again on every call.)
+
+-- A fresh state for a step of process p_me (p_caller: the same in an exchange, else NULL).
+CREATE OR REPLACE FUNCTION @schema@._state(
+    p_me text, p_caller text, p_locked bigint[], p_now double precision
+) RETURNS @schema@.step_state LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN ROW(p_me, p_caller, '', 0, NULL, false, p_now, coalesce(p_locked, '{}'), '{}', '{}',
+               '{}', '{}', '[]', '{}', '{}', '{}', '{}', '{}')::@schema@.step_state;
+END $$;
 
 -- Lock limit rows by id, in name order (the step's one blocking lock); returns their ids.
 CREATE OR REPLACE FUNCTION @schema@._lock(p_ids bigint[]) RETURNS bigint[]
@@ -59,15 +78,23 @@ BEGIN
 END $$;
 
 -- The limits with these ids (locked by the caller), in name order, each with
--- its queue head's seq and its units in use.
+-- its queue head's seq (stalled tickets passed by) and its units in use.
 CREATE OR REPLACE FUNCTION @schema@._rows(p_ids bigint[]) RETURNS @schema@.limit_row[]
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     RETURN ARRAY(
         SELECT ROW(l.id, l.name, l.slots, l.rate, l.burst, l.active, l.lease_ttl, l.tat,
-                   (SELECT min(q.seq) FROM @schema@.queue q WHERE q.limit_id = l.id),
+                   (SELECT min(q.seq) FROM @schema@.queue q
+                    WHERE q.limit_id = l.id AND NOT q.stalled),
                    l.in_use)::@schema@.limit_row
         FROM @schema@.limits l WHERE l.id = ANY(p_ids) ORDER BY l.name);
+END $$;
+
+-- The limits a ticket waits on, as _rows gives them.
+CREATE OR REPLACE FUNCTION @schema@._ticket_rows(p_ticket_id text)
+RETURNS @schema@.limit_row[] LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN @schema@._rows(ARRAY(SELECT limit_id FROM @schema@.queue WHERE ticket_id = p_ticket_id));
 END $$;
 
 -- The active rows among these, keeping their (name) order.
@@ -108,24 +135,29 @@ RETURNS integer LANGUAGE sql IMMUTABLE AS $$
     END
 $$;
 
--- Whether no amount of waiting can serve this claim on these limits as they are now.
-CREATE OR REPLACE FUNCTION @schema@._impossible(
+-- Why no amount of waiting can serve this request on these limits as they are
+-- now, as the client's InvalidRequest says it ({error: 'invalid', rule, name,
+-- ...}); NULL if it can be served some day.
+CREATE OR REPLACE FUNCTION @schema@._check(
     p_kind text, p_occupy integer, p_active @schema@.limit_row[]
-) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
+) RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     v_row @schema@.limit_row;
     v_bound integer;
 BEGIN
     FOREACH v_row IN ARRAY p_active LOOP
         IF p_kind = 'rate' AND v_row.rate IS NULL THEN
-            RETURN true;
+            RETURN jsonb_build_object('error', 'invalid', 'rule', 'no_rate', 'name', v_row.name);
         END IF;
         v_bound := @schema@._max_occupy(v_row, p_kind);
         IF v_bound IS NOT NULL AND p_occupy > v_bound THEN
-            RETURN true;
+            RETURN jsonb_build_object(
+                'error', 'invalid', 'rule', 'occupy', 'name', v_row.name, 'occupy', p_occupy,
+                'bound', v_bound,
+                'what', CASE WHEN v_bound = v_row.slots THEN 'slots' ELSE 'burst' END);
         END IF;
     END LOOP;
-    RETURN false;
+    RETURN NULL;
 END $$;
 
 -- Why each active limit refuses the request now ('queue', 'slots', 'rate'), or
@@ -184,94 +216,80 @@ LANGUAGE sql IMMUTABLE STRICT AS $$
     END
 $$;
 
--- A Granted outcome, as the client parses it.
+-- A Granted, as the client parses it.
 CREATE OR REPLACE FUNCTION @schema@._granted(
     p_lease_id text, p_names text[], p_acquired_at double precision,
-    p_expires_at double precision, p_lease_ttl double precision, p_missing text[]
+    p_expires_at double precision, p_lease_ttl double precision, p_missing text[],
+    p_ticket_id text
 ) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
     SELECT jsonb_build_object(
-        'granted', true, 'lease_id', p_lease_id, 'names', to_jsonb(p_names),
-        'acquired_at', p_acquired_at, 'expires_at', p_expires_at, 'lease_ttl', p_lease_ttl,
-        'missing', to_jsonb(p_missing))
+        'lease_id', p_lease_id, 'names', to_jsonb(p_names), 'acquired_at', p_acquired_at,
+        'expires_at', p_expires_at, 'lease_ttl', p_lease_ttl, 'missing', to_jsonb(p_missing),
+        'ticket_id', p_ticket_id)
 $$;
 
--- Delete leases and every unit they hold; returns the limits touched. With
--- p_expired_at set, only leases still expired at that time go: a renewal that
--- committed while this step waited for the row wins. Those are reclaimed
--- because they expired, which the totals of the limits they held units of
--- count (reclaimed); without it (release by abandon, reset, a forced delete,
--- a process's exit) nothing is counted.
-CREATE OR REPLACE FUNCTION @schema@._revoke(
-    p_lease_ids text[], p_expired_at double precision DEFAULT NULL
-) RETURNS bigint[] LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    v_touched bigint[];
+-- ------------------------------------------------------------------ arrivals
+
+-- When a ticket's wanted grants arrived, oldest first, as parallel arrays of
+-- times and counts (the row's empty arrays: all of them at created_at).
+CREATE OR REPLACE FUNCTION @schema@._arrivals(
+    p_ticket @schema@.tickets, OUT at double precision[], OUT n integer[]
+) LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
-    IF cardinality(p_lease_ids) = 0 THEN
-        RETURN '{}';
+    IF cardinality(p_ticket.arrival_at) > 0 THEN
+        at := p_ticket.arrival_at;
+        n := p_ticket.arrival_n;
+    ELSIF p_ticket.wanted > 0 THEN
+        at := ARRAY[p_ticket.created_at];
+        n := ARRAY[p_ticket.wanted];
+    ELSE
+        at := '{}';
+        n := '{}';
     END IF;
-    WITH gone AS (
-        DELETE FROM @schema@.leases
-        WHERE id = ANY(p_lease_ids) AND (p_expired_at IS NULL OR expires_at <= p_expired_at)
-        RETURNING id, limit_ids
-    ), units AS (
-        DELETE FROM @schema@.holdings h USING gone g
-        WHERE h.lease_id = g.id AND h.limit_id = ANY(g.limit_ids)
-        RETURNING h.limit_id, h.units
-    ), counted AS (
-        UPDATE @schema@.limits l
-        SET in_use = l.in_use - u.units,
-            reclaimed = l.reclaimed + CASE WHEN p_expired_at IS NULL THEN 0 ELSE u.leases END
-        FROM (SELECT limit_id, sum(units) AS units, count(*) AS leases
-              FROM units GROUP BY limit_id) u
-        WHERE l.id = u.limit_id
-    )
-    SELECT coalesce(array_agg(DISTINCT limit_id), '{}') INTO v_touched
-    FROM (SELECT unnest(limit_ids) AS limit_id FROM gone) touched;
-    RETURN v_touched;
 END $$;
 
--- Withdraw a ticket from every queue it is in; returns those limits (touched
--- and moved), or NULL if there was no such ticket. p_limit_ids: its queues, if
--- the caller knows them. With p_expired_at set, only a ticket still expired
--- at that time goes.
-CREATE OR REPLACE FUNCTION @schema@._drop_ticket(
-    p_ticket_id text, p_limit_ids bigint[] DEFAULT NULL,
-    p_expired_at double precision DEFAULT NULL
-) RETURNS bigint[] LANGUAGE plpgsql VOLATILE AS $$
+-- Those segments less p_count grants taken from the oldest.
+CREATE OR REPLACE FUNCTION @schema@._take_arrivals(
+    p_at double precision[], p_n integer[], p_count integer,
+    OUT at double precision[], OUT n integer[]
+) LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
-    v_ids bigint[] := p_limit_ids;
-    v_count integer;
+    v_left integer := p_count;
+    v_used integer;
 BEGIN
-    IF v_ids IS NULL THEN
-        v_ids := ARRAY(SELECT limit_id FROM @schema@.queue WHERE ticket_id = p_ticket_id);
-    END IF;
-    DELETE FROM @schema@.tickets
-    WHERE id = p_ticket_id AND (p_expired_at IS NULL OR expires_at <= p_expired_at);
-    GET DIAGNOSTICS v_count = ROW_COUNT;
-    IF v_count = 0 AND (p_expired_at IS NOT NULL OR cardinality(v_ids) = 0) THEN
-        RETURN NULL;
-    END IF;
-    DELETE FROM @schema@.queue WHERE ticket_id = p_ticket_id;
-    RETURN v_ids;
+    at := '{}';
+    n := '{}';
+    FOR i IN 1 .. coalesce(cardinality(p_at), 0) LOOP
+        v_used := least(p_n[i], v_left);
+        v_left := v_left - v_used;
+        IF p_n[i] - v_used > 0 THEN
+            at := at || p_at[i];
+            n := n || (p_n[i] - v_used);
+        END IF;
+    END LOOP;
 END $$;
 
--- Take the claim's tokens and units on every active limit, count the grant in
--- their totals, and record its lease. p_queued_since: when the claim's ticket
--- was created, if it queued (its wait goes into the totals' histogram of queued
--- waits), else NULL. A rate grant is recorded only when handed to a sleeping
--- waiter (p_record_rate), for it to collect; otherwise it leaves nothing
--- behind. Returns a Granted.
-CREATE OR REPLACE FUNCTION @schema@._take(
-    p_id text, p_process_id text, p_holder text, p_host text, p_pid integer,
-    p_occupy integer, p_kind text, p_active @schema@.limit_row[], p_missing text[],
-    p_record_rate boolean, p_now double precision, p_queued_since double precision
+-- ------------------------------------------------------------------ granting
+
+-- Take a grant's tokens and units on every active limit, count it in their
+-- totals, and record its lease, named <p_ticket_id>.<fence>. p_claimed: the
+-- grant goes to the step's caller, whose it is at once (a rate grant then
+-- leaves nothing behind; its lease remembers p_step); otherwise its lease
+-- waits to be claimed and lapses after _claim_window(). p_queued_since: when
+-- the granted request arrived, if it queued (its wait goes into the totals'
+-- histogram of queued waits), else NULL. Returns a Granted.
+CREATE OR REPLACE FUNCTION @schema@._grant(
+    p_ticket_id text, p_ticket_seq bigint, p_process_id text, p_holder text, p_host text,
+    p_pid integer, p_occupy integer, p_kind text, p_active @schema@.limit_row[],
+    p_missing text[], p_claimed boolean, p_step bigint, p_now double precision,
+    p_queued_since double precision
 ) RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_row @schema@.limit_row;
     v_names text[] := '{}';
     v_ttl double precision := 30.0;   -- DEFAULT_LEASE_TTL when no limit is active
     v_hold bigint[] := '{}';
+    v_lease_id text;
     v_expires double precision;
     v_tat double precision;
     v_units integer;
@@ -308,177 +326,436 @@ BEGIN
             WHERE id = v_row.id;
         END IF;
     END LOOP;
-    IF p_kind = 'rate' AND NOT p_record_rate THEN
-        RETURN @schema@._granted(NULL, v_names, p_now, NULL, NULL, p_missing);
+    IF p_kind = 'rate' AND p_claimed THEN
+        RETURN @schema@._granted(NULL, v_names, p_now, NULL, NULL, p_missing, p_ticket_id);
     END IF;
-    v_expires := p_now + v_ttl;
+    v_lease_id := p_ticket_id || '.' || nextval('@schema@.fence');
+    v_expires := p_now + CASE WHEN p_claimed THEN v_ttl
+                              ELSE least(v_ttl, @schema@._claim_window()) END;
     INSERT INTO @schema@.leases (id, limit_ids, names, kind, process_id, holder, host, pid,
-                                 occupy, lease_ttl, acquired_at, expires_at)
-    VALUES (p_id, v_hold, v_names, p_kind, p_process_id, p_holder, p_host, p_pid,
-            p_occupy, v_ttl, p_now, v_expires);
+                                 occupy, lease_ttl, acquired_at, expires_at, ticket_id,
+                                 ticket_seq, claimed, step)
+    VALUES (v_lease_id, v_hold, v_names, p_kind, p_process_id, p_holder, p_host, p_pid,
+            p_occupy, v_ttl, p_now, v_expires, p_ticket_id, p_ticket_seq, p_claimed,
+            CASE WHEN p_claimed THEN p_step END);
     IF cardinality(v_hold) > 0 THEN
         INSERT INTO @schema@.holdings (limit_id, lease_id, units)
-        SELECT unnest(v_hold), p_id, p_occupy;
+        SELECT unnest(v_hold), v_lease_id, p_occupy;
     END IF;
     IF p_kind = 'rate' THEN
-        RETURN @schema@._granted(NULL, v_names, p_now, NULL, NULL, p_missing);
+        RETURN @schema@._granted(NULL, v_names, p_now, NULL, NULL, p_missing, p_ticket_id);
     END IF;
-    RETURN @schema@._granted(p_id, v_names, p_now, v_expires, v_ttl, p_missing);
+    RETURN @schema@._granted(v_lease_id, v_names, p_now, v_expires, v_ttl, p_missing,
+                             p_ticket_id);
 END $$;
 
--- The grant a step handed to this request while it slept, if any (a Granted),
--- else NULL; a concurrency grant already past its TTL is left for the caller.
-CREATE OR REPLACE FUNCTION @schema@._collect(p_id text, p_now double precision)
-RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $$
+-- One grant of a ticket's request, counted from the arrival of its oldest wanted
+-- grant; the ticket wants one fewer (and leaves its queues at none). A grant to
+-- the step's caller (p_claimed) joins its grants; any other wakes the ticket's
+-- process, to claim it.
+CREATE OR REPLACE FUNCTION @schema@._grant_to_ticket(
+    s @schema@.step_state, p_ticket @schema@.tickets, p_active @schema@.limit_row[],
+    p_claimed boolean
+) RETURNS @schema@.step_state LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    v_lease record;
+    v_arrivals record;
+    v_left record;
+    v_granted jsonb;
 BEGIN
-    SELECT names, kind, acquired_at, expires_at, lease_ttl INTO v_lease
-    FROM @schema@.leases WHERE id = p_id;
-    IF NOT FOUND OR (v_lease.kind = 'concurrency' AND v_lease.expires_at <= p_now) THEN
+    SELECT * INTO v_arrivals FROM @schema@._arrivals(p_ticket);
+    v_granted := @schema@._grant(
+        p_ticket.id, p_ticket.seq, p_ticket.process_id, p_ticket.holder, p_ticket.host,
+        p_ticket.pid, p_ticket.occupy, p_ticket.kind, p_active, '{}', p_claimed, s.step, s.now,
+        coalesce(v_arrivals.at[1], p_ticket.created_at));
+    IF p_ticket.wanted <= 1 THEN
+        s := @schema@._drop(s, p_ticket.id);
+    ELSE
+        SELECT * INTO v_left FROM @schema@._take_arrivals(v_arrivals.at, v_arrivals.n, 1);
+        UPDATE @schema@.tickets
+        SET wanted = wanted - 1, arrival_at = v_left.at, arrival_n = v_left.n
+        WHERE id = p_ticket.id;
+    END IF;
+    IF p_claimed THEN
+        s.mine := s.mine || jsonb_build_array(v_granted);
+    ELSE
+        s := @schema@._wake(s, p_ticket.id, p_ticket.process_id);
+    END IF;
+    RETURN s;
+END $$;
+
+-- Wake a ticket's process when the step commits.
+CREATE OR REPLACE FUNCTION @schema@._wake(
+    s @schema@.step_state, p_ticket_id text, p_process_id text
+) RETURNS @schema@.step_state LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    s.wake_t := s.wake_t || p_ticket_id;
+    s.wake_p := s.wake_p || p_process_id;
+    RETURN s;
+END $$;
+
+-- ------------------------------------------------------------------ queueing
+
+-- Queue a ticket wanting p_wanted grants of a request on every active limit; its
+-- seq is p_seq (the place it had) if given and free, else the next in arrival
+-- order. The caller marks those limits moved. Returns the seq.
+CREATE OR REPLACE FUNCTION @schema@._open_ticket(
+    p_id text, p_names text[], p_occupy integer, p_kind text, p_holder text,
+    p_process_id text, p_host text, p_pid integer, p_active @schema@.limit_row[],
+    p_wanted integer, p_seq bigint, p_stalled boolean, p_step bigint, p_now double precision
+) RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_ids bigint[] := @schema@._ids(p_active);
+    v_ttl double precision := coalesce((SELECT min(r.lease_ttl) FROM unnest(p_active) r), 30.0);
+    v_seq bigint := p_seq;
+BEGIN
+    IF v_seq IS NULL OR v_seq <= 0
+            OR EXISTS (SELECT 1 FROM @schema@.tickets WHERE seq = v_seq) THEN
+        v_seq := nextval('@schema@.ticket_seq');
+    END IF;
+    INSERT INTO @schema@.tickets (seq, id, process_id, holder, host, pid, occupy, kind, names,
+                                  limit_count, lease_ttl, created_at, expires_at, wanted, step)
+    VALUES (v_seq, p_id, p_process_id, p_holder, p_host, p_pid, p_occupy, p_kind, p_names,
+            cardinality(v_ids), v_ttl, p_now, p_now + v_ttl, p_wanted, p_step);
+    INSERT INTO @schema@.queue (limit_id, seq, ticket_id, occupy, kind, stalled)
+    SELECT unnest(v_ids), v_seq, p_id, p_occupy, p_kind, p_stalled;
+    RETURN v_seq;
+END $$;
+
+-- Withdraw a ticket from every queue it is in; returns those limits (touched
+-- and moved), or NULL if there was no such ticket. p_limit_ids: its queues, if
+-- the caller knows them. With p_expired_at set, only a ticket still expired
+-- at that time goes.
+CREATE OR REPLACE FUNCTION @schema@._drop_ticket(
+    p_ticket_id text, p_limit_ids bigint[] DEFAULT NULL,
+    p_expired_at double precision DEFAULT NULL
+) RETURNS bigint[] LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_ids bigint[] := p_limit_ids;
+    v_count integer;
+BEGIN
+    IF v_ids IS NULL THEN
+        v_ids := ARRAY(SELECT limit_id FROM @schema@.queue WHERE ticket_id = p_ticket_id);
+    END IF;
+    DELETE FROM @schema@.tickets
+    WHERE id = p_ticket_id AND (p_expired_at IS NULL OR expires_at <= p_expired_at);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    IF v_count = 0 AND (p_expired_at IS NOT NULL OR cardinality(v_ids) = 0) THEN
         RETURN NULL;
     END IF;
-    IF v_lease.kind = 'rate' THEN
-        DELETE FROM @schema@.leases WHERE id = p_id;
-        IF NOT FOUND THEN
-            RETURN NULL;
-        END IF;
-        RETURN @schema@._granted(NULL, v_lease.names, v_lease.acquired_at, NULL, NULL, '{}');
-    END IF;
-    RETURN @schema@._granted(p_id, v_lease.names, v_lease.acquired_at, v_lease.expires_at,
-                             v_lease.lease_ttl, '{}');
+    DELETE FROM @schema@.queue WHERE ticket_id = p_ticket_id;
+    RETURN v_ids;
 END $$;
 
--- When something that sends no wake-up (a rate token, the expiry of a lease or
--- ticket in the way) may let this request in: seconds from now, or NULL.
-CREATE OR REPLACE FUNCTION @schema@._retry_in(
-    p_occupy integer, p_active @schema@.limit_row[], p_why text[], p_seq bigint,
-    p_now double precision
-) RETURNS double precision LANGUAGE plpgsql VOLATILE
+-- _drop_ticket within a step: its queues are touched and moved. p_expired: only
+-- if it is still expired now (a renewal that committed meanwhile wins).
+CREATE OR REPLACE FUNCTION @schema@._drop(
+    s @schema@.step_state, p_ticket_id text, p_expired boolean DEFAULT false
+) RETURNS @schema@.step_state LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_ids bigint[] := @schema@._drop_ticket(p_ticket_id, NULL,
+                                            CASE WHEN p_expired THEN s.now END);
+BEGIN
+    IF v_ids IS NOT NULL THEN
+        s.touched := s.touched || v_ids;
+        s.moved := s.moved || v_ids;
+    END IF;
+    RETURN s;
+END $$;
+
+-- ------------------------------------------------------------------ giving back
+
+-- Delete leases and every unit they hold; their limits are touched. p_expired:
+-- they are taken back because they expired, and only those still expired now
+-- go (a renewal that committed while this step waited wins). Of those, a
+-- claimed one counts in its limits' totals as reclaimed; an unclaimed one (a
+-- hand-off nobody collected) gives its grant back to its ticket (_lapse).
+-- Without p_expired (a release by withdrawal, reset, a forced delete, a
+-- process's exit) nothing is counted and nothing lapses.
+CREATE OR REPLACE FUNCTION @schema@._revoke(
+    s @schema@.step_state, p_lease_ids text[], p_expired boolean
+) RETURNS @schema@.step_state LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_touched bigint[];
+    v_lapsed @schema@.leases[];
+    v_lease @schema@.leases;
+BEGIN
+    IF cardinality(p_lease_ids) = 0 THEN
+        RETURN s;
+    END IF;
+    WITH gone AS (
+        DELETE FROM @schema@.leases
+        WHERE id = ANY(p_lease_ids) AND (NOT p_expired OR expires_at <= s.now)
+        RETURNING *
+    ), units AS (
+        DELETE FROM @schema@.holdings h USING gone g
+        WHERE h.lease_id = g.id AND h.limit_id = ANY(g.limit_ids)
+        RETURNING h.limit_id, h.units, g.claimed
+    ), counted AS (
+        UPDATE @schema@.limits l
+        SET in_use = l.in_use - u.units, reclaimed = l.reclaimed + u.reclaimed
+        FROM (SELECT limit_id, sum(units) AS units,
+                     count(*) FILTER (WHERE p_expired AND claimed) AS reclaimed
+              FROM units GROUP BY limit_id) u
+        WHERE l.id = u.limit_id
+    )
+    SELECT ARRAY(SELECT DISTINCT unnest(g.limit_ids) FROM gone g),
+           ARRAY(SELECT ROW(g.*)::@schema@.leases FROM gone g
+                 WHERE p_expired AND NOT g.claimed AND g.ticket_id <> ''
+                 ORDER BY g.acquired_at, length(g.id), g.id)
+    INTO v_touched, v_lapsed;
+    s.touched := s.touched || v_touched;
+    FOREACH v_lease IN ARRAY v_lapsed LOOP
+        s := @schema@._lapse(s, v_lease);
+    END LOOP;
+    RETURN s;
+END $$;
+
+-- A grant handed to a ticket lapsed unclaimed: the ticket gets it back (wanting
+-- one more, counted from the hand-off), keeping its place, stalled (passed by)
+-- until its process asks about it again; a ticket that is gone meanwhile is
+-- opened again at the lease's ticket_seq, stalled, wanting one, if its limits
+-- can be locked now (else its process's ask opens it again). Its process is woken.
+-- Processes on other hosts cannot be seen to die: a ticket opened again lives at
+-- most as long as the one handed the grant could have unrenewed (one lease TTL
+-- from the hand-off), and not at all past that; a live process renews it.
+CREATE OR REPLACE FUNCTION @schema@._lapse(s @schema@.step_state, p_lease @schema@.leases)
+RETURNS @schema@.step_state LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_ticket @schema@.tickets;
+    v_arrivals record;
+    v_ids bigint[];
+    v_try bigint[];
+    v_active @schema@.limit_row[];
+BEGIN
+    SELECT * INTO v_ticket FROM @schema@.tickets WHERE id = p_lease.ticket_id;
+    IF FOUND THEN
+        SELECT * INTO v_arrivals FROM @schema@._arrivals(v_ticket);
+        UPDATE @schema@.tickets
+        SET wanted = wanted + 1, arrival_at = p_lease.acquired_at || v_arrivals.at,
+            arrival_n = 1 || v_arrivals.n
+        WHERE id = v_ticket.id;
+        UPDATE @schema@.queue SET stalled = true WHERE ticket_id = v_ticket.id;
+    ELSIF p_lease.ticket_seq IS NOT NULL AND p_lease.acquired_at + p_lease.lease_ttl > s.now THEN
+        v_ids := ARRAY(SELECT id FROM @schema@.limits WHERE name = ANY(p_lease.names));
+        v_try := @schema@._try_lock(s.locked, v_ids);
+        IF v_try IS NOT NULL THEN
+            s.locked := v_try;
+            v_active := @schema@._active(@schema@._rows(v_ids));
+            IF cardinality(v_active) > 0 THEN
+                PERFORM @schema@._open_ticket(
+                    p_lease.ticket_id, p_lease.names, p_lease.occupy, p_lease.kind,
+                    p_lease.holder, p_lease.process_id, p_lease.host, p_lease.pid, v_active, 1,
+                    p_lease.ticket_seq, true, NULL, s.now);
+                UPDATE @schema@.tickets SET expires_at = p_lease.acquired_at + p_lease.lease_ttl
+                WHERE id = p_lease.ticket_id;
+                s.moved := s.moved || @schema@._ids(v_active);
+            END IF;
+        END IF;
+    END IF;
+    RETURN @schema@._wake(s, p_lease.ticket_id, p_lease.process_id);
+END $$;
+
+-- Remove expired leases and tickets in the way on these limits. One whose other
+-- limits (or, for an unclaimed grant, its ticket's) another step holds right
+-- now is left for later: it still blocks, and its past expiry makes the blocked
+-- request look again at once. Whatever went is touched (and moved).
+CREATE OR REPLACE FUNCTION @schema@._reclaim(s @schema@.step_state, p_limit_ids bigint[])
+RETURNS @schema@.step_state LANGUAGE plpgsql VOLATILE
 -- Plain index scans: they skip (and mark) index entries of rows deleted long ago.
 SET enable_bitmapscan = off SET enable_seqscan = off AS $$
 DECLARE
-    v_at double precision;
-    v_soonest double precision;
-    v_row @schema@.limit_row;
-    i integer;
-BEGIN
-    FOR i IN 1 .. coalesce(cardinality(p_active), 0) LOOP
-        v_row := p_active[i];
-        IF p_why[i] = 'rate' THEN
-            v_at := v_row.tat + (p_occupy - v_row.burst)::double precision / v_row.rate;
-        ELSIF p_why[i] = 'queue' THEN
-            SELECT min(t.expires_at) INTO v_at
-            FROM @schema@.queue q JOIN @schema@.tickets t ON t.id = q.ticket_id
-            WHERE q.limit_id = v_row.id AND q.seq < p_seq;
-        ELSIF p_why[i] = 'slots' THEN
-            SELECT min(l.expires_at) INTO v_at
-            FROM @schema@.holdings h JOIN @schema@.leases l ON l.id = h.lease_id
-            WHERE h.limit_id = v_row.id;
-        ELSE
-            CONTINUE;
-        END IF;
-        v_soonest := least(v_soonest, v_at);
-    END LOOP;
-    IF v_soonest IS NULL THEN
-        RETURN NULL;
-    END IF;
-    RETURN greatest(0.001, v_soonest - p_now);
-END $$;
-
--- Queue a request that was refused (or refresh the ticket of a retry, keeping
--- its place) on every active limit it names; returns a Queued.
-CREATE OR REPLACE FUNCTION @schema@._queue(
-    p_request_id text, p_names text[], p_occupy integer, p_kind text, p_holder text,
-    p_process_id text, p_host text, p_pid integer, p_active @schema@.limit_row[],
-    p_missing text[], p_seq bigint, p_has_ticket boolean, p_why text[],
-    p_now double precision
-) RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    v_ids bigint[] := @schema@._ids(p_active);
-    v_ttl double precision := (SELECT min(r.lease_ttl) FROM unnest(p_active) r);
-    v_seq bigint := p_seq;
-    v_first integer;
-    v_position bigint;
-BEGIN
-    IF p_has_ticket THEN
-        UPDATE @schema@.tickets SET expires_at = p_now + v_ttl, limit_count = cardinality(v_ids)
-        WHERE id = p_request_id;
-        -- It waits in the queues of exactly the active limits it names, now.
-        DELETE FROM @schema@.queue WHERE ticket_id = p_request_id AND limit_id <> ALL(v_ids);
-        INSERT INTO @schema@.queue (limit_id, seq, ticket_id, occupy, kind)
-        SELECT unnest(v_ids), v_seq, p_request_id, p_occupy, p_kind
-        ON CONFLICT DO NOTHING;
-    ELSE
-        -- A newcomer takes the next place in arrival order; a lapsed ticket its old one.
-        v_seq := coalesce(v_seq, nextval('@schema@.ticket_seq'));
-        INSERT INTO @schema@.tickets (seq, id, process_id, holder, host, pid, occupy, kind,
-                                      names, limit_count, lease_ttl, created_at, expires_at)
-        VALUES (v_seq, p_request_id, p_process_id, p_holder, p_host, p_pid, p_occupy, p_kind,
-                p_names, cardinality(v_ids), v_ttl, p_now, p_now + v_ttl);
-        INSERT INTO @schema@.queue (limit_id, seq, ticket_id, occupy, kind)
-        SELECT unnest(v_ids), v_seq, p_request_id, p_occupy, p_kind;
-    END IF;
-    SELECT min(i) INTO v_first FROM unnest(p_why) WITH ORDINALITY AS w(why, i)
-    WHERE why IS NOT NULL;
-    SELECT count(*) + 1 INTO v_position FROM @schema@.queue
-    WHERE limit_id = p_active[v_first].id AND seq < v_seq;
-    RETURN jsonb_build_object(
-        'granted', false, 'request_id', p_request_id, 'seq', v_seq,
-        'blocked_on', p_active[v_first].name, 'position', v_position,
-        'retry_in', @schema@._retry_in(p_occupy, p_active, p_why, v_seq, p_now),
-        'lease_ttl', v_ttl, 'missing', to_jsonb(p_missing));
-END $$;
-
--- Remove expired leases and tickets in the way on these limits. Returns whether
--- anything went, what it touched and moved, and the locked set (grown by the
--- other limits of what went). One whose other limits another step holds right
--- now is left for later: it still blocks, and its past expiry makes the
--- blocked request look again at once.
-CREATE OR REPLACE FUNCTION @schema@._reclaim(
-    p_limit_ids bigint[], p_locked bigint[], p_now double precision,
-    OUT changed boolean, OUT touched bigint[], OUT moved bigint[], OUT locked bigint[]
-) LANGUAGE plpgsql VOLATILE
-SET enable_bitmapscan = off SET enable_seqscan = off AS $$
-DECLARE
     v_item record;
+    v_want bigint[];
     v_try bigint[];
-    v_ids bigint[];
 BEGIN
-    changed := false;
-    touched := '{}';
-    moved := '{}';
-    locked := p_locked;
     FOR v_item IN
-        SELECT DISTINCT l.id, l.limit_ids FROM @schema@.holdings h
-        JOIN @schema@.leases l ON l.id = h.lease_id
-        WHERE h.limit_id = ANY(p_limit_ids) AND l.expires_at <= p_now
+        SELECT DISTINCT l.id, l.limit_ids, l.claimed, l.ticket_id, l.names
+        FROM @schema@.holdings h JOIN @schema@.leases l ON l.id = h.lease_id
+        WHERE h.limit_id = ANY(p_limit_ids) AND l.expires_at <= s.now
     LOOP
-        v_try := @schema@._try_lock(locked, v_item.limit_ids);
-        CONTINUE WHEN v_try IS NULL;
-        locked := v_try;
-        v_ids := @schema@._revoke(ARRAY[v_item.id], p_now);
-        IF cardinality(v_ids) > 0 THEN
-            touched := touched || v_ids;
-            changed := true;
+        v_want := v_item.limit_ids;
+        IF NOT v_item.claimed AND v_item.ticket_id <> '' THEN  -- it lapses to its ticket
+            v_want := v_want
+                || ARRAY(SELECT limit_id FROM @schema@.queue WHERE ticket_id = v_item.ticket_id)
+                || ARRAY(SELECT id FROM @schema@.limits WHERE name = ANY(v_item.names));
         END IF;
+        v_try := @schema@._try_lock(s.locked, v_want);
+        CONTINUE WHEN v_try IS NULL;
+        s.locked := v_try;
+        s := @schema@._revoke(s, ARRAY[v_item.id], true);
     END LOOP;
     FOR v_item IN
         SELECT DISTINCT t.id FROM @schema@.queue q JOIN @schema@.tickets t ON t.id = q.ticket_id
-        WHERE q.limit_id = ANY(p_limit_ids) AND t.expires_at <= p_now
+        WHERE q.limit_id = ANY(p_limit_ids) AND t.expires_at <= s.now
     LOOP
-        v_ids := ARRAY(SELECT limit_id FROM @schema@.queue WHERE ticket_id = v_item.id);
-        v_try := @schema@._try_lock(locked, v_ids);
+        v_try := @schema@._try_lock(s.locked, ARRAY(
+            SELECT limit_id FROM @schema@.queue WHERE ticket_id = v_item.id));
         CONTINUE WHEN v_try IS NULL;
-        locked := v_try;
-        v_ids := @schema@._drop_ticket(v_item.id, v_ids, p_now);
-        IF v_ids IS NOT NULL THEN
-            touched := touched || v_ids;
-            moved := moved || v_ids;
-            changed := true;
-        END IF;
+        s.locked := v_try;
+        s := @schema@._drop(s, v_item.id, true);
     END LOOP;
+    RETURN s;
 END $$;
+
+-- ------------------------------------------------------------------ hand-off
+
+-- Grant waiting tickets that fit now, in arrival order; whom to wake goes into
+-- the state.
+--
+-- Runs after every change of a limit's units or queue (the state's touched and
+-- moved, which it empties). On each such limit, the head ticket (stalled ones
+-- passed by) is granted if it can be on every limit it waits for (it heads
+-- each of those queues too, and units and tokens suffice), as many times as it
+-- wants and fits; then the next, and so on, stopping at the first that cannot
+-- be served: strict FIFO, with no capacity left idle while the head could use
+-- it. Grants made in one pass change limits again (a served ticket leaves its
+-- queues): passes run until nothing changed. A grant to the step's caller is
+-- its at once (claimed, in the state's grants); other tickets are woken to
+-- claim theirs; a head left waiting is woken when it changed, to learn when
+-- its next rate token is due. A head whose other limits another step holds
+-- right now is woken instead: its own ask takes every lock it needs in order.
+-- An expired head ticket (its process died or hung) is dropped, never served.
+CREATE OR REPLACE FUNCTION @schema@._hand_off(s @schema@.step_state)
+RETURNS @schema@.step_state LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_work bigint[];
+    v_moved bigint[];
+BEGIN
+    WHILE cardinality(s.touched) + cardinality(s.moved) > 0 LOOP
+        v_moved := s.moved;
+        v_work := ARRAY(SELECT DISTINCT unnest(s.touched || s.moved) ORDER BY 1);
+        s.touched := '{}';
+        s.moved := '{}';
+        s := @schema@._hand_off_pass(s, v_work, v_moved);
+    END LOOP;
+    RETURN s;
+END $$;
+
+-- One pass of _hand_off over the limits p_work (p_moved: those whose head may
+-- have changed).
+CREATE OR REPLACE FUNCTION @schema@._hand_off_pass(
+    s @schema@.step_state, p_work bigint[], p_moved bigint[]
+) RETURNS @schema@.step_state LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_work bigint[] := p_work;
+    v_done bigint[] := '{}';
+    v_limit bigint;
+    v_granted_here boolean;
+    v_head record;
+    v_ticket @schema@.tickets;
+    v_lim @schema@.limits;
+    v_here @schema@.limit_row;
+    v_rows @schema@.limit_row[];
+    v_active @schema@.limit_row[];
+    v_why text[];
+    v_ids bigint[];
+    v_try bigint[];
+    v_others bigint[];
+BEGIN
+    WHILE cardinality(v_work) > 0 LOOP
+        v_limit := v_work[1];
+        v_work := v_work[2:];
+        CONTINUE WHEN v_limit = ANY(v_done);
+        v_done := v_done || v_limit;
+        v_granted_here := false;
+        LOOP
+            SELECT t AS t, l AS l INTO v_head
+            FROM @schema@.queue q JOIN @schema@.tickets t ON t.id = q.ticket_id
+            JOIN @schema@.limits l ON l.id = q.limit_id
+            WHERE q.limit_id = v_limit AND NOT q.stalled ORDER BY q.seq LIMIT 1;
+            EXIT WHEN NOT FOUND;
+            v_ticket := v_head.t;
+            v_lim := v_head.l;
+            -- This limit, whose queue the ticket heads.
+            v_here := ROW(v_lim.id, v_lim.name, v_lim.slots, v_lim.rate, v_lim.burst,
+                          v_lim.active, v_lim.lease_ttl, v_lim.tat, v_ticket.seq,
+                          v_lim.in_use)::@schema@.limit_row;
+            IF v_lim.active AND v_ticket.kind = 'concurrency' AND v_lim.slots IS NOT NULL
+                    AND v_lim.in_use + v_ticket.occupy > v_lim.slots THEN
+                IF v_limit = ANY(p_moved) AND v_ticket.occupy > v_lim.slots THEN
+                    s := @schema@._wake(s, v_ticket.id, v_ticket.process_id);  -- slots now below it
+                END IF;
+                EXIT;  -- no room on this limit: the common case, decided in one query
+            END IF;
+            -- A ticket in one queue needs nothing more; one in several, all of them.
+            IF v_ticket.limit_count = 1 THEN
+                v_rows := ARRAY[v_here];
+                v_ids := ARRAY[v_limit];
+            ELSE
+                v_ids := ARRAY(SELECT limit_id FROM @schema@.queue WHERE ticket_id = v_ticket.id);
+                v_try := @schema@._try_lock(s.locked, v_ids);
+                IF v_try IS NULL THEN
+                    s := @schema@._wake(s, v_ticket.id, v_ticket.process_id);
+                    EXIT;
+                END IF;
+                s.locked := v_try;
+                v_rows := @schema@._rows(v_ids);
+                v_ids := @schema@._ids(v_rows);
+            END IF;
+            IF v_ticket.expires_at <= s.now THEN
+                -- Its process died or hung past the TTL: drop it, never hand it units.
+                v_ids := @schema@._drop_ticket(v_ticket.id, v_ids, s.now);
+                EXIT WHEN v_ids IS NULL;  -- renewed meanwhile: it is served on its next turn
+                s.touched := s.touched || v_ids;
+                s.moved := s.moved || v_ids;
+                CONTINUE;
+            END IF;
+            v_active := @schema@._active(v_rows);
+            IF @schema@._check(v_ticket.kind, v_ticket.occupy, v_active) IS NOT NULL THEN
+                s := @schema@._wake(s, v_ticket.id, v_ticket.process_id);  -- its ask says why
+                EXIT;
+            END IF;
+            v_why := @schema@._blockers(v_ticket.kind, v_ticket.occupy, v_active, v_ticket.seq,
+                                        s.now);
+            IF @schema@._any(v_why) THEN
+                -- A new head waiting for a rate token must learn when it is due; one
+                -- waiting for units is served here when they free up.
+                IF (v_granted_here OR v_limit = ANY(p_moved)) AND 'rate' = ANY(v_why) THEN
+                    s := @schema@._wake(s, v_ticket.id, v_ticket.process_id);
+                END IF;
+                EXIT;
+            END IF;
+            s := @schema@._grant_to_ticket(s, v_ticket, v_active,
+                                           coalesce(v_ticket.process_id = s.caller, false));
+            v_granted_here := true;
+            v_others := ARRAY(SELECT unnest(v_ids) EXCEPT SELECT v_limit);
+            IF cardinality(v_others) > 0 THEN  -- their queues moved too
+                v_work := v_work || v_others;
+                v_done := ARRAY(SELECT unnest(v_done) EXCEPT SELECT unnest(v_others));
+            END IF;
+        END LOOP;
+    END LOOP;
+    RETURN s;
+END $$;
+
+-- Send the state's wake-ups: pg_notify on channel 'sluice_<process id>' with
+-- payload {"w": [ticket ids]} (chunks of 100 ids, well under the 8000-byte
+-- limit), delivered when the step commits; the woken process asks about its
+-- tickets (which claims what was handed to them). Returns the ticket ids of the
+-- step's own process (s.me), which it wakes itself.
+CREATE OR REPLACE FUNCTION @schema@._notify(s @schema@.step_state) RETURNS text[]
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_target record;
+BEGIN
+    IF cardinality(s.wake_t) = 0 THEN
+        RETURN '{}';
+    END IF;
+    FOR v_target IN
+        SELECT w.p, array_agg(DISTINCT w.t) AS tickets
+        FROM unnest(s.wake_p, s.wake_t) AS w(p, t)
+        WHERE w.p IS DISTINCT FROM s.me GROUP BY w.p
+    LOOP
+        FOR v_chunk IN 0 .. (cardinality(v_target.tickets) - 1) / 100 LOOP
+            PERFORM pg_notify('sluice_' || v_target.p, jsonb_build_object(
+                'w', to_jsonb(v_target.tickets[v_chunk * 100 + 1 : v_chunk * 100 + 100]))::text);
+        END LOOP;
+    END LOOP;
+    RETURN ARRAY(SELECT DISTINCT w.t FROM unnest(s.wake_p, s.wake_t) AS w(p, t)
+                 WHERE w.p = s.me);
+END $$;
+
+-- ------------------------------------------------------------------ admin helpers
 
 -- Lock, in name order and waiting (the step's one blocking lock), the limits
 -- p_also and every limit that a waiter naming p_name waits on: a step that
@@ -522,215 +799,6 @@ BEGIN
         END IF;
     END LOOP;
     RETURN v_joined;
-END $$;
-
--- Grant waiting tickets that fit now, in arrival order, and wake whom it concerns.
---
--- Runs at the end of every step that changed a limit's units or queue. On each
--- such limit the head ticket is granted if it can be on every limit it waits
--- for (it heads each of those queues too, and units and tokens suffice); then
--- the next, and so on, stopping at the first that cannot be served: strict
--- FIFO, with no capacity left idle while the head could use it. Granted
--- tickets are woken to collect their grant; a head left waiting is woken when
--- it changed, to learn when its next rate token is due. A head whose other
--- limits another step holds right now is woken instead: its own retry takes
--- every lock it needs in order and serves it. An expired head ticket (its
--- process died or hung) is dropped, never handed units.
---
--- Wake-ups go out with pg_notify on channel 'sluice_<process id>', payload
--- {"w": [ticket ids], "g": {ticket id: grant}} (chunks of 20 tickets, well
--- under the 8000-byte limit): the concurrency grants handed to those tickets
--- travel with the wake-up, so their waiters need not ask again. They are
--- delivered when the step commits. Returns the ticket ids of p_me (the
--- calling process), which it wakes itself.
-CREATE OR REPLACE FUNCTION @schema@._hand_off(
-    p_touched bigint[], p_moved bigint[], p_locked bigint[], p_wake_tickets text[],
-    p_wake_processes text[], p_me text, p_now double precision
-) RETURNS text[] LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    v_work bigint[] := ARRAY(SELECT DISTINCT unnest(p_touched || p_moved) ORDER BY 1);
-    v_done bigint[] := '{}';
-    v_moved bigint[] := p_moved;
-    v_locked bigint[] := p_locked;
-    v_wake_t text[] := coalesce(p_wake_tickets, '{}');
-    v_wake_p text[] := coalesce(p_wake_processes, '{}');
-    v_limit bigint;
-    v_granted_here boolean;
-    v_head record;
-    v_here @schema@.limit_row;
-    v_rows @schema@.limit_row[];
-    v_active @schema@.limit_row[];
-    v_why text[];
-    v_ids bigint[];
-    v_try bigint[];
-    v_others bigint[];
-    v_target record;
-    v_chunk integer;
-    v_ids_chunk text[];
-    v_grants jsonb := '{}';
-    v_grant jsonb;
-    v_wait double precision;
-    v_bucket integer;
-BEGIN
-    WHILE cardinality(v_work) > 0 LOOP
-        v_limit := v_work[1];
-        v_work := v_work[2:];
-        CONTINUE WHEN v_limit = ANY(v_done);
-        v_done := v_done || v_limit;
-        v_granted_here := false;
-        LOOP
-            SELECT t.id, t.seq, t.process_id, t.holder, t.host, t.pid, t.occupy, t.kind,
-                   t.limit_count, t.created_at, t.expires_at, l.id AS limit_id, l.name,
-                   l.slots, l.rate, l.burst, l.active, l.lease_ttl, l.tat, l.in_use
-            INTO v_head
-            FROM @schema@.queue q JOIN @schema@.tickets t ON t.id = q.ticket_id
-            JOIN @schema@.limits l ON l.id = q.limit_id
-            WHERE q.limit_id = v_limit ORDER BY q.seq LIMIT 1;
-            EXIT WHEN NOT FOUND;
-            -- This limit, whose queue the ticket heads.
-            v_here := ROW(v_head.limit_id, v_head.name, v_head.slots, v_head.rate, v_head.burst,
-                          v_head.active, v_head.lease_ttl, v_head.tat, v_head.seq,
-                          v_head.in_use)::@schema@.limit_row;
-            IF v_head.active AND v_head.kind = 'concurrency' AND v_head.slots IS NOT NULL
-                    AND v_head.in_use + v_head.occupy > v_head.slots THEN
-                IF v_limit = ANY(v_moved) AND v_head.occupy > v_head.slots THEN
-                    -- slots now below its occupy: its retry says so, and leaves the queue
-                    v_wake_t := v_wake_t || v_head.id;
-                    v_wake_p := v_wake_p || v_head.process_id;
-                END IF;
-                EXIT;  -- no room on this limit: the common case, decided in one query
-            END IF;
-            IF v_head.limit_count = 1 AND v_head.active AND v_head.expires_at > p_now
-                    AND NOT (v_head.kind = 'rate' AND v_head.rate IS NULL)
-                    AND (v_head.burst IS NULL OR v_head.occupy <= v_head.burst)
-                    AND (v_head.rate IS NULL OR v_head.tat + (v_head.occupy - v_head.burst)
-                                                 ::double precision / v_head.rate <= p_now) THEN
-                -- Fast path, the same decision in scalars: a ticket waiting on this
-                -- limit only, with units (checked above) and a token now: grant it,
-                -- and count the grant and its wait in the limit's totals (as _take).
-                DELETE FROM @schema@.tickets WHERE id = v_head.id;
-                DELETE FROM @schema@.queue WHERE ticket_id = v_head.id;
-                v_moved := v_moved || v_limit;
-                v_wait := greatest(p_now - v_head.created_at, 0);
-                v_bucket := @schema@._wait_bucket(v_wait);
-                UPDATE @schema@.limits
-                SET tat = CASE WHEN v_head.rate IS NULL THEN tat
-                               ELSE greatest(v_head.tat, p_now)
-                                    + v_head.occupy::double precision / v_head.rate END,
-                    in_use = in_use + CASE WHEN v_head.kind = 'concurrency'
-                                             AND v_head.slots IS NOT NULL
-                                           THEN v_head.occupy ELSE 0 END,
-                    grants = grants + 1, granted_units = granted_units + v_head.occupy,
-                    wait_seconds = wait_seconds + v_wait,
-                    queued_waits[v_bucket] = coalesce(queued_waits[v_bucket], 0) + 1
-                WHERE id = v_limit;
-                INSERT INTO @schema@.leases (id, limit_ids, names, kind, process_id, holder, host,
-                                             pid, occupy, lease_ttl, acquired_at, expires_at)
-                VALUES (v_head.id,
-                        CASE WHEN v_head.kind = 'concurrency' AND v_head.slots IS NOT NULL
-                             THEN ARRAY[v_limit] ELSE '{}'::bigint[] END,
-                        ARRAY[v_head.name], v_head.kind, v_head.process_id, v_head.holder,
-                        v_head.host, v_head.pid, v_head.occupy, v_head.lease_ttl, p_now,
-                        p_now + v_head.lease_ttl);
-                IF v_head.kind = 'concurrency' AND v_head.slots IS NOT NULL THEN
-                    INSERT INTO @schema@.holdings (limit_id, lease_id, units)
-                    VALUES (v_limit, v_head.id, v_head.occupy);
-                END IF;
-                IF v_head.kind = 'concurrency' THEN
-                    v_grants := v_grants || jsonb_build_object(v_head.id, @schema@._granted(
-                        v_head.id, ARRAY[v_head.name], p_now, p_now + v_head.lease_ttl,
-                        v_head.lease_ttl, '{}'));
-                END IF;
-                v_wake_t := v_wake_t || v_head.id;
-                v_wake_p := v_wake_p || v_head.process_id;
-                v_granted_here := true;
-                IF v_head.rate IS NULL AND v_head.slots IS NOT NULL
-                        AND v_head.kind = 'concurrency'
-                        AND v_head.in_use + v_head.occupy >= v_head.slots THEN
-                    EXIT;  -- full now, and no rate token for a new head to wait on: done here
-                END IF;
-                CONTINUE;
-            END IF;
-            IF v_head.limit_count = 1 THEN
-                v_rows := ARRAY[v_here];
-                v_ids := ARRAY[v_limit];
-            ELSE
-                v_ids := ARRAY(SELECT limit_id FROM @schema@.queue WHERE ticket_id = v_head.id);
-                v_try := @schema@._try_lock(v_locked, v_ids);
-                IF v_try IS NULL THEN
-                    v_wake_t := v_wake_t || v_head.id;
-                    v_wake_p := v_wake_p || v_head.process_id;
-                    EXIT;
-                END IF;
-                v_locked := v_try;
-                v_rows := @schema@._rows(v_ids);
-                v_ids := @schema@._ids(v_rows);
-            END IF;
-            IF v_head.expires_at <= p_now THEN
-                -- Its process died or hung past the TTL: drop it, never hand it units.
-                v_ids := @schema@._drop_ticket(v_head.id, v_ids, p_now);
-                IF v_ids IS NULL THEN
-                    EXIT;  -- renewed meanwhile: it is served on its next turn
-                END IF;
-                v_moved := v_moved || v_ids;
-                v_others := ARRAY(SELECT unnest(v_ids) EXCEPT SELECT v_limit);
-                v_work := v_work || v_others;
-                v_done := ARRAY(SELECT unnest(v_done) EXCEPT SELECT unnest(v_others));
-                CONTINUE;
-            END IF;
-            v_active := @schema@._active(v_rows);
-            IF @schema@._impossible(v_head.kind, v_head.occupy, v_active) THEN
-                v_wake_t := v_wake_t || v_head.id;  -- its retry says why, and leaves the queue
-                v_wake_p := v_wake_p || v_head.process_id;
-                EXIT;
-            END IF;
-            v_why := @schema@._blockers(v_head.kind, v_head.occupy, v_active, v_head.seq, p_now);
-            IF @schema@._any(v_why) THEN
-                -- A new head waiting for a rate token must learn when it is due; one
-                -- waiting for units is served here when they free up.
-                IF (v_granted_here OR v_limit = ANY(v_moved)) AND 'rate' = ANY(v_why) THEN
-                    v_wake_t := v_wake_t || v_head.id;
-                    v_wake_p := v_wake_p || v_head.process_id;
-                END IF;
-                EXIT;
-            END IF;
-            PERFORM @schema@._drop_ticket(v_head.id, v_ids);
-            v_moved := v_moved || v_ids;
-            v_grant := @schema@._take(v_head.id, v_head.process_id, v_head.holder,
-                                      v_head.host, v_head.pid, v_head.occupy, v_head.kind,
-                                      v_active, '{}', true, p_now, v_head.created_at);
-            IF v_head.kind = 'concurrency' THEN
-                v_grants := v_grants || jsonb_build_object(v_head.id, v_grant);
-            END IF;
-            v_wake_t := v_wake_t || v_head.id;
-            v_wake_p := v_wake_p || v_head.process_id;
-            v_granted_here := true;
-            -- Its other queues moved too.
-            v_others := ARRAY(SELECT unnest(v_ids) EXCEPT SELECT v_limit);
-            v_work := v_work || v_others;
-            v_done := ARRAY(SELECT unnest(v_done) EXCEPT SELECT unnest(v_others));
-            IF v_head.active AND v_head.rate IS NULL AND v_head.slots IS NOT NULL
-                    AND v_head.kind = 'concurrency'
-                    AND v_head.in_use + v_head.occupy >= v_head.slots THEN
-                EXIT;  -- full now, and no rate token for a new head to wait on: done here
-            END IF;
-        END LOOP;
-    END LOOP;
-    FOR v_target IN
-        SELECT w.p, array_agg(DISTINCT w.t) AS tickets
-        FROM unnest(v_wake_p, v_wake_t) AS w(p, t)
-        WHERE w.p IS DISTINCT FROM p_me GROUP BY w.p
-    LOOP
-        FOR v_chunk IN 0 .. (cardinality(v_target.tickets) - 1) / 20 LOOP
-            v_ids_chunk := v_target.tickets[v_chunk * 20 + 1 : v_chunk * 20 + 20];
-            PERFORM pg_notify('sluice_' || v_target.p, jsonb_build_object(
-                'w', to_jsonb(v_ids_chunk),
-                'g', (SELECT coalesce(jsonb_object_agg(g.key, g.value), '{}')
-                      FROM jsonb_each(v_grants) g WHERE g.key = ANY(v_ids_chunk)))::text);
-        END LOOP;
-    END LOOP;
-    RETURN ARRAY(SELECT DISTINCT w.t FROM unnest(v_wake_p, v_wake_t) AS w(p, t)
-                 WHERE w.p = p_me);
 END $$;
 
 -- A limit as the client parses it.

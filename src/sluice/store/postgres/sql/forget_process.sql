@@ -3,19 +3,16 @@
 -- Parameters:
 --   p_process_id  text      the exiting process
 -- Returns: jsonb {leases: how many were released, tickets: how many withdrawn}.
+--   Nothing counts as reclaimed, and its unclaimed grants lapse into nothing.
 -- Raises: 40001 if what it covers grew while it waited for its locks (retried).
 -- Locks: the limits of its leases and tickets, in name order.
 CREATE OR REPLACE FUNCTION @schema@.forget_process(p_process_id text)
 RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
+    s @schema@.step_state;
     v_leases text[];
     v_tickets text[];
     v_want bigint[];
-    v_locked bigint[];
-    v_now double precision;
-    v_ids bigint[];
-    v_touched bigint[] := '{}';
-    v_moved bigint[] := '{}';
     v_ticket text;
 BEGIN
     v_want := ARRAY(
@@ -23,27 +20,21 @@ BEGIN
         UNION
         SELECT q.limit_id FROM @schema@.tickets t JOIN @schema@.queue q ON q.ticket_id = t.id
         WHERE t.process_id = p_process_id);
-    v_locked := @schema@._lock(v_want);
-    v_now := @schema@._now();
+    s := @schema@._state(p_process_id, NULL, @schema@._lock(v_want), @schema@._now());
     v_leases := ARRAY(SELECT id FROM @schema@.leases WHERE process_id = p_process_id);
     v_tickets := ARRAY(SELECT id FROM @schema@.tickets WHERE process_id = p_process_id);
     v_want := ARRAY(
         SELECT unnest(limit_ids) FROM @schema@.leases WHERE id = ANY(v_leases)
         UNION SELECT limit_id FROM @schema@.queue WHERE ticket_id = ANY(v_tickets));
-    v_locked := @schema@._try_lock(v_locked, v_want);
-    IF v_locked IS NULL THEN
+    s.locked := @schema@._try_lock(s.locked, v_want);
+    IF s.locked IS NULL THEN
         RAISE EXCEPTION 'process holdings changed; try again' USING ERRCODE = '40001';
     END IF;
-    v_touched := @schema@._revoke(v_leases);
+    s := @schema@._revoke(s, v_leases, false);
     FOREACH v_ticket IN ARRAY v_tickets LOOP
-        v_ids := @schema@._drop_ticket(v_ticket);
-        IF v_ids IS NOT NULL THEN
-            v_touched := v_touched || v_ids;
-            v_moved := v_moved || v_ids;
-        END IF;
+        s := @schema@._drop(s, v_ticket);
     END LOOP;
-    IF cardinality(v_touched) > 0 THEN
-        PERFORM @schema@._hand_off(v_touched, v_moved, v_locked, NULL, NULL, p_process_id, v_now);
-    END IF;
+    s := @schema@._hand_off(s);
+    PERFORM @schema@._notify(s);
     RETURN jsonb_build_object('leases', cardinality(v_leases), 'tickets', cardinality(v_tickets));
 END $$;

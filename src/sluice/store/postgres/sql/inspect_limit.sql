@@ -4,8 +4,9 @@
 --   p_name        text      the limit
 --   p_process_id  text      the calling process
 -- Returns: jsonb {limit, holders: [{lease_id, units, holder, host, pid, since,
---   expires_at}] by grant time, waiters: [{ticket_id, occupy, holder, host, pid,
---   since}] in queue order, totals: {grants, granted_units, timeouts, reclaimed,
+--   expires_at}] by grant time (grants handed over and not yet claimed too),
+--   waiters: [{ticket_id, occupy, holder, host, pid, since, wanted}] in queue order
+--   (stalled tickets too: they keep their place), totals: {grants, granted_units, timeouts, reclaimed,
 --   queued_waits: grants that had queued per wait bucket, wait_seconds} (see
 --   migrate_002.sql), tat, now, wake: ticket ids of the caller's process}.
 -- Raises: SL404 if absent.
@@ -14,19 +15,13 @@ CREATE OR REPLACE FUNCTION @schema@.inspect_limit(p_name text, p_process_id text
 RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_locked bigint[] := @schema@._lock_names(ARRAY[p_name]);
-    v_now double precision := @schema@._now();
-    v_reclaim record;
-    v_wake text[] := '{}';
+    s @schema@.step_state := @schema@._state(p_process_id, NULL, v_locked, @schema@._now());
     v_limit @schema@.limits;
 BEGIN
     IF cardinality(v_locked) = 0 THEN
         PERFORM @schema@._not_found(p_name);
     END IF;
-    SELECT * INTO v_reclaim FROM @schema@._reclaim(v_locked, v_locked, v_now);
-    IF v_reclaim.changed AND cardinality(v_reclaim.touched) > 0 THEN
-        v_wake := @schema@._hand_off(v_reclaim.touched, v_reclaim.moved, v_reclaim.locked,
-                                     NULL, NULL, p_process_id, v_now);
-    END IF;
+    s := @schema@._hand_off(@schema@._reclaim(s, v_locked));
     SELECT * INTO v_limit FROM @schema@.limits WHERE id = v_locked[1];
     RETURN jsonb_build_object(
         'limit', @schema@._limit_json(v_limit),
@@ -40,7 +35,7 @@ BEGIN
         'waiters', (
             SELECT coalesce(jsonb_agg(jsonb_build_object(
                 'ticket_id', t.id, 'occupy', q.occupy, 'holder', t.holder, 'host', t.host,
-                'pid', t.pid, 'since', t.created_at) ORDER BY q.seq), '[]')
+                'pid', t.pid, 'since', t.created_at, 'wanted', t.wanted) ORDER BY q.seq), '[]')
             FROM @schema@.queue q JOIN @schema@.tickets t ON t.id = q.ticket_id
             WHERE q.limit_id = v_limit.id),
         'totals', jsonb_build_object(
@@ -48,5 +43,5 @@ BEGIN
             'timeouts', v_limit.timeouts, 'reclaimed', v_limit.reclaimed,
             'queued_waits', to_jsonb(v_limit.queued_waits),
             'wait_seconds', v_limit.wait_seconds),
-        'tat', v_limit.tat, 'now', v_now, 'wake', to_jsonb(v_wake));
+        'tat', v_limit.tat, 'now', s.now, 'wake', to_jsonb(@schema@._notify(s)));
 END $$;

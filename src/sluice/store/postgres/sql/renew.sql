@@ -5,14 +5,18 @@
 --   p_process_id  text      the calling process
 -- Returns: jsonb {lost_leases: [...], lost_tickets: [...], expires_at: {lease id: time},
 --   wake: ticket ids of the caller's process}. Gone or expired is lost, and final:
---   an expired lease or ticket is reclaimed here and its units handed on.
--- Locks: the limits of the expired leases and tickets among them, in name order.
+--   an expired lease or ticket is reclaimed here and its units handed on. A renewed
+--   ticket that was stalled (a grant handed to it lapsed unclaimed) is served again:
+--   its process shows life. Hand-offs made here are claimed by asking, as any
+--   hand-off outside an exchange, even to the caller's own tickets.
+-- Locks: the limits of the expired leases and tickets among them and the queues of
+--   the stalled tickets, in name order; others only with SKIP LOCKED.
 CREATE OR REPLACE FUNCTION @schema@.renew(
     p_lease_ids text[], p_ticket_ids text[], p_process_id text
 ) RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_now double precision := @schema@._now();
-    v_locked bigint[] := '{}';
+    s @schema@.step_state;
     v_expires jsonb;
     v_renewed text[];
     v_lost_leases text[];
@@ -20,24 +24,22 @@ DECLARE
     v_item record;
     v_try bigint[];
     v_ids bigint[];
-    v_touched bigint[] := '{}';
-    v_moved bigint[] := '{}';
-    v_wake text[] := '{}';
 BEGIN
-    -- Lock first (one batch, name order) the limits that reclaiming will change.
+    -- Lock first (one batch, name order) the limits that reclaiming and unstalling change.
     v_ids := ARRAY(
         SELECT unnest(limit_ids) FROM @schema@.leases
         WHERE id = ANY(p_lease_ids) AND expires_at <= v_now
         UNION
         SELECT q.limit_id FROM @schema@.tickets t JOIN @schema@.queue q ON q.ticket_id = t.id
-        WHERE t.id = ANY(p_ticket_ids) AND t.expires_at <= v_now);
+        WHERE t.id = ANY(p_ticket_ids) AND (t.expires_at <= v_now OR q.stalled));
     IF cardinality(v_ids) > 0 THEN
-        v_locked := @schema@._lock(v_ids);
-        v_now := @schema@._now();
+        s := @schema@._state(p_process_id, NULL, @schema@._lock(v_ids), @schema@._now());
+    ELSE
+        s := @schema@._state(p_process_id, NULL, '{}', v_now);
     END IF;
     WITH renewed AS (
-        UPDATE @schema@.leases SET expires_at = v_now + lease_ttl
-        WHERE id = ANY(p_lease_ids) AND expires_at > v_now
+        UPDATE @schema@.leases SET expires_at = s.now + lease_ttl
+        WHERE id = ANY(p_lease_ids) AND expires_at > s.now
         RETURNING id, expires_at
     )
     SELECT coalesce(jsonb_object_agg(id, expires_at), '{}'), coalesce(array_agg(id), '{}')
@@ -46,38 +48,38 @@ BEGIN
     FOR v_item IN
         SELECT id, limit_ids FROM @schema@.leases WHERE id = ANY(v_lost_leases)
     LOOP
-        v_try := @schema@._try_lock(v_locked, v_item.limit_ids);
+        v_try := @schema@._try_lock(s.locked, v_item.limit_ids);
         CONTINUE WHEN v_try IS NULL;  -- expired all the same: whoever waits reclaims it
-        v_locked := v_try;
-        v_touched := v_touched || @schema@._revoke(ARRAY[v_item.id], v_now);
+        s.locked := v_try;
+        s := @schema@._revoke(s, ARRAY[v_item.id], true);
     END LOOP;
     WITH renewed AS (
-        UPDATE @schema@.tickets SET expires_at = v_now + lease_ttl
-        WHERE id = ANY(p_ticket_ids) AND expires_at > v_now
+        UPDATE @schema@.tickets SET expires_at = s.now + lease_ttl
+        WHERE id = ANY(p_ticket_ids) AND expires_at > s.now
         RETURNING id
+    ), unstalled AS (
+        UPDATE @schema@.queue SET stalled = false
+        WHERE ticket_id IN (SELECT id FROM renewed) AND stalled AND limit_id = ANY(s.locked)
+        RETURNING limit_id
     )
-    SELECT ARRAY(SELECT unnest(p_ticket_ids) EXCEPT SELECT id FROM renewed) INTO v_lost_tickets;
+    SELECT ARRAY(SELECT unnest(p_ticket_ids) EXCEPT SELECT id FROM renewed),
+           ARRAY(SELECT limit_id FROM unstalled)
+    INTO v_lost_tickets, v_ids;
+    s.moved := s.moved || v_ids;
     FOR v_item IN
         SELECT id FROM @schema@.tickets WHERE id = ANY(v_lost_tickets)
     LOOP
-        v_ids := ARRAY(SELECT limit_id FROM @schema@.queue WHERE ticket_id = v_item.id);
-        v_try := @schema@._try_lock(v_locked, v_ids);
+        v_try := @schema@._try_lock(s.locked, ARRAY(
+            SELECT limit_id FROM @schema@.queue WHERE ticket_id = v_item.id));
         CONTINUE WHEN v_try IS NULL;
-        v_locked := v_try;
-        v_ids := @schema@._drop_ticket(v_item.id, v_ids, v_now);
-        IF v_ids IS NOT NULL THEN
-            v_touched := v_touched || v_ids;
-            v_moved := v_moved || v_ids;
-        END IF;
+        s.locked := v_try;
+        s := @schema@._drop(s, v_item.id, true);
     END LOOP;
     -- Leases that hold no units are found by no waiter: sweep those long expired
     -- (uncollected rate grants of a process that died meanwhile).
-    DELETE FROM @schema@.leases WHERE cardinality(limit_ids) = 0 AND expires_at < v_now - 60;
-    IF cardinality(v_touched) > 0 THEN
-        v_wake := @schema@._hand_off(v_touched, v_moved, v_locked, NULL, NULL, p_process_id,
-                                     v_now);
-    END IF;
+    DELETE FROM @schema@.leases WHERE cardinality(limit_ids) = 0 AND expires_at < s.now - 60;
+    s := @schema@._hand_off(s);
     RETURN jsonb_build_object(
         'lost_leases', to_jsonb(v_lost_leases), 'lost_tickets', to_jsonb(v_lost_tickets),
-        'expires_at', v_expires, 'wake', to_jsonb(v_wake));
+        'expires_at', v_expires, 'wake', to_jsonb(@schema@._notify(s)));
 END $$;

@@ -1,5 +1,7 @@
 -- Step: reset_limit — revoke every lease holding a limit and refill its bucket
--- (one transaction); the freed units go to its waiters.
+-- (one transaction), grants handed over and not yet claimed included; the freed
+-- units go to its waiters (to be claimed by asking, as any hand-off outside an
+-- exchange).
 -- Parameters:
 --   p_name        text      the limit
 --   p_process_id  text      the calling process
@@ -11,15 +13,15 @@ RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_locked bigint[] := @schema@._lock_around(p_name, false);
     v_id bigint := v_locked[1];
-    v_now double precision := @schema@._now();
+    s @schema@.step_state := @schema@._state(p_process_id, NULL, v_locked, @schema@._now());
     v_leases text[];
-    v_touched bigint[];
 BEGIN
     v_leases := ARRAY(SELECT lease_id FROM @schema@.holdings WHERE limit_id = v_id);
-    v_touched := @schema@._revoke(v_leases) || v_id;
-    UPDATE @schema@.limits SET tat = 0, updated_at = v_now WHERE id = v_id;
-    RETURN jsonb_build_object(
-        'revoked', cardinality(v_leases),
-        'wake', to_jsonb(@schema@._hand_off(v_touched, ARRAY[v_id], v_locked, NULL, NULL,
-                                            p_process_id, v_now)));
+    s := @schema@._revoke(s, v_leases, false);
+    UPDATE @schema@.limits SET tat = 0, updated_at = s.now WHERE id = v_id;
+    s.touched := s.touched || v_id;
+    s.moved := s.moved || v_id;
+    s := @schema@._hand_off(s);
+    RETURN jsonb_build_object('revoked', cardinality(v_leases),
+                              'wake', to_jsonb(@schema@._notify(s)));
 END $$;

@@ -8,6 +8,7 @@
 -- Returns: jsonb {limit: the stored limit, wake: ticket ids of the caller's process}.
 -- Raises: SL404 if absent; 40001 if its waiters queued elsewhere while it waited (retried).
 -- Locks: enabling, the limit and the limits its waiters wait on, in name order.
+-- Hand-offs: grants made here wait to be claimed by asking, even the caller's own.
 CREATE OR REPLACE FUNCTION @schema@.set_active(
     p_name text, p_active boolean, p_process_id text
 ) RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $$
@@ -16,6 +17,7 @@ DECLARE
     v_was boolean;
     v_now double precision;
     v_locked bigint[];
+    s @schema@.step_state;
 BEGIN
     IF p_active THEN
         v_locked := @schema@._lock_for_join(
@@ -32,9 +34,10 @@ BEGIN
     IF p_active AND NOT v_was THEN
         PERFORM @schema@._join_waiters(v_limit.id, v_limit.name, v_locked);
     END IF;
-    RETURN jsonb_build_object(
-        'limit', @schema@._limit_json(v_limit),
-        'wake', to_jsonb(@schema@._hand_off(ARRAY[v_limit.id], ARRAY[v_limit.id],
-                                            coalesce(v_locked, '{}') || v_limit.id, NULL, NULL,
-                                            p_process_id, v_now)));
+    s := @schema@._state(p_process_id, NULL, coalesce(v_locked, '{}') || v_limit.id, v_now);
+    s.touched := ARRAY[v_limit.id];
+    s.moved := ARRAY[v_limit.id];
+    s := @schema@._hand_off(s);
+    RETURN jsonb_build_object('limit', @schema@._limit_json(v_limit),
+                              'wake', to_jsonb(@schema@._notify(s)));
 END $$;

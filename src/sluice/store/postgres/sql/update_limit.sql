@@ -10,6 +10,9 @@
 --   p_process_id  text      the calling process
 -- Returns: jsonb {limit: the stored limit, wake: ticket ids of the caller's process}.
 -- Raises: SL404 if absent; 40001 if it changed since the client read it.
+-- Hand-offs: its waiters are served as the change allows; grants made here wait to be
+--   claimed by asking, even those to the caller's own tickets.
+-- Locks: the limit; the other limits of its waiters only with SKIP LOCKED.
 CREATE OR REPLACE FUNCTION @schema@.update_limit(
     p_name text, p_old jsonb, p_slots integer, p_rate double precision, p_burst integer,
     p_lease_ttl double precision, p_restart_bucket boolean, p_process_id text
@@ -17,6 +20,7 @@ CREATE OR REPLACE FUNCTION @schema@.update_limit(
 DECLARE
     v_limit @schema@.limits;
     v_now double precision;
+    s @schema@.step_state;
 BEGIN
     SELECT * INTO v_limit FROM @schema@.limits WHERE name = p_name FOR UPDATE;
     IF NOT FOUND THEN
@@ -32,8 +36,10 @@ BEGIN
     WHERE id = v_limit.id
     RETURNING * INTO v_limit;
     -- Its head may now be served, or wait for another token.
-    RETURN jsonb_build_object(
-        'limit', @schema@._limit_json(v_limit),
-        'wake', to_jsonb(@schema@._hand_off(ARRAY[v_limit.id], ARRAY[v_limit.id],
-                                            ARRAY[v_limit.id], NULL, NULL, p_process_id, v_now)));
+    s := @schema@._state(p_process_id, NULL, ARRAY[v_limit.id], v_now);
+    s.touched := ARRAY[v_limit.id];
+    s.moved := ARRAY[v_limit.id];
+    s := @schema@._hand_off(s);
+    RETURN jsonb_build_object('limit', @schema@._limit_json(v_limit),
+                              'wake', to_jsonb(@schema@._notify(s)));
 END $$;
