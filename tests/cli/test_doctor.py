@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,6 +38,7 @@ REPORT_KEYS = {
     "holders",
     "waiters",
     "expired_leases",
+    "write_error",
 }
 
 
@@ -184,3 +189,43 @@ def test_sqlite_diagnose_of_an_unusable_path_or_a_foreign_file(tmp_path: Path) -
                 store.diagnose()
         finally:
             release_store(store)
+
+
+def _read_only(path: Path) -> Callable[[], None]:
+    """Make a file read-only even for root (chattr +i where root runs the tests); the undo."""
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        return lambda: path.chmod(0o644)
+    if shutil.which("chattr") is None:
+        pytest.skip("running as root without chattr: cannot make a file read-only")
+    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i is not supported here: {done.stderr.decode().strip()}")
+
+    def undo() -> None:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+    return undo
+
+
+def test_doctor_says_a_read_only_database_cannot_be_written(tmp_path: Path) -> None:
+    path = tmp_path / "ro" / "sluice.db"
+    url = f"sqlite:///{path}"
+    with Limits(url) as limits:
+        limits.create("db", slots=1)
+    undo = _read_only(path)
+    try:
+        ran = sluice("doctor", "--url", url)
+        assert ran.exit_code == 1, ran.stdout
+        assert "writes" in ran.stdout and "FAIL" in ran.stdout
+        assert "cannot be written" in ran.error
+    finally:
+        undo()
+
+
+def test_doctor_says_writes_work(db_url: str, limits: Limits) -> None:
+    limits.create("db", slots=1)
+    ran = sluice("doctor", "--url", db_url)
+    assert ran.exit_code == 0, ran.stderr
+    assert "writes       ok" in ran.stdout
+    assert sluice("doctor", "--json", "--url", db_url).json()["write_error"] is None

@@ -42,7 +42,8 @@ def test_every_exit_code_crosses_the_process_boundary(tmp_path: Path, db_url: st
         (["limit", "create", "db", "--slots", "2"], 4, "already exists"),
         (["limit", "create", "x", "--rate", "fast"], 2, "'fast' is not a rate"),
         (["limit", "inspect", "nope"], 3, "no limit named 'nope'"),
-        (["limit", "ls", "--url", "sqlite:////dev/null/x.db"], 5, "cannot open SQLite store"),
+        (["limit", "ls", "--url", "sqlite:////dev/null/x.db"], 5, "cannot create SQLite store"),
+        (["limit", "ls", "--url", f"sqlite:///{tmp_path / 'typo.db'}"], 5, "no Sluice store at"),
         (["limit", "ls", "--url", f"sqlite:///{junk}"], 1, "file is not a database"),
     ]
     for args, code, message in steps:
@@ -65,9 +66,11 @@ def test_env_and_file_configuration_reach_the_program(
     assert [limit.name for limit in limits.list()] == ["declared", "from-db"]
 
     other = f"sqlite:///{tmp_path / 'other.db'}"
+    with Limits(other) as empty:
+        empty.create("from-env", slots=1)
     monkeypatch.setenv("SLUICE_URL", other)  # the environment beats the file
     ran = sluice_process("limit", "ls", "--json")
-    assert ran.json() == {"limits": []}
+    assert [row["name"] for row in ran.json()["limits"]] == ["from-env"]
 
 
 def test_passwords_stay_out_of_the_programs_output(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,3 +153,22 @@ def test_watch_shows_a_holder_appear_and_leave_and_ctrl_c_ends_it(
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_output_cut_short_by_a_closed_pipe_ends_quietly(db_url: str) -> None:
+    with Limits(db_url) as limits:
+        limits.create("db", slots=2)
+    reader, writer = os.pipe()
+    proc = subprocess.Popen(  # `sluice limit watch db --json | head -1`
+        [str(SLUICE), "limit", "watch", "db", "--json", "--interval", "50ms", "--url", db_url],
+        stdout=writer,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(writer)
+    with os.fdopen(reader) as out:
+        first = out.readline()  # one snapshot, then the reader is gone
+    _, stderr = proc.communicate(timeout=60)
+    assert first.startswith("{")
+    assert stderr == ""  # no "unexpected BrokenPipeError", no traceback
+    assert proc.returncode == 1

@@ -147,7 +147,30 @@ def test_ls_shows_a_table_and_json_with_units_in_use_and_waiters(
     }
 
 
+def made(url: str) -> str:
+    """``url``, once a store exists there (opening it from Python creates it)."""
+    with Limits(url) as limits:
+        limits.list()
+    return url
+
+
+def test_reading_commands_refuse_a_store_that_does_not_exist_and_create_nothing(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "no" / "such" / "dir" / "x.db"
+    url = f"sqlite:///{missing}"
+    for args in (["limit", "ls"], ["limit", "inspect", "db"], ["run", "ls"], ["run", "show", "x"]):
+        ran = sluice(*args, "--url", url)
+        assert ran.exit_code == 5, (args, ran.stderr)
+        assert ran.error.startswith(f"Error: no Sluice store at {url}"), ran.error
+        assert "nothing was created" in ran.error
+    assert not (tmp_path / "no").exists()
+    assert sluice("limit", "create", "db", "--slots", "1", "--url", url).exit_code == 0
+    assert sluice("limit", "ls", "--url", url).exit_code == 0  # writing created it
+
+
 def test_ls_of_an_empty_store(db_url: str) -> None:
+    made(db_url)
     assert sluice("limit", "ls", "--url", db_url).stdout.startswith("no limits;")
     assert sluice("limit", "ls", "--json", "--url", db_url).json() == {"limits": []}
 
@@ -223,7 +246,7 @@ def test_inspect_shows_the_totals_every_process_added_up(db_url: str, limits: Li
 
 
 def test_inspect_of_a_missing_limit_exits_3(db_url: str) -> None:
-    ran = sluice("limit", "inspect", "nope", "--url", db_url)
+    ran = sluice("limit", "inspect", "nope", "--url", made(db_url))
     assert ran.exit_code == 3
     assert ran.error == (
         "Error: no limit named 'nope'; list them with `sluice limit ls`, "
@@ -255,7 +278,8 @@ def test_watch_rejects_a_tiny_interval(db_url: str) -> None:
 
 
 def test_watch_of_a_missing_limit_exits_3(db_url: str) -> None:
-    assert sluice("limit", "watch", "nope", "--count", "1", "--url", db_url).exit_code == 3
+    ran = sluice("limit", "watch", "nope", "--count", "1", "--url", made(db_url))
+    assert ran.exit_code == 3
 
 
 # --------------------------------------------------------------------------- update
@@ -391,7 +415,7 @@ def test_url_is_accepted_on_the_root_the_group_and_the_command(
     tmp_path: Path, db_url: str, limits: Limits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     limits.create("here", slots=1)
-    other = f"sqlite:///{tmp_path / 'other.db'}"
+    other = made(f"sqlite:///{tmp_path / 'other.db'}")
     for args in (
         ["--url", db_url, "limit", "ls", "--json"],
         ["limit", "--url", db_url, "ls", "--json"],
@@ -448,7 +472,7 @@ def test_passwords_in_urls_never_appear(
 def test_a_store_that_cannot_be_reached_exits_5() -> None:
     ran = sluice("limit", "ls", "--url", "sqlite:////dev/null/sluice.db")
     assert ran.exit_code == 5
-    assert ran.error.startswith("Error: cannot open SQLite store sqlite:////dev/null/sluice.db")
+    assert ran.error.startswith("Error: cannot create SQLite store sqlite:////dev/null/sluice.db")
     assert "check the path and its permissions" in ran.error
 
 
@@ -465,6 +489,7 @@ def test_an_unexpected_failure_is_one_line_exiting_1(
     def broken(self: Limits) -> list[Limit]:
         raise RuntimeError("disk on fire")
 
+    made(db_url)
     monkeypatch.setattr(Limits, "list", broken)
     ran = sluice("limit", "ls", "--url", db_url)
     assert ran.exit_code == 1

@@ -68,6 +68,8 @@ def test_why_names_the_limit(recorded: str) -> None:
 
 
 def test_an_unknown_run_exits_3_with_one_line(db_url: str) -> None:
+    with Limits(db_url) as limits:
+        limits.list()  # the store exists, with no runs
     for command in ("show", "why"):
         ran = sluice("run", command, "nope", "--url", db_url)
         assert ran.exit_code == 3

@@ -45,5 +45,9 @@ cli.add_command(metrics)
 
 
 def main() -> None:
-    """Run the ``sluice`` command (the console script and ``python -m sluice``)."""
+    """Run the ``sluice`` command (the console script and ``python -m sluice``).
+
+    Output cut short by a closed pipe (``sluice run show ID | head -2``) ends the
+    command quietly with exit code 1: click's own handling, which the group lets through.
+    """
     cli(prog_name="sluice")

@@ -23,6 +23,7 @@ from sluice.errors import (
 )
 from sluice.limits.sync import Limits
 from sluice.settings import ConfigFile, ResolvedURL, resolve_url
+from sluice.store import acquire_store, release_store
 
 __all__ = [
     "EXIT_CONFLICT",
@@ -37,6 +38,7 @@ __all__ = [
     "mask_passwords",
     "open_limits",
     "redacted",
+    "require_existing_store",
     "resolved_url",
     "url_option",
 ]
@@ -96,13 +98,37 @@ def resolved_url(config: ConfigFile | None = None) -> ResolvedURL:
 
 
 @contextmanager
-def open_limits(config: ConfigFile | None = None) -> Iterator[Limits]:
-    """A Limits client on this invocation's store, closed afterwards."""
-    limits = Limits(resolved_url(config).url)
+def open_limits(config: ConfigFile | None = None, *, existing: bool = False) -> Iterator[Limits]:
+    """A Limits client on this invocation's store, closed afterwards.
+
+    ``existing``: a command that only reads refuses a store that does not exist yet
+    (exit 5) instead of creating it: a mistyped path or URL is an error, not an empty
+    store.
+    """
+    url = resolved_url(config).url
+    if existing:
+        require_existing_store(url)
+    limits = Limits(url)
     try:
         yield limits
     finally:
         limits.close()
+
+
+def require_existing_store(url: str) -> None:
+    """Exit 5, creating nothing, unless a Sluice store exists at ``url``."""
+    store = acquire_store(url)
+    try:
+        diagnosis = store.diagnose()
+    finally:
+        release_store(store)
+    if diagnosis.schema_version is None:
+        raise CLIError(
+            f"no Sluice store at {redact_url(url)} ({diagnosis.detail}); nothing was created. "
+            "Check the path or URL (--url, SLUICE_URL, sluice.toml); commands that write, "
+            "such as `sluice limit create`, create the store",
+            EXIT_UNAVAILABLE,
+        )
 
 
 def redacted(url: str) -> str:
@@ -162,7 +188,7 @@ class SluiceGroup(click.Group):
             return super().invoke(ctx)
         except CLIError as exc:
             error = exc
-        except (click.exceptions.Exit, click.Abort, click.ClickException):
+        except (click.exceptions.Exit, click.Abort, click.ClickException, BrokenPipeError):
             raise
         except SluiceError as exc:
             error = translate(exc)

@@ -40,7 +40,7 @@ def _chosen_by(resolved: ResolvedURL) -> str:
 def _count(url: str, report: dict[str, Any]) -> None:
     """Fill in how many limits, holders and waiters the store has."""
     leases: set[str] = set()
-    tickets: set[str] = set()
+    tickets: dict[str, int] = {}
     with Limits(url) as limits:
         stored = limits.list()
         for limit in stored:
@@ -49,11 +49,11 @@ def _count(url: str, report: dict[str, Any]) -> None:
             except LimitNotFound:
                 continue  # deleted meanwhile
             leases.update(h.lease_id for h in status.holders)
-            tickets.update(w.ticket_id for w in status.waiters)
+            tickets.update((w.ticket_id, w.count) for w in status.waiters)
     report["limits"] = len(stored)
     report["disabled_limits"] = sum(1 for limit in stored if not limit.active)
     report["holders"] = len(leases)
-    report["waiters"] = len(tickets)
+    report["waiters"] = sum(tickets.values())  # requests: a ticket stands for several
 
 
 def _diagnose(resolved: ResolvedURL, report: dict[str, Any]) -> None:
@@ -71,6 +71,7 @@ def _diagnose(resolved: ResolvedURL, report: dict[str, Any]) -> None:
             schema_current=diagnosis.schema_current,
             clock_offset=round(store_now - (before + after) / 2, 6),
             expired_leases=diagnosis.expired_leases,
+            write_error=diagnosis.write_error,
         )
         if diagnosis.schema_current:
             _count(resolved.url, report)
@@ -96,6 +97,10 @@ def _text(report: dict[str, Any]) -> str:
     else:
         current = "current" if report["schema_current"] else "NOT the one this Sluice uses"
         lines.append(("schema", f"version {version} ({current})"))
+    if report.get("write_error"):
+        lines.append(("writes", f"FAIL: {report['write_error']}"))
+    elif version is not None:
+        lines.append(("writes", "ok"))
     offset = report["clock_offset"]
     lines.append(("clock", f"store {offset:+.3f}s from this host's clock"))
     if report.get("limits") is not None:
@@ -113,7 +118,7 @@ def _text(report: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @url_option
 def doctor(as_json: bool) -> None:
-    """Check the setup: which store and why, reachable, schema, clock, counts."""
+    """Check the setup: which store and why, reachable, writable, schema, clock, counts."""
     resolved = resolved_url()
     config = find_config()
     report: dict[str, Any] = {
@@ -134,6 +139,7 @@ def doctor(as_json: bool) -> None:
         "holders": None,
         "waiters": None,
         "expired_leases": None,
+        "write_error": None,
     }
     failure: CLIError | None = None
     try:
@@ -149,6 +155,12 @@ def doctor(as_json: bool) -> None:
         failure = CLIError(
             f"store {report['url']} has schema version {report['schema_version']}, "
             "not the one this Sluice uses; upgrade Sluice to the release that wrote it",
+            EXIT_ERROR,
+        )
+    if report["write_error"] and failure is None:
+        failure = CLIError(
+            f"store {report['url']} cannot be written by this process: "
+            f"{report['write_error']}; limits cannot be acquired there",
             EXIT_ERROR,
         )
     if as_json:

@@ -94,7 +94,7 @@ def _statuses(names: list[str], inspect: Callable[[str], LimitStatus]) -> list[L
 @url_option
 def list_limits(as_json: bool) -> None:
     """List every limit: slots in use, rate, burst, waiters, whether active."""
-    with open_limits() as limits:
+    with open_limits(existing=True) as limits:
         statuses = _statuses([lim.name for lim in limits.list()], limits.inspect)
     if as_json:
         echo_json({"limits": [summary_json(s) for s in statuses]})
@@ -108,7 +108,7 @@ def list_limits(as_json: bool) -> None:
 @url_option
 def inspect(name: str, as_json: bool) -> None:
     """Show limit NAME, who holds it, who waits, and when the next rate token is due."""
-    with open_limits() as limits:
+    with open_limits(existing=True) as limits:
         status = limits.inspect(name)
     if as_json:
         echo_json(status_json(status))
@@ -137,7 +137,7 @@ def watch(name: str, interval: float, count: int | None, as_json: bool) -> None:
         )
     terminal = sys.stdout.isatty()
     shown = 0
-    with open_limits() as limits:
+    with open_limits(existing=True) as limits:
         try:
             while True:
                 status = limits.inspect(name)

@@ -11,6 +11,7 @@ from sluice.cli._common import (
     CLIError,
     SluiceGroup,
     echo_json,
+    require_existing_store,
     resolved_url,
     url_option,
 )
@@ -28,7 +29,9 @@ _JSON_HELP = "Print JSON (schema in docs/cli.md) instead of a table."
 
 def _detail(run_id: str) -> FlowRunDetail:
     try:
-        return get_run(run_id, url=resolved_url().url)
+        url = resolved_url().url
+        require_existing_store(url)
+        return get_run(run_id, url=url)
     except RunNotFound as exc:
         raise CLIError(
             f"no flow run with id {run_id!r} in the run history of this store; list them "
@@ -60,7 +63,9 @@ def run() -> None:
 @url_option
 def ls(count: int, as_json: bool) -> None:
     """List the newest flow runs: id, flow, state, start and duration."""
-    runs = list_runs(count, url=resolved_url().url)
+    url = resolved_url().url
+    require_existing_store(url)
+    runs = list_runs(count, url=url)
     if as_json:
         echo_json([run_json(r) for r in runs])
         return

@@ -268,6 +268,10 @@ class StoreDiagnosis:
     """Whether that version is the one this Sluice writes (False when there is none)."""
     expired_leases: int
     """Leases past their expiry that no operation has reclaimed yet."""
+    write_error: str | None = None
+    """Why this process could not write to the store, if it tried and could not (a
+    read-only file or database, a read-only replica); None if writes work or were not
+    tried (a store not yet created)."""
 
 
 @runtime_checkable

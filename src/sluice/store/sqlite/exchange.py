@@ -161,7 +161,8 @@ class Exchanger(SQLiteEngine):
         """The grants handed to one of this process's tickets: claimed now, if still live."""
         rows = tx.all(
             "SELECT id, names, kind, acquired_at, expires_at, lease_ttl FROM sluice_leases"
-            f" WHERE ticket_id = ? AND process_id = ? AND claimed = 0 ORDER BY acquired_at, {_FENCE}",
+            " WHERE ticket_id = ? AND process_id = ? AND claimed = 0"
+            f" ORDER BY acquired_at, {_FENCE}",
             (ticket_id, me.id),
         )
         grants: list[Granted] = []

@@ -110,7 +110,33 @@ def diagnose_file(url: str, path: str) -> StoreDiagnosis:
         version,
         version == SCHEMA_VERSION,
         expired,
+        _write_error(path),
     )
+
+
+def _write_error(path: str) -> str | None:
+    """Why a write to the database would fail here, or None: a write transaction is begun
+    and rolled back at once (waiting at most a second for a writer in progress)."""
+    side = os.path.dirname(path)
+    for needed in (path, side):
+        if not os.access(needed, os.W_OK):
+            return f"{needed} is not writable by this user"
+    try:
+        conn = sqlite3.connect(path, timeout=1.0, isolation_level=None)
+    except sqlite3.Error as exc:
+        return str(exc)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc):
+            return None  # another process is writing: writes work, just not this instant
+        return str(exc)
+    except sqlite3.Error as exc:
+        return str(exc)
+    finally:
+        conn.close()
+    return None
 
 
 def read_diagnosis(conn: sqlite3.Connection, now: float) -> tuple[int | None, int]:
