@@ -268,8 +268,9 @@ def redis_section(markdown: bool) -> None:
         f"held in another, limit slots=1 ({len(handoffs)} handoffs)",
         rows,
         [
-            "a handoff is: A's release script (which grants B and PUBLISHes the grant to B's "
-            "process), B's listener thread receiving it, B's waiting thread taking it",
+            "a handoff is: A's release exchange (which grants B's ticket and PUBLISHes its id "
+            "to B's process), B's listener thread receiving it, B's exchange claiming the "
+            "grant, B's waiting thread taking it",
             "baselines through redis-py on this server: PUBLISH on one connection -> arrival "
             "at a subscriber thread; one EVALSHA of a script that returns at once",
         ],
