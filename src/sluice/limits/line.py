@@ -259,6 +259,8 @@ class Line:
         self._releases: list[Release] = []
         self._withdrawals: list[_Withdraw] = []
         self._asks: set[str] = set()
+        self._early: set[str] = set()
+        """Woken tickets not known yet: a round's answer opening them may not be routed."""
         self._tickets: dict[str, _Ticket] = {}
         self._tails: dict[Key, _Ticket] = {}
         self._timers: list[tuple[float, str]] = []
@@ -345,6 +347,8 @@ class Line:
         """The store says these tickets should be looked at again (from any thread)."""
         with self._lock:
             mine = [t for t in ticket_ids if t in self._tickets]
+            # The store may wake a ticket before the answer that opened it is routed here.
+            self._early.update(t for t in ticket_ids if t not in self._tickets)
             if not mine or self._closed:
                 return
             self._asks.update(mine)
@@ -556,6 +560,8 @@ class Line:
             ticket = self._tickets.get(ticket_id)
             if ticket is not None:
                 self._queued(ticket, queued)
+        early, self._early = self._early, set()
+        self._asks.update(t for t in early if t in self._tickets)  # woken before known
         now = time.monotonic()
         for ticket in touched.values():
             for waiter in ticket.asking:
