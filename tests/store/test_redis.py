@@ -598,12 +598,15 @@ def test_more_waiters_than_connections_all_get_through_on_pool_size_connections(
         stop.set()
         counter.join(10)
         status = limits.inspect("db")
+        engine = limits._store.engine  # type: ignore[attr-defined]
+        remembered = (dict(engine.tickets), set(engine.leases))
 
     assert not errors, errors[:3]
     assert len(intervals) == threads + coroutines
     assert peak_units(intervals)[0] <= slots
     assert (status.in_use, status.waiters) == (0, [])
     assert status.totals.grants == threads + coroutines
+    assert remembered == ({}, set())  # what the process remembers having ends with it
     # The step pool and the wake-up listener: never more connections than that.
     assert 1 <= most <= pool_size + 1, most
     assert len(seen) <= pool_size + 1, seen

@@ -265,20 +265,20 @@ class Engine:
         args = [batch_json(batch, xid, self.host, self.pid, epochs)]
         reply = yield from self._tries("exchange", args, marked=True, resent=resent)
         answer = exchanged(reply)
-        self._note(batch, answer, str(reply.get("epoch", self.epoch)))
+        gone = [str(t) for t in reply.get("gone") or ()]
+        self._note(batch, answer, gone, str(reply.get("epoch", self.epoch)))
         return answer
 
-    def _note(self, batch: Exchange, answer: Exchanged, epoch: str) -> None:
+    def _note(self, batch: Exchange, answer: Exchanged, gone: list[str], epoch: str) -> None:
         """Keep track of the tickets and leases this process has after an exchange."""
         with self._lock:
             self.leases.difference_update(batch.releases)
             self.leases.update(g.lease_id for g in answer.grants if g.lease_id is not None)
-            for withdrawal in batch.withdrawals:
-                if withdrawal.count is None:  # gone, with whatever was handed to it
-                    self.tickets.pop(withdrawal.ticket_id, None)
             for ask in batch.asks:  # not waiting: served, refused or gone, nothing handed
                 if ask.ticket_id not in answer.queued:
                     self.tickets.pop(ask.ticket_id, None)
+            for ticket_id in gone:
+                self.tickets.pop(ticket_id, None)
             for ticket_id in answer.queued:
                 self.tickets[ticket_id] = epoch
 

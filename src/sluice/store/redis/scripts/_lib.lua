@@ -103,6 +103,7 @@ local touched, moved, wakes = {}, {}, {}
 -- whose hand-offs all wait to be claimed.
 local CALLER = nil
 local mine = {}
+local ended = {} -- the caller's tickets that this step served to the end (id -> true)
 
 -- --------------------------------------------------------------------- limits
 
@@ -574,6 +575,7 @@ local function grant_to_ticket(t, active, claimed)
   if t.wanted <= 1 then
     drop_ticket(t.id, t)
     t.wanted = 0
+    if claimed then ended[t.id] = true end
   else
     t.arrivals = arrivals_text(take_arrivals(segments, 1))
     t.wanted = t.wanted - 1

@@ -21,7 +21,9 @@
 --         position, retry_in (false: only when woken), lease_ttl, wanted, [missing]]},
 --         refused = {request or ticket id: {error = 'not_found', names} or
 --         {error = 'rate_without_rate' | 'occupy_too_big', ...}}, joined = {request id:
---         ticket id}, missing = {request id: [names]}, wake, epoch, now}
+--         ticket id}, missing = {request id: [names]}, gone = [ticket ids of the caller
+--         served to the end or withdrawn in this step, with nothing left handed to them],
+--         wake, epoch, now}
 -- Grants made to the caller are claimed (its at once); hand-offs to other processes'
 -- tickets wait to be claimed by their asks (see _lib.lua's grant and lapse).
 
@@ -90,6 +92,7 @@ local function withdraw(w)
     if beyond then n = math.min(n, beyond) end
     for i = #leases, #leases - n + 1, -1 do revoke(leases[i].id) end -- the newest first
   end
+  ended[ticket_id] = true
   if timed_out_on ~= '' and redis.call('EXISTS', key('l', timed_out_on)) == 1 then
     local n = count or 1
     if n == 0 then n = 1 end
@@ -360,7 +363,14 @@ for _, ticket_id in ipairs(waiting_order) do
   local t = load_ticket(ticket_id)
   if t then report(t, waiting[ticket_id]) end
 end
+-- The caller's tickets served to the end or withdrawn here, and gone with nothing
+-- handed to them: it need not remember them any longer.
+local gone = {}
+for _, ticket_id in ipairs(sorted_keys(ended)) do
+  local left = redis.call('EXISTS', key('t', ticket_id), key('u', ticket_id))
+  if not queued[ticket_id] and left == 0 then gone[#gone + 1] = ticket_id end
+end
 local reply = finish({released = released, grants = mine, queued = queued, refused = refused,
-                      joined = joined, missing = missing_of})
+                      joined = joined, missing = missing_of, gone = gone})
 redis.call('SET', XKEY, B.x .. '\n' .. reply, 'PX', 60000)
 return reply
