@@ -35,6 +35,7 @@ from sluice.store.base import (
     Exchange,
     StoreDiagnosis,
     ThreadedAsyncStore,
+    Withdrawal,
 )
 
 psycopg = pytest.importorskip("psycopg")
@@ -675,6 +676,21 @@ def test_a_lost_reply_is_asked_for_again_and_nothing_is_granted_twice(schema: st
         assert admin(
             f'SELECT claimed FROM "{schema}".leases WHERE id = %s', (claimed.lease_id,)
         ) == [(True,)]
+
+        # A request joining a ticket, reply lost: it joined once.
+        store.exchange(Exchange(requests=(AcquireRequest("lost-3", ("db",), count=2),)))
+        joining = AcquireRequest("lost-4", ("db",), count=3, join="lost-3")
+        proxy.arm(lose_reply)
+        answer = store.exchange(Exchange(requests=(joining,)))
+        assert proxy.dropped == 4
+        assert answer.joined == {"lost-4": "lost-3"} and answer.queued["lost-3"].wanted == 5
+        # A withdrawal of two, reply lost: two are withdrawn (and two timeouts counted).
+        proxy.arm(lose_reply)
+        store.exchange(Exchange(withdrawals=(Withdrawal("lost-3", 2, timed_out_on="db"),)))
+        assert proxy.dropped == 5
+        status = store.inspect_limit("db")
+        assert [(w.ticket_id, w.count) for w in status.waiters] == [("lost-3", 3)]
+        assert status.totals.timeouts == 2 and status.totals.grants == 4
         assert broken_invariants(schema) == {}
     finally:
         store.close()

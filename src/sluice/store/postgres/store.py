@@ -102,6 +102,7 @@ class _Pool:
         self._idle: list[psycopg.Connection[Any]] = []
         self._count = 0
         self._cond = threading.Condition()
+        self._closed = False
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -140,7 +141,7 @@ class _Pool:
 
     def _give_back(self, conn: psycopg.Connection[Any], discard: bool) -> None:
         with self._cond:
-            if discard:
+            if discard or self._closed:  # (a step that ended after close(): it goes too)
                 self._count -= 1
                 with contextlib.suppress(Exception):
                     conn.close()
@@ -150,6 +151,7 @@ class _Pool:
 
     def close(self) -> None:
         with self._cond:
+            self._closed = True
             idle, self._idle = self._idle, []
             self._count -= len(idle)
         for conn in idle:
@@ -182,6 +184,11 @@ class PostgresStore:
         self._lock = threading.Lock()
         self._schema_ready = False
         self._listener: Listener | None = None
+
+    @property
+    def pool_size(self) -> int:
+        """How many connections this process's steps share (the URL's pool_size)."""
+        return self._config.pool_size
 
     def _after_fork(self) -> None:
         self._pool.abandon()

@@ -51,6 +51,24 @@ BEGIN
     RETURN ARRAY(SELECT id FROM @schema@.limits WHERE id = ANY(p_ids) ORDER BY name FOR UPDATE);
 END $$;
 
+-- Lock limit rows by id or name, in name order (the step's one blocking lock);
+-- returns their ids.
+CREATE OR REPLACE FUNCTION @schema@._lock_limits(p_ids bigint[], p_names text[])
+RETURNS bigint[] LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF cardinality(p_names) = 0 THEN
+        RETURN ARRAY(SELECT id FROM @schema@.limits WHERE id = ANY(p_ids) ORDER BY name
+                     FOR UPDATE);
+    ELSIF cardinality(p_ids) = 0 THEN
+        RETURN ARRAY(SELECT id FROM @schema@.limits WHERE name = ANY(p_names) ORDER BY name
+                     FOR UPDATE);
+    END IF;
+    RETURN ARRAY(SELECT id FROM @schema@.limits
+                 WHERE id IN (SELECT unnest(p_ids) UNION SELECT l.id FROM @schema@.limits l
+                              WHERE l.name = ANY(p_names))
+                 ORDER BY name FOR UPDATE);
+END $$;
+
 -- Lock limit rows by name, in name order; returns their ids.
 CREATE OR REPLACE FUNCTION @schema@._lock_names(p_names text[]) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE AS $$

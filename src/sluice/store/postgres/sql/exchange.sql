@@ -44,30 +44,42 @@ CREATE OR REPLACE FUNCTION @schema@.exchange(p_batch jsonb) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     s @schema@.step_state;
-    v_releases text[] := ARRAY(SELECT jsonb_array_elements_text(p_batch->'releases'));
-    v_tickets text[] := ARRAY(
-        SELECT x->>'ticket' FROM jsonb_array_elements(p_batch->'withdrawals') x
-        UNION SELECT x->>'ticket' FROM jsonb_array_elements(p_batch->'asks') x);
-    v_names text[] := ARRAY(
-        SELECT jsonb_array_elements_text(x->'names')
-        FROM jsonb_array_elements(p_batch->'requests') x
-        UNION SELECT jsonb_array_elements_text(x->'request'->'names')
-        FROM jsonb_array_elements(p_batch->'asks') x
-        UNION SELECT x->>'timed_out_on' FROM jsonb_array_elements(p_batch->'withdrawals') x
-        WHERE x->>'timed_out_on' IS NOT NULL);
+    v_releases text[] := '{}';
+    v_tickets text[] := '{}';
+    v_names text[] := '{}';
     v_item jsonb;
     v_lease text;
     v_waiting record;
     v_report jsonb;
     v_queued jsonb := '{}';
 BEGIN
-    s := @schema@._state(p_batch->>'process', p_batch->>'process',
-                         @schema@._lock(@schema@._involved(v_releases, v_tickets, v_names)),
-                         NULL);
-    -- What it covers, read again now that it is locked: a ticket may have joined a queue.
-    s.locked := @schema@._try_lock(s.locked, @schema@._involved(v_releases, v_tickets, v_names));
-    IF s.locked IS NULL THEN
-        RAISE EXCEPTION 'queues changed; try again' USING ERRCODE = '40001';
+    IF jsonb_array_length(p_batch->'releases') > 0 THEN
+        v_releases := ARRAY(SELECT jsonb_array_elements_text(p_batch->'releases'));
+    END IF;
+    IF jsonb_array_length(p_batch->'withdrawals') + jsonb_array_length(p_batch->'asks') > 0 THEN
+        v_tickets := ARRAY(
+            SELECT x->>'ticket' FROM jsonb_array_elements(p_batch->'withdrawals') x
+            UNION SELECT x->>'ticket' FROM jsonb_array_elements(p_batch->'asks') x);
+        v_names := ARRAY(
+            SELECT jsonb_array_elements_text(x->'request'->'names')
+            FROM jsonb_array_elements(p_batch->'asks') x
+            UNION SELECT x->>'timed_out_on' FROM jsonb_array_elements(p_batch->'withdrawals') x
+            WHERE x->>'timed_out_on' IS NOT NULL);
+    END IF;
+    IF jsonb_array_length(p_batch->'requests') > 0 THEN
+        v_names := v_names || ARRAY(
+            SELECT jsonb_array_elements_text(x->'names')
+            FROM jsonb_array_elements(p_batch->'requests') x);
+    END IF;
+    s := @schema@._state(
+        p_batch->>'process', p_batch->>'process',
+        @schema@._lock_limits(@schema@._involved(v_releases, v_tickets), v_names), NULL);
+    IF cardinality(v_tickets) > 0 THEN
+        -- Read again now that they are locked: a ticket may have joined a queue.
+        s.locked := @schema@._try_lock(s.locked, @schema@._involved('{}', v_tickets));
+        IF s.locked IS NULL THEN
+            RAISE EXCEPTION 'queues changed; try again' USING ERRCODE = '40001';
+        END IF;
     END IF;
     s.host := p_batch->>'host';
     s.pid := (p_batch->>'pid')::integer;
@@ -82,44 +94,62 @@ BEGIN
             FROM @schema@.leases l
             WHERE l.step = s.step AND l.process_id = s.caller AND l.claimed), '[]');
     END IF;
-    FOR v_item IN SELECT * FROM jsonb_array_elements(p_batch->'withdrawals') LOOP
-        s := @schema@._withdraw(s, v_item);
-    END LOOP;
+    IF cardinality(v_tickets) > 0 THEN
+        FOR v_item IN SELECT * FROM jsonb_array_elements(p_batch->'withdrawals') LOOP
+            s := @schema@._withdraw(s, v_item);
+        END LOOP;
+    END IF;
     FOREACH v_lease IN ARRAY v_releases LOOP
         s := @schema@._release(s, v_lease);
     END LOOP;
-    -- What was freed goes to those already waiting, first.
-    s := @schema@._hand_off(s);
-    FOR v_item IN SELECT * FROM jsonb_array_elements(p_batch->'asks') LOOP
-        s := @schema@._ask(s, v_item);
-    END LOOP;
-    FOR v_item IN SELECT * FROM jsonb_array_elements(p_batch->'requests') LOOP
-        s := @schema@._request(s, v_item);
-    END LOOP;
-    s := @schema@._hand_off(s);
-    FOR v_waiting IN SELECT key, value #>> '{}' AS request FROM jsonb_each(s.waiting) LOOP
-        v_report := @schema@._report(s, v_waiting.key, ARRAY(
-            SELECT jsonb_array_elements_text(coalesce(s.missing->v_waiting.request, '[]'))));
-        IF v_report IS NOT NULL THEN
-            v_queued := v_queued || jsonb_build_object(v_waiting.key, v_report);
-        END IF;
-    END LOOP;
+    IF cardinality(s.touched) + cardinality(s.moved) > 0 THEN
+        s := @schema@._hand_off(s);  -- what was freed goes to those already waiting, first
+    END IF;
+    IF cardinality(v_tickets) > 0 THEN
+        FOR v_item IN SELECT * FROM jsonb_array_elements(p_batch->'asks') LOOP
+            s := @schema@._ask(s, v_item);
+        END LOOP;
+    END IF;
+    IF jsonb_array_length(p_batch->'requests') > 0 THEN
+        FOR v_item IN SELECT * FROM jsonb_array_elements(p_batch->'requests') LOOP
+            s := @schema@._request(s, v_item);
+        END LOOP;
+    END IF;
+    IF cardinality(s.touched) + cardinality(s.moved) > 0 THEN
+        s := @schema@._hand_off(s);
+    END IF;
+    IF s.waiting <> '{}' THEN
+        FOR v_waiting IN SELECT key, value #>> '{}' AS request FROM jsonb_each(s.waiting) LOOP
+            v_report := @schema@._report(s, v_waiting.key, ARRAY(
+                SELECT jsonb_array_elements_text(coalesce(s.missing->v_waiting.request, '[]'))));
+            IF v_report IS NOT NULL THEN
+                v_queued := v_queued || jsonb_build_object(v_waiting.key, v_report);
+            END IF;
+        END LOOP;
+    END IF;
     RETURN jsonb_build_object(
         'released', s.released, 'grants', s.mine, 'queued', v_queued, 'refused', s.refused,
         'joined', s.joined, 'missing', s.missing, 'wake', to_jsonb(@schema@._notify(s)));
 END $$;
 
--- The limits an exchange works on: see its Locks.
-CREATE OR REPLACE FUNCTION @schema@._involved(
-    p_releases text[], p_tickets text[], p_names text[]
-) RETURNS bigint[] LANGUAGE plpgsql VOLATILE AS $$
+-- The limits an exchange works on (see its Locks), but those it names: the limits of
+-- the leases it releases, and the queues and unclaimed grants of the tickets it
+-- withdraws from or asks about.
+CREATE OR REPLACE FUNCTION @schema@._involved(p_releases text[], p_tickets text[])
+RETURNS bigint[] LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_ids bigint[] := '{}';
 BEGIN
-    RETURN ARRAY(
-        SELECT unnest(limit_ids) FROM @schema@.leases WHERE id = ANY(p_releases)
-        UNION SELECT limit_id FROM @schema@.queue WHERE ticket_id = ANY(p_tickets)
-        UNION SELECT unnest(limit_ids) FROM @schema@.leases
-              WHERE ticket_id = ANY(p_tickets) AND NOT claimed
-        UNION SELECT id FROM @schema@.limits WHERE name = ANY(p_names));
+    IF cardinality(p_releases) > 0 THEN
+        v_ids := ARRAY(SELECT unnest(limit_ids) FROM @schema@.leases WHERE id = ANY(p_releases));
+    END IF;
+    IF cardinality(p_tickets) > 0 THEN
+        v_ids := v_ids
+            || ARRAY(SELECT limit_id FROM @schema@.queue WHERE ticket_id = ANY(p_tickets))
+            || ARRAY(SELECT unnest(limit_ids) FROM @schema@.leases
+                     WHERE ticket_id = ANY(p_tickets) AND ticket_id <> '' AND NOT claimed);
+    END IF;
+    RETURN v_ids;
 END $$;
 
 -- ------------------------------------------------------------------ withdrawals and releases
@@ -304,7 +334,14 @@ DECLARE
     v_missing text[];
     v_check jsonb;
 BEGIN
-    v_rows := @schema@._rows(ARRAY(SELECT id FROM @schema@.limits WHERE name = ANY(v_names)));
+    -- (Only those the step holds: one created since the step locked is as yet missing.)
+    v_rows := ARRAY(
+        SELECT ROW(l.id, l.name, l.slots, l.rate, l.burst, l.active, l.lease_ttl, l.tat,
+                   (SELECT min(q.seq) FROM @schema@.queue q
+                    WHERE q.limit_id = l.id AND NOT q.stalled),
+                   l.in_use)::@schema@.limit_row
+        FROM @schema@.limits l WHERE l.name = ANY(v_names) AND l.id = ANY(s.locked)
+        ORDER BY l.name);
     v_missing := ARRAY(SELECT n FROM unnest(v_names) WITH ORDINALITY AS x(n, i)
                        WHERE n <> ALL(ARRAY(SELECT r.name FROM unnest(v_rows) r)) ORDER BY i);
     IF cardinality(v_missing) > 0 AND p_request->>'missing' = 'raise' THEN
@@ -384,7 +421,9 @@ BEGIN
             v_id, NULL, s.caller, p_request->>'holder', s.host, s.pid, v_occupy, v_kind,
             v_active, v_missing, true, s.step, s.now, NULL));
         v_count := v_count - 1;
-        v_active := @schema@._rows(@schema@._ids(v_active));
+        IF v_count > 0 THEN
+            v_active := @schema@._rows(@schema@._ids(v_active));
+        END IF;
     END LOOP;
     IF v_count = 0 THEN
         RETURN s;

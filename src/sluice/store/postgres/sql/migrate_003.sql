@@ -67,10 +67,11 @@ CREATE TYPE @schema@.step_state AS (
     missing     jsonb
 );
 
--- Every function of the schema goes: the step functions and their helpers are
--- installed again after this script, and those of version 2 that are gone
--- (acquire, release, abandon, _take, _collect, _queue, _granted ...) or whose
--- parameters changed must not stay behind as stale overloads.
+-- Every function versions 1 and 2 defined goes, whatever its parameters: the
+-- step functions and their helpers are installed again after this script, and
+-- those that are gone (acquire, release, abandon, _take, _collect, _queue,
+-- _impossible) or whose parameters or results changed must not stay behind as
+-- stale overloads.
 DO $$
 DECLARE
     v_fn regprocedure;
@@ -78,6 +79,15 @@ BEGIN
     FOR v_fn IN
         SELECT p.oid::regprocedure FROM pg_proc p
         WHERE p.pronamespace = '@schema@'::regnamespace AND p.prokind = 'f'
+          AND p.proname = ANY(ARRAY[
+              '_now', '_lock', '_lock_names', '_try_lock', '_rows', '_active', '_ids',
+              '_max_occupy', '_impossible', '_blockers', '_any', '_wait_bucket', '_granted',
+              '_revoke', '_drop_ticket', '_take', '_collect', '_retry_in', '_queue',
+              '_reclaim', '_lock_for_join', '_join_waiters', '_hand_off', '_limit_json',
+              '_not_found', '_lock_around', '_around', 'acquire', 'release', 'renew',
+              'abandon', 'define_limit', 'get_limit', 'list_limits', 'update_limit',
+              'set_active', 'reset_limit', 'delete_limit', 'inspect_limit', 'forget_process',
+              'diagnose'])
     LOOP
         EXECUTE 'DROP FUNCTION ' || v_fn::text;
     END LOOP;
