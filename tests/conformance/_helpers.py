@@ -1,14 +1,23 @@
-"""Helpers shared by the conformance tests: waiting threads, snapshots and invariant checkers."""
+"""Helpers shared by the conformance tests: waiting threads, snapshots and invariant checkers.
+
+Time in tests: nothing here sleeps to let something happen. A test waits for an
+observed state (:func:`wait_until`, :func:`wait_until_async`), checks that a state
+holds over a window (:func:`stays`), or simulates the work done while holding a
+lease (:func:`simulate_work`); ``scripts/check_test_sleeps.py`` flags any other sleep.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +34,17 @@ safety re-check, so an implementation that merely re-polls cannot pass: tests
 trigger the change right after seeing the waiter queued.
 """
 
+CLOCK_SLACK = 0.005
+"""Seconds of disagreement allowed between a store's clock and time.monotonic()."""
+
+LATE_BOUND = WAKE_BOUND
+"""Seconds a rate waiter may get its token after it was due (a computed sleep).
+
+Generous, as a correctness test on a loaded machine needs (how late, typically, is
+for the benchmarks to measure), yet below the 1 s safety re-check, so a waiter that
+merely re-polled instead of sleeping until its token is due cannot pass.
+"""
+
 STEP_TIMEOUT = 10.0
 """Timeout given to acquisitions in helper threads, so a bug fails instead of hanging."""
 
@@ -39,6 +59,49 @@ def wait_until(probe: Callable[[], T | None], timeout: float = 5.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"waited {timeout}s for {what}; last value: {value!r}")
         time.sleep(0.005)
+
+
+async def wait_until_async(
+    probe: Callable[[], Awaitable[T | None]], timeout: float = 5.0, what: str = "a condition"
+) -> T:
+    """Await ``probe()`` every few ms until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout}s for {what}; last value: {value!r}")
+        await asyncio.sleep(0.005)
+
+
+def stays(probe: Callable[[], object], seconds: float, what: str = "a condition") -> None:
+    """Check ``probe()`` every few ms for ``seconds``: it must be truthy every time.
+
+    For what must NOT happen (a grant to a waiter that is still blocked): the
+    window is how long a wrong outcome is given to show up.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        value = probe()
+        assert value, f"{what} stopped holding: {value!r}"
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.005)
+
+
+def simulate_work(seconds: float) -> None:
+    """The work a caller does while it holds a lease (or between its calls) in a load test.
+
+    It sets how long holds last, never when something has happened: tests wait
+    for observed states with :func:`wait_until`.
+    """
+    time.sleep(seconds)
+
+
+async def simulate_work_async(seconds: float) -> None:
+    """:func:`simulate_work` for coroutines."""
+    await asyncio.sleep(seconds)
 
 
 def wait_for_waiters(limits: Limits, name: str, count: int, timeout: float = 5.0) -> LimitStatus:
@@ -235,6 +298,149 @@ def rate_window_violations(
             if units > allowed + 1e-6:
                 found.append((start, after, units, allowed))
     return found
+
+
+HoldRecord = tuple[str, int, float, float]
+"""(limit, units, start, end): one hold (or rate grant) as a child process reports it."""
+
+
+def _names(names: str | Iterable[str]) -> tuple[str, ...]:
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+class Holdings:
+    """What every caller of a load test held, and when; then the invariants, checked.
+
+    Threads and coroutines record through :meth:`holding`, entered after the
+    grant returned and left before release is called, so each interval lies
+    inside the real holding time. A child process keeps its own ``Holdings`` and
+    sends :meth:`records` to the parent, which :meth:`merge`-s them
+    (``time.monotonic()`` is system-wide on Linux). Rate grants are recorded as
+    (before the call, after it returned) with :meth:`rate_grant`.
+
+    :meth:`check` asserts, for every limit given in ``slots``, that no instant saw
+    more units held than its slots, and for every limit in ``rates``
+    (``name: (rate, burst)``) that no window saw more than ``burst + rate * window``
+    units granted; and that each of them was used at all, so a check cannot pass
+    on no data. It returns the peaks, for a test to assert that the load was real.
+    """
+
+    def __init__(
+        self,
+        slots: Mapping[str, int] | None = None,
+        rates: Mapping[str, tuple[float, int]] | None = None,
+    ) -> None:
+        self.slots = dict(slots or {})
+        self.rates = dict(rates or {})
+        self._cond = threading.Condition()
+        self._held: defaultdict[str, list[Interval]] = defaultdict(list)
+        self._granted: defaultdict[str, list[Grant]] = defaultdict(list)
+        self._live: Counter[str] = Counter()
+        self._most: Counter[str] = Counter()
+
+    @contextmanager
+    def holding(self, names: str | Iterable[str], units: int = 1) -> Iterator[None]:
+        """Record a hold of ``units`` of every limit in ``names`` for the length of the block."""
+        held = _names(names)
+        start = time.monotonic()
+        with self._cond:
+            for name in held:
+                self._live[name] += units
+                self._most[name] = max(self._most[name], self._live[name])
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            end = time.monotonic()
+            with self._cond:
+                for name in held:
+                    self._live[name] -= units
+                    self._held[name].append((start, end, units))
+
+    def add(self, names: str | Iterable[str], units: int, start: float, end: float) -> None:
+        """Record a hold measured elsewhere (after its grant returned, before its release)."""
+        with self._cond:
+            for name in _names(names):
+                self._held[name].append((start, end, units))
+
+    def rate_grant(
+        self, names: str | Iterable[str], units: int, before: float, after: float
+    ) -> None:
+        """Record a rate grant: the call started at ``before`` and returned at ``after``."""
+        with self._cond:
+            for name in _names(names):
+                self._granted[name].append((before, after, units))
+
+    def records(self) -> tuple[list[HoldRecord], list[HoldRecord]]:
+        """(holds, rate grants) as plain tuples, for a child process to send its parent."""
+        with self._cond:
+            holds = [(n, u, a, b) for n, ivs in self._held.items() for a, b, u in ivs]
+            grants = [(n, u, a, b) for n, gs in self._granted.items() for a, b, u in gs]
+        return holds, grants
+
+    def merge(self, records: tuple[Iterable[HoldRecord], Iterable[HoldRecord]]) -> None:
+        """Add what :meth:`records` returned in another process."""
+        holds, grants = records
+        for name, units, start, end in holds:
+            self.add(name, units, start, end)
+        for name, units, before, after in grants:
+            self.rate_grant(name, units, before, after)
+
+    def intervals(self, name: str) -> list[Interval]:
+        """Every hold of ``name`` recorded so far."""
+        with self._cond:
+            return list(self._held[name])
+
+    def grants(self, name: str) -> list[Grant]:
+        """Every rate grant of ``name`` recorded so far."""
+        with self._cond:
+            return list(self._granted[name])
+
+    def count(self, name: str) -> int:
+        """How many holds and rate grants of ``name`` were recorded."""
+        with self._cond:
+            return len(self._held[name]) + len(self._granted[name])
+
+    def wait_full(self, name: str, units: int, timeout: float = 10.0) -> None:
+        """Wait until callers in this process have held ``units`` of ``name`` at once.
+
+        Called inside :meth:`holding` by every holder of a load test, it keeps the
+        first ones in until the limit is full, so the load provably reaches the
+        limit (a store that admits fewer at once fails here); once it has, nobody waits.
+        """
+        with self._cond:
+            full = self._cond.wait_for(lambda: self._most[name] >= units, timeout)
+            most = self._most[name]
+        assert full, f"{name!r}: at most {most} unit(s) held at once here, waited for {units}"
+
+    async def wait_full_async(self, name: str, units: int, timeout: float = 10.0) -> None:
+        """:meth:`wait_full` for coroutines (it polls, so the event loop keeps running)."""
+
+        async def probe() -> bool:
+            return self._most[name] >= units
+
+        await wait_until_async(probe, timeout, f"{units} unit(s) of {name!r} held at once")
+
+    def check(self) -> dict[str, int]:
+        """Assert the invariants (see the class); return each checked limit's peak units."""
+        peaks: dict[str, int] = {}
+        with self._cond:
+            held = {name: list(ivs) for name, ivs in self._held.items()}
+            granted = {name: list(gs) for name, gs in self._granted.items()}
+        for name, slots in self.slots.items():
+            intervals = held.get(name, [])
+            assert intervals, f"nobody held {name!r}: the invariant would be checked on nothing"
+            peak, at = peak_units(intervals)
+            assert peak <= slots, f"{name!r}: {peak} units held at t={at:.6f}, slots={slots}"
+            peaks[name] = peak
+        for name, (rate, burst) in self.rates.items():
+            grants = granted.get(name, [])
+            assert grants, f"no rate grant on {name!r}: the bound would be checked on nothing"
+            violations = rate_window_violations(grants, rate, burst)
+            assert not violations, (
+                f"{name!r}: {len(violations)} windows over burst + rate*w, e.g. {violations[0]}"
+            )
+        return peaks
 
 
 # --------------------------------------------------------------------------- subprocesses

@@ -17,6 +17,8 @@ from typing import Any
 from sluice import Limits
 from sluice.errors import LeaseLost
 
+from ._helpers import Holdings, simulate_work
+
 
 def acquire_and_report(
     url: str,
@@ -34,7 +36,7 @@ def acquire_and_report(
         granted = time.monotonic()
         results.put(("granted", holder, os.getpid(), granted, lease.waited))
         if hold_seconds:
-            time.sleep(hold_seconds)
+            simulate_work(hold_seconds)
         lease.release()
         results.put(("released", holder, os.getpid(), time.monotonic()))
     except BaseException as exc:
@@ -52,16 +54,19 @@ def hold_forever(url: str, names: list[str], occupy: int, results: Any) -> None:
     except BaseException as exc:
         results.put(("error", os.getpid(), repr(exc)))
         raise
-    while True:
-        time.sleep(3600)
+    threading.Event().wait()  # hang until killed
 
 
-def hold_until_told(url: str, name: str, results: Any, go: Any) -> None:
-    """Hold ``name`` in a with block until ``go`` is set; report how leaving it went."""
+def hold_until_told(
+    url: str, names: list[str], occupy: int, results: Any, go: Any, holder: str = "sleeper"
+) -> None:
+    """Hold ``names`` in a with block until ``go`` is set; report how leaving it went:
+    ("lease-lost", lease.lost, lease id, names, second release), ("no-error", lease.lost,
+    second release) or ("error", repr, second release)."""
     limits = Limits(url)
     lease = None
     try:
-        with limits.concurrency(name, timeout=30, holder="sleeper") as lease:
+        with limits.concurrency(names, occupy, timeout=30, holder=holder) as lease:
             results.put(("held", os.getpid(), lease.id))
             go.wait(60)
     except LeaseLost as exc:
@@ -93,11 +98,12 @@ def hammer(
 ) -> None:
     """Many threads take random limits with random occupy; report what each held and when.
 
-    A record (limit, units, t_in, t_out) is taken after the grant returned and
-    before release is called, so it lies inside the real holding interval.
+    Reports (process index, rounds done, Holdings.records(), errors); each hold is
+    recorded after the grant returned and before release is called, so it lies
+    inside the real holding interval.
     """
     limits = Limits(url)
-    records: list[tuple[str, int, float, float]] = []
+    holdings = Holdings()
     errors: list[str] = []
     completed = [0]
     lock = threading.Lock()
@@ -105,7 +111,6 @@ def hammer(
 
     def run(thread_index: int) -> None:
         rng = random.Random(proc_index * 1000 + thread_index)
-        mine: list[tuple[str, int, float, float]] = []
         done = 0
         try:
             barrier.wait(60)
@@ -114,25 +119,23 @@ def hammer(
                 occupy = rng.randint(1, min(slots[n] for n in names))
                 hold = rng.uniform(0, 0.002)
                 if i % 2:
-                    with limits.concurrency(names, occupy, timeout=60) as lease:
-                        t_in = time.monotonic()
-                        time.sleep(hold)
-                        t_out = time.monotonic()
+                    with (
+                        limits.concurrency(names, occupy, timeout=60) as lease,
+                        holdings.holding(names, occupy),
+                    ):
+                        simulate_work(hold)
                 else:
                     lease = limits.acquire(names, occupy, timeout=60)
-                    t_in = time.monotonic()
-                    time.sleep(hold)
-                    t_out = time.monotonic()
+                    with holdings.holding(lease.names, occupy):
+                        simulate_work(hold)
                     lease.release()
                 if sorted(lease.names) != sorted(names):
                     raise AssertionError(f"asked for {names}, lease names {lease.names}")
-                mine.extend((n, occupy, t_in, t_out) for n in lease.names)
                 done += 1
         except BaseException:
             with lock:
                 errors.append(traceback.format_exc())
         with lock:
-            records.extend(mine)
             completed[0] += done
 
     workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
@@ -141,4 +144,4 @@ def hammer(
     for worker in workers:
         worker.join()
     limits.close()
-    results.put((proc_index, completed[0], records, errors))
+    results.put((proc_index, completed[0], holdings.records(), errors))

@@ -24,7 +24,16 @@ from sluice.errors import (
     SluiceError,
 )
 
-from ._helpers import Attempt, peak_units, run_python, snapshot, wait_for_idle, wait_for_waiters
+from ._helpers import (
+    Attempt,
+    Holdings,
+    run_python,
+    simulate_work,
+    snapshot,
+    stays,
+    wait_for_idle,
+    wait_for_waiters,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -171,10 +180,11 @@ def test_a_multi_limit_waiter_holds_nothing_until_it_gets_everything(limits: Lim
     blocker = limits.acquire("b")
     waiter = Attempt(limits, ["a", "b"], occupy=1, holder="both").start()
     wait_for_waiters(limits, "b", 1)
-    for _ in range(20):
-        assert limits.inspect("a").in_use == 0
-        assert not waiter.granted.is_set()
-        time.sleep(0.005)
+    stays(
+        lambda: limits.inspect("a").in_use == 0 and not waiter.granted.is_set(),
+        0.1,
+        "nothing held on 'a' while 'b' blocks",
+    )
     blocker.release()
     lease = waiter.result()
     assert sorted(lease.names) == ["a", "b"]
@@ -222,9 +232,9 @@ def test_never_over_under_thread_contention(limits: Limits) -> None:
     slots = {"a": 2, "b": 3, "c": 4}
     for name, count in slots.items():
         limits.create(name, slots=count)
+    holdings = Holdings(slots=slots)
     threads_n, rounds = 8, 25
     start = threading.Barrier(threads_n)
-    records: list[tuple[str, int, float, float]] = []
     errors: list[BaseException] = []
     completed: list[int] = []
 
@@ -236,18 +246,17 @@ def test_never_over_under_thread_contention(limits: Limits) -> None:
                 names = rng.sample(sorted(slots), rng.randint(1, 3))
                 occupy = rng.randint(1, min(slots[n] for n in names))
                 if i % 2:
-                    with limits.concurrency(names, occupy, timeout=30) as lease:
-                        t_in = time.monotonic()
-                        time.sleep(rng.uniform(0, 0.002))
-                        t_out = time.monotonic()
+                    with (
+                        limits.concurrency(names, occupy, timeout=30) as lease,
+                        holdings.holding(names, occupy),
+                    ):
+                        simulate_work(rng.uniform(0, 0.002))
                 else:
                     lease = limits.acquire(names, occupy, timeout=30)
-                    t_in = time.monotonic()
-                    time.sleep(rng.uniform(0, 0.002))
-                    t_out = time.monotonic()
+                    with holdings.holding(lease.names, occupy):
+                        simulate_work(rng.uniform(0, 0.002))
                     lease.release()
                 assert sorted(lease.names) == sorted(names)
-                records.extend((n, occupy, t_in, t_out) for n in lease.names)
                 completed.append(1)
         except BaseException as exc:
             errors.append(exc)
@@ -259,9 +268,8 @@ def test_never_over_under_thread_contention(limits: Limits) -> None:
         thread.join(50)
     assert not errors, errors
     assert len(completed) == threads_n * rounds
-    for name, count in slots.items():
-        peak, at = peak_units((t0, t1, n) for lim, n, t0, t1 in records if lim == name)
-        assert peak <= count, f"{name!r}: {peak} units held at t={at:.6f}, slots={count}"
+    holdings.check()
+    for name in slots:
         wait_for_idle(limits, name)
 
 
@@ -496,7 +504,7 @@ def test_waiting_attempt_records_waited(limits: Limits) -> None:
     held = limits.acquire("db")
     waiter = Attempt(limits, "db").start()
     wait_for_waiters(limits, "db", 1)
-    time.sleep(0.3)
+    stays(lambda: not waiter.granted.is_set(), 0.3, "the waiter waiting")  # its wait
     held.release()
     lease = waiter.result()
     assert 0.25 <= lease.waited < 5.0

@@ -1,10 +1,11 @@
 """Semantics 2 and 3 across processes: never over, exact counts, FIFO, for shared stores.
 
 6 processes x 8 threads hammer 3 limits with random names and occupy. Each
-thread records (limit, units, t_in, t_out) with ``time.monotonic()`` (system-wide
-on Linux) after its grant returned and before it called release, so every
-record lies inside the real holding interval; an independent sweep that finds
-more units than slots at any instant proves over-admission.
+thread records its holds in its process's ``Holdings`` (``time.monotonic()`` is
+system-wide on Linux), after its grant returned and before it called release, so
+every record lies inside the real holding interval; the parent merges them, and
+an independent sweep that finds more units than slots at any instant proves
+over-admission.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import queue
 import time
+from typing import Any
 
 import pytest
 
 from sluice import Limits
 
 from . import _workers
-from ._helpers import peak_units, wait_for_idle, wait_for_waiters
+from ._helpers import Holdings, peak_units, wait_for_idle, wait_for_waiters
 from ._procs import CHILD_START, SPAWN, child
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
@@ -54,8 +56,8 @@ def test_processes_and_threads_never_exceed_slots(
     ]
     for proc in procs:
         proc.start()
-    # (process index, rounds done, (limit, units, t_in, t_out) records, errors): see hammer
-    reports: list[tuple[int, int, list[tuple[str, int, float, float]], list[str]]] = []
+    # (process index, rounds done, Holdings.records(), errors): see hammer
+    reports: list[tuple[int, int, Any, list[str]]] = []
     try:
         deadline = time.monotonic() + 100
         while len(reports) < PROCESSES:
@@ -74,12 +76,10 @@ def test_processes_and_threads_never_exceed_slots(
     assert not errors, "\n".join(errors)
     assert all(proc.exitcode == 0 for proc in procs), [proc.exitcode for proc in procs]
     assert sum(done for _, done, _, _ in reports) == PROCESSES * THREADS * ROUNDS
-    records = [record for _, _, recs, _ in reports for record in recs]
-    for name, slots in SLOTS.items():
-        mine = [(t_in, t_out, units) for lim, units, t_in, t_out in records if lim == name]
-        assert mine, f"nobody ever held {name!r}"
-        peak, at = peak_units(mine)
-        assert peak <= slots, f"{name!r}: {peak} units held at t={at:.6f}, slots={slots}"
+    holdings = Holdings(slots=SLOTS)
+    for _, _, records, _ in reports:
+        holdings.merge(records)
+    holdings.check()
     for name in SLOTS:
         status = wait_for_idle(limits, name)
         assert status.holders == []

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sluice import Limits
+from sluice import Limits, LimitStatus
 from sluice.errors import InvalidRequest, LimitNotFound
 from sluice.limits.model import Kind
 from sluice.store import BACKENDS, canonical_url
@@ -29,7 +29,7 @@ from sluice.store.base import (
     Withdrawal,
 )
 
-from ._helpers import peak_units, wait_until
+from ._helpers import Holdings, simulate_work, wait_until, wait_until_async
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -279,10 +279,9 @@ def test_ten_thousand_waiters_of_one_process_stand_on_one_ticket(store_url: str)
     """Store work does not grow with the backlog: 10,000 coroutines, one ticket, few steps."""
     slots, waiters = 20, 10_000
 
-    async def main() -> tuple[int, int, list[tuple[float, float, int]]]:
+    async def main() -> tuple[int, int]:
         from sluice.aio import Limits as AsyncLimits
 
-        intervals: list[tuple[float, float, int]] = []
         async with AsyncLimits(store_url) as limits:
             await limits.create("db", slots=slots)
             gate = asyncio.Event()
@@ -290,28 +289,30 @@ def test_ten_thousand_waiters_of_one_process_stand_on_one_ticket(store_url: str)
             async def one() -> None:
                 await gate.wait()
                 async with limits.concurrency("db", holder="same"):
-                    start = time.monotonic()
-                    await asyncio.sleep(0)
-                    intervals.append((start, time.monotonic(), 1))
+                    with holdings.holding("db"):
+                        await asyncio.sleep(0)  # one turn of the loop while holding
 
             tasks = [asyncio.ensure_future(one()) for _ in range(waiters)]
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one turn of the loop: every task waits on the gate
             gate.set()
-            while True:
+
+            async def most_queued() -> LimitStatus | None:
                 status = await limits.inspect("db")
-                if sum(w.count for w in status.waiters) >= waiters - slots - 200:
-                    break
-                await asyncio.sleep(0.01)
+                queued = sum(w.count for w in status.waiters)
+                return status if queued >= waiters - slots - 200 else None
+
+            status = await wait_until_async(most_queued, 30, "most of the waiters queued")
             tickets = len(status.waiters)
             line = limits._session.line
             before = line.rounds
             await asyncio.gather(*tasks)
-            return tickets, line.rounds - before, intervals
+            return tickets, line.rounds - before
 
-    tickets, rounds, intervals = asyncio.run(main())
+    holdings = Holdings(slots={"db": slots})
+    tickets, rounds = asyncio.run(main())
     assert tickets <= 3, f"{tickets} tickets for {waiters} identical waiters"
-    assert len(intervals) == waiters
-    assert peak_units(intervals)[0] <= slots
+    assert holdings.count("db") == waiters
+    holdings.check()
     assert rounds < waiters / 2, f"{rounds} store steps for {waiters} grants"
 
 
@@ -319,7 +320,7 @@ def test_threads_of_one_process_with_one_holder_share_tickets_and_never_exceed(
     limits: Limits,
 ) -> None:
     limits.create("db", slots=3)
-    intervals: list[tuple[float, float, int]] = []
+    holdings = Holdings(slots={"db": 3})
     errors: list[BaseException] = []
     start = threading.Barrier(40)
 
@@ -327,10 +328,8 @@ def test_threads_of_one_process_with_one_holder_share_tickets_and_never_exceed(
         try:
             start.wait()
             for _ in range(5):
-                with limits.concurrency("db", holder="pool", timeout=30):
-                    began = time.monotonic()
-                    time.sleep(0.001)
-                    intervals.append((began, time.monotonic(), 1))
+                with limits.concurrency("db", holder="pool", timeout=30), holdings.holding("db"):
+                    simulate_work(0.001)
         except BaseException as exc:
             errors.append(exc)
 
@@ -340,7 +339,7 @@ def test_threads_of_one_process_with_one_holder_share_tickets_and_never_exceed(
     for thread in threads:
         thread.join(60)
     assert not errors, errors[:3]
-    assert len(intervals) == 200
-    assert peak_units(intervals)[0] <= 3
+    assert holdings.count("db") == 200
+    holdings.check()
     status = limits.inspect("db")
     assert (status.in_use, status.waiters) == (0, [])
