@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
-import pytest
-
-from sluice import LeaseLost, Limits
+from sluice import Limits
 from sluice.store import StoreDiagnosis
+
+from ._helpers import wait_until
+from ._procs import hung_holder
 
 
 def test_diagnose_names_the_backend_and_a_current_schema(limits: Limits, store_url: str) -> None:
@@ -21,19 +20,21 @@ def test_diagnose_names_the_backend_and_a_current_schema(limits: Limits, store_u
     assert diagnosis.expired_leases == 0
 
 
-def test_diagnose_counts_expired_leases_and_reclaims_none(limits: Limits) -> None:
-    limits.create("db", slots=2, lease_ttl=1)
+def test_diagnose_counts_expired_leases_and_reclaims_none(
+    mp_limits: Limits, cross_process_url: str
+) -> None:
+    limits = mp_limits
+    limits.create("db", slots=2, lease_ttl=2)
     live = limits.acquire("db")
-    lapsed = limits.acquire("db")
-    limits._session.keeper.untrack_lease(lapsed.id)  # no more renewals: it expires
-    deadline = time.monotonic() + 5
-    while limits._store.diagnose().expired_leases == 0:
-        assert time.monotonic() < deadline, "the unrenewed lease never showed as expired"
-        time.sleep(0.05)
-    assert limits._store.diagnose().expired_leases == 1
-    assert limits._store.diagnose().expired_leases == 1  # diagnosing reclaimed nothing
-    assert [h.lease_id for h in limits.inspect("db").holders] == [live.id]  # inspect reclaims
-    assert limits._store.diagnose().expired_leases == 0
-    live.release()
-    with pytest.raises(LeaseLost):
-        lapsed.release()
+    with hung_holder(limits, cross_process_url, ["db"]) as hung:
+        wait_until(
+            lambda: limits._store.diagnose().expired_leases == 1,
+            10,
+            "the hung holder's lease to show as expired",
+        )
+        assert limits._store.diagnose().expired_leases == 1  # diagnosing reclaimed nothing
+        assert [h.lease_id for h in limits.inspect("db").holders] == [live.id]  # inspect reclaims
+        assert limits._store.diagnose().expired_leases == 0
+        live.release()
+        outcome = hung.thaw_and_leave()
+        assert outcome == ("lease-lost", True, hung.lease_id, ["db"], "ok"), outcome

@@ -14,10 +14,19 @@ from datetime import timedelta
 
 import pytest
 
-from sluice import Lease, Limits
+from sluice import Lease, Limits, LimitStatus
 from sluice.errors import AcquireTimeout
 
-from ._helpers import WAKE_BOUND, Attempt, wait_for_idle, wait_for_waiters, wait_until
+from ._helpers import (
+    CLOCK_SLACK,
+    WAKE_BOUND,
+    Attempt,
+    Holdings,
+    simulate_work,
+    wait_for_idle,
+    wait_for_waiters,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -70,14 +79,24 @@ def test_fifo_with_mixed_occupy(limits: Limits) -> None:
         return {i for i, x in enumerate(w) if x.granted.is_set()} - released
 
     def stage(release: Lease, granted: set[int]) -> None:
+        # The store grants inside the release's own step, every head that fits and no
+        # other, so once the expected holders show, the step's grants are all there.
+        expected = ({i for i in range(len(w)) if w[i].granted.is_set()} | granted) - released
         release.release()
+
+        def holders_shown() -> LimitStatus | None:
+            status = limits.inspect("db")
+            return status if len(status.holders) >= len(expected) else None
+
+        status = wait_until(holders_shown, 5, f"holders {sorted(expected)}")
+        assert sorted(h.holder for h in status.holders) == sorted(f"w{i}" for i in expected)
+        assert status.in_use == sum(sizes[i] for i in expected) <= 3
+        assert [x.holder for x in status.waiters] == [
+            f"w{i}" for i in range(len(w)) if i not in expected | released
+        ]
         for i in granted:
             assert w[i].granted.wait(5), f"w{i} was not granted"
-        time.sleep(0.1)  # a wrong grant would land by now: hand-offs take milliseconds
-        now_holding = holding()
-        status = limits.inspect("db")
-        assert sorted(h.holder for h in status.holders) == sorted(f"w{i}" for i in now_holding)
-        assert status.in_use == sum(sizes[i] for i in now_holding) <= 3
+        assert holding() == expected
 
     stage(held, {0, 1})  # 2 + 1 fit; w2 (3) must wait
     assert holding() == {0, 1}
@@ -156,6 +175,7 @@ def test_a_newcomer_on_a_disjoint_limit_is_not_held_back(limits: Limits) -> None
 
 def test_a_big_waiter_is_not_starved_by_a_stream_of_small_ones(limits: Limits) -> None:
     limits.create("db", slots=4)
+    holdings = Holdings(slots={"db": 4})
     stop = threading.Event()
     streamed: list[int] = []
     errors: list[BaseException] = []
@@ -163,8 +183,8 @@ def test_a_big_waiter_is_not_starved_by_a_stream_of_small_ones(limits: Limits) -
     def small_stream(seed: int) -> None:
         try:
             while not stop.is_set():
-                with limits.concurrency("db", occupy=1, timeout=20):
-                    time.sleep(0.002 * (1 + seed % 3))
+                with limits.concurrency("db", occupy=1, timeout=20), holdings.holding("db"):
+                    simulate_work(0.002 * (1 + seed % 3))
                 streamed.append(1)
         except BaseException as exc:
             errors.append(exc)
@@ -176,28 +196,51 @@ def test_a_big_waiter_is_not_starved_by_a_stream_of_small_ones(limits: Limits) -
     started = time.monotonic()
     lease = limits.acquire("db", occupy=4, timeout=10, holder="big")
     waited = time.monotonic() - started
-    # while the big lease holds everything, nobody else gets in
-    status = limits.inspect("db")
-    assert status.in_use == 4
-    assert [h.holder for h in status.holders] == ["big"]
+    with holdings.holding("db", 4):
+        # while the big lease holds everything, nobody else gets in
+        status = limits.inspect("db")
+        assert status.in_use == 4
+        assert [h.holder for h in status.holders] == ["big"]
     lease.release()
+    streamed_after = len(streamed)
+    wait_until(lambda: len(streamed) >= streamed_after + 20, 10, "the stream to go on")
     stop.set()
     for thread in streams:
         thread.join(25)
     assert not errors, errors
     assert waited < 2.0, f"occupy=4 waited {waited:.3f}s behind occupy=1 newcomers"
+    holdings.check()
     wait_for_idle(limits, "db")
 
 
 def test_a_newcomer_does_not_overtake_a_rate_waiter(limits: Limits) -> None:
-    limits.create("api", rate=10.0, burst=3)
-    limits.rate_limit("api", occupy=3, timeout=0)  # empty the bucket
-    big = Attempt(limits, "api", occupy=3, timeout=5, holder="big", rate=True).start()
+    rate, burst = 2.0, 3
+    limits.create("api", rate=rate, burst=burst)
+    emptying = time.monotonic()
+    limits.rate_limit("api", occupy=burst, timeout=0)  # empty the bucket
+    emptied = time.monotonic()
+    big = Attempt(limits, "api", occupy=burst, timeout=10, holder="big", rate=True).start()
     wait_for_waiters(limits, "api", 1)
-    time.sleep(0.15)  # one or two tokens are back, not three
-    with pytest.raises(AcquireTimeout):
-        limits.rate_limit("api", occupy=1, timeout=0)
+    # A token is back 1/rate s after the bucket was emptied; the big waiter needs all
+    # three, due burst/rate s after. Newcomers are refused all along; keep asking until
+    # one was refused while a token certainly was in the bucket and big still waited.
+    one_back = emptied + 1 / rate + CLOCK_SLACK
+    all_back = emptying + burst / rate - CLOCK_SLACK
+    refused_with_a_token: list[float] = []
+
+    def newcomer_refused_with_a_token_back() -> bool:
+        asked = time.monotonic()
+        with pytest.raises(AcquireTimeout):
+            limits.rate_limit("api", occupy=1, timeout=0, holder="newcomer")
+        answered = time.monotonic()
+        if asked >= one_back and answered <= all_back:
+            refused_with_a_token.append(asked - emptied)
+        return bool(refused_with_a_token) or asked >= all_back
+
+    wait_until(newcomer_refused_with_a_token_back, 10, "a newcomer asking while a token is back")
+    assert refused_with_a_token, "no newcomer asked between the first token and the third"
     big.passed()
+    assert big.granted_at is not None and big.granted_at >= all_back
 
 
 def test_queue_positions_are_per_limit(limits: Limits) -> None:

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from sluice import Lease, Limits
+from sluice.store.base import CLAIM_WINDOW
 
 from . import _workers
-from ._helpers import Attempt, wait_for_waiters
+from ._helpers import Attempt, wait_for_waiters, wait_until
 from ._procs import SPAWN, child, expect, stop_between_store_steps
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
@@ -39,6 +40,11 @@ def frozen_waiter_behind_a_holder(
         yield proc, held, results
 
 
+def child_queued(limits: Limits, pid: int) -> bool:
+    """Whether a ticket of process ``pid`` waits on "db"."""
+    return any(w.pid == pid for w in limits.inspect("db").waiters)
+
+
 def test_a_grant_handed_to_a_frozen_waiter_lapses_and_goes_to_the_next(
     mp_limits: Limits, cross_process_url: str
 ) -> None:
@@ -52,14 +58,19 @@ def test_a_grant_handed_to_a_frozen_waiter_lapses_and_goes_to_the_next(
         assert behind.granted_at is not None
         assert behind.granted_at - released_at < 3.0, "the lapsed hand-off was not reclaimed"
         assert [h.lease_id for h in limits.inspect("db").holders] == [lease.id]
+        # Frozen past its 1 s TTL, the child's ticket lapses too.
+        wait_until(lambda: not child_queued(limits, proc.pid), 5, "the frozen ticket to lapse")
         os.kill(proc.pid, signal.SIGCONT)
         # Thawed, the child finds its hand-off gone and queues again; it is served
         # once the slot is free, and never told of a lease it did not hold.
-        time.sleep(0.3)
+        wait_until(lambda: child_queued(limits, proc.pid), 10, "the thawed child to queue again")
+        assert [h.lease_id for h in limits.inspect("db").holders] == [lease.id]
+        freed_at = time.monotonic()
         lease.release()
-        kind, *rest = expect(results, "granted", timeout=10)
-        assert kind == "granted", rest
-        assert expect(results, "released", timeout=10)[0] == "released"
+        _, holder, pid, granted_at, _ = expect(results, "granted", timeout=10)
+        assert (holder, pid) == ("frozen", proc.pid)
+        assert granted_at >= freed_at, "the child was granted while the slot was held"
+        assert expect(results, "released", timeout=10)[1:3] == ("frozen", proc.pid)
 
 
 def test_a_waiter_thawed_after_its_hand_off_lapsed_gets_a_fresh_lease_not_a_dead_one(
@@ -69,9 +80,15 @@ def test_a_waiter_thawed_after_its_hand_off_lapsed_gets_a_fresh_lease_not_a_dead
     # the child will hold its lease 1.5 s once it has one: renewals fall due
     with frozen_waiter_behind_a_holder(limits, cross_process_url, 1.5) as (proc, held, results):
         held.release()  # handed to the frozen child
-        time.sleep(1.5)  # past the lease TTL, with nobody else asking
+        # With nobody else asking, the unclaimed hand-off lapses (CLAIM_WINDOW) and
+        # its unit comes back; the child's ticket, unrenewed past its TTL, lapses too.
+        wait_until(
+            lambda: limits.inspect("db").in_use == 0 and not child_queued(limits, proc.pid),
+            CLAIM_WINDOW + 5,
+            "the hand-off and the frozen ticket to lapse",
+        )
         os.kill(proc.pid, signal.SIGCONT)
-        assert expect(results, "granted", timeout=10)[0] == "granted"
+        assert expect(results, "granted", timeout=10)[1:3] == ("frozen", proc.pid)
         # the lease it got is live: it renews while held and releases cleanly
-        assert expect(results, "released", timeout=10)[0] == "released"
+        assert expect(results, "released", timeout=10)[1:3] == ("frozen", proc.pid)
     assert limits.inspect("db").in_use == 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 
 import pytest
 
@@ -16,8 +15,8 @@ from sluice.errors import AcquireTimeout, InvalidRequest, LimitNotFound
 from sluice.limits.model import WAIT_BUCKETS, LimitTotals, wait_bucket
 
 from . import _workers
-from ._helpers import Attempt, wait_for_waiters, wait_until
-from ._procs import SPAWN, child, expect
+from ._helpers import Attempt, stays, wait_for_waiters, wait_until, wait_until_async
+from ._procs import SPAWN, child, expect, hung_holder
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -71,7 +70,7 @@ def test_a_queued_grant_records_how_long_it_waited(limits: Limits) -> None:
     held = limits.acquire("db")
     waiter = Attempt(limits, "db", timeout=10).start()
     wait_for_waiters(limits, "db", 1)
-    time.sleep(0.3)
+    stays(lambda: not waiter.granted.is_set(), 0.3, "the waiter waiting")  # its wait
     held.release()
     waiter.result().release()
     t = totals(limits, "db")
@@ -107,10 +106,11 @@ def test_a_cancelled_waiter_is_not_a_timeout(store_url: str) -> None:
             await limits.create("db", slots=1)
             held = await limits.acquire("db")
             waiter = asyncio.ensure_future(limits.acquire("db", timeout=10))
-            deadline = time.monotonic() + 5
-            while not (await limits.inspect("db")).waiters:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.01)
+
+            async def queued() -> bool:
+                return bool((await limits.inspect("db")).waiters)
+
+            await wait_until_async(queued, 5, "the waiter to queue")
             waiter.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiter
@@ -139,21 +139,23 @@ def test_an_async_timeout_is_counted(store_url: str) -> None:
     assert asyncio.run(main()).timeouts == 1
 
 
-def test_an_expired_lease_reclaimed_is_counted_once(limits: Limits) -> None:
+def test_an_expired_lease_reclaimed_is_counted_once(
+    mp_limits: Limits, cross_process_url: str
+) -> None:
+    limits = mp_limits
     limits.create("db", slots=2, lease_ttl=1)
     limits.create("other", slots=2, lease_ttl=1)
-    lapsed = limits.acquire(["db", "other"])
-    limits._session.keeper.untrack_lease(lapsed.id)  # no more renewals: it expires
-    time.sleep(1.2)
-    wait_until(
-        lambda: totals(limits, "db").expired_leases_reclaimed == 1 or None,
-        5,
-        "the expired lease to be reclaimed and counted",
-    )
-    assert limits.inspect("db").holders == []
-    assert totals(limits, "other").expired_leases_reclaimed == 1
-    with pytest.raises(LeaseLost):
-        lapsed.release()
+    with hung_holder(limits, cross_process_url, ["db", "other"]) as hung:
+        wait_until(
+            lambda: totals(limits, "db").expired_leases_reclaimed == 1 or None,
+            10,
+            "the hung holder's lease to expire, be reclaimed and counted",
+        )
+        assert limits.inspect("db").holders == []
+        assert totals(limits, "other").expired_leases_reclaimed == 1
+        outcome = hung.thaw_and_leave()
+        assert outcome[:3] == ("lease-lost", True, hung.lease_id), outcome
+        assert sorted(outcome[3]) == ["db", "other"]
     limits.acquire("db").release()  # later steps do not count it again
     t = totals(limits, "db")
     assert (t.expired_leases_reclaimed, t.grants) == (1, 2)
@@ -163,8 +165,8 @@ def test_released_leases_are_not_counted_as_reclaimed(limits: Limits) -> None:
     limits.create("db", slots=2, lease_ttl=1)
     for _ in range(3):
         limits.acquire("db").release()
-    time.sleep(1.1)
-    assert totals(limits, "db").expired_leases_reclaimed == 0
+    # past the TTL of every one of them, inspected all along: nothing was reclaimed
+    stays(lambda: totals(limits, "db").expired_leases_reclaimed == 0, 1.2, "no lease reclaimed")
 
 
 @pytest.mark.slow
@@ -186,9 +188,7 @@ def test_a_killed_holder_is_counted_as_reclaimed(
     assert (t.grants, t.granted_units) == (2, 4)  # the child's, then ours
 
 
-def test_other_processes_grants_are_counted(
-    mp_limits: Limits, cross_process_url: str
-) -> None:
+def test_other_processes_grants_are_counted(mp_limits: Limits, cross_process_url: str) -> None:
     limits = mp_limits
     limits.create("db", slots=2)
     results = SPAWN.Queue()

@@ -7,7 +7,10 @@ re-check, so re-polling cannot pass. Idle waiters must not burn CPU.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections.abc import Iterable
 
 import pytest
 
@@ -15,7 +18,7 @@ from sluice import Limits
 from sluice.errors import LeaseLost, LimitNotFound
 
 from . import _workers
-from ._helpers import WAKE_BOUND, Attempt, wait_for_idle, wait_for_waiters
+from ._helpers import WAKE_BOUND, Attempt, stays, wait_for_idle, wait_for_waiters
 from ._procs import CHILD_START, SPAWN, child
 
 pytestmark = pytest.mark.timeout(60)
@@ -119,29 +122,48 @@ def test_a_multi_limit_waiter_wakes_when_its_last_blocker_frees(limits: Limits) 
     waiter = Attempt(limits, ["a", "b"]).start()
     wait_for_waiters(limits, "b", 1)
     held_a.release()
-    time.sleep(0.1)
-    assert not waiter.granted.is_set()
+    stays(lambda: not waiter.granted.is_set(), 0.1, "the waiter for a and b waiting")
     changed_at = time.monotonic()
     held_b.release()
     assert latency(waiter, changed_at) < WAKE_BOUND
     waiter.result().release()
 
 
+def thread_cpu(threads: Iterable[threading.Thread]) -> dict[int, float]:
+    """CPU seconds used so far by each live thread, by ident (its own clock, not the process's)."""
+    used = {}
+    for thread in threads:
+        if thread.ident is None or not thread.is_alive():
+            continue
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            used[thread.ident] = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+    return used
+
+
 @pytest.mark.timeout(30)
-def test_idle_waiters_use_no_cpu(limits: Limits) -> None:
-    limits.create("db", slots=1)
-    held = limits.acquire("db")
-    waiters = [Attempt(limits, "db", timeout=20, keep=False).start() for _ in range(30)]
-    wait_for_waiters(limits, "db", 30, timeout=15)
-    time.sleep(0.2)
-    cpu_before = time.process_time()
-    time.sleep(2.0)
-    cpu = time.process_time() - cpu_before
-    held.release()
-    for waiter in waiters:
-        waiter.result()
-    assert cpu < 0.1, f"30 idle waiters used {cpu:.3f} CPU seconds in 2 s"
-    wait_for_idle(limits, "db")
+def test_idle_waiters_use_no_cpu(store_url: str) -> None:
+    """Measured on the threads this test starts (its waiters, and the client's own
+    threads: its line, its lease keeper, its store's listener), not on the whole
+    pytest process, where threads left over by other tests would count."""
+    before_test = {thread.ident for thread in threading.enumerate()}
+    with Limits(store_url) as limits:
+        limits.create("db", slots=1)
+        held = limits.acquire("db")
+        waiters = [Attempt(limits, "db", timeout=20, keep=False).start() for _ in range(30)]
+        wait_for_waiters(limits, "db", 30, timeout=15)
+        ours = [t for t in threading.enumerate() if t.ident not in before_test]
+        assert len(ours) >= 30
+        cpu_before = thread_cpu(ours)
+        window = time.monotonic()
+        stays(lambda: not any(w.done.is_set() for w in waiters), 2.0, "30 waiters waiting")
+        cpu_after = thread_cpu(ours)
+        window = time.monotonic() - window
+        cpu = sum(cpu_after[i] - cpu_before[i] for i in cpu_after if i in cpu_before)
+        held.release()
+        for waiter in waiters:
+            waiter.result()
+        assert cpu < 0.1, f"30 idle waiters used {cpu:.3f} CPU seconds in {window:.1f} s"
+        wait_for_idle(limits, "db")
 
 
 @pytest.mark.slow
