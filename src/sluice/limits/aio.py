@@ -59,7 +59,7 @@ class Lease(LeaseView):
         """Give the units back; idempotent. Raises LeaseLost if the lease had been lost."""
         if not self._state.released:
             self._state.released = True
-            await release_lease_async(self._astore, self._session, self._state)
+            await release_lease_async(self._session, self._state)
 
     async def __aenter__(self) -> Lease:
         return self

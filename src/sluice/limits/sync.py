@@ -53,7 +53,7 @@ class Lease(LeaseView):
         """Give the units back; idempotent. Raises LeaseLost if the lease had been lost."""
         if not self._state.released:
             self._state.released = True
-            release_lease(self._store, self._session, self._state)
+            release_lease(self._session, self._state)
 
     def __enter__(self) -> Lease:
         return self

@@ -135,7 +135,7 @@ def wait_for_grant(
             settled.acquire()
         elif waiter.state is not None:
             with contextlib.suppress(Exception):
-                release_lease(store, session, waiter.state)
+                release_lease(session, waiter.state)
         raise
     return waiter
 
@@ -179,7 +179,7 @@ async def wait_for_grant_async(
                 await asyncio.shield(settled)
         elif waiter.state is not None:
             with contextlib.suppress(BaseException):
-                await release_lease_async(astore, session, waiter.state)
+                await release_lease_async(session, waiter.state)
         raise
     return waiter
 
@@ -222,7 +222,7 @@ def _releaser(signal: threading.Lock) -> Callable[[], None]:
 # --------------------------------------------------------------------------- releasing
 
 
-def release_lease(store: Store, session: Session, state: LeaseState) -> None:
+def release_lease(session: Session, state: LeaseState) -> None:
     """Give a lease's units back; raise LeaseLost if it had been lost.
 
     A lease already known lost (its renewals failed past its TTL) is reported
@@ -238,7 +238,7 @@ def release_lease(store: Store, session: Session, state: LeaseState) -> None:
     _finish_release(state, release)
 
 
-async def release_lease_async(astore: AsyncStore, session: Session, state: LeaseState) -> None:
+async def release_lease_async(session: Session, state: LeaseState) -> None:
     """The async twin; the release happens even if the caller is cancelled meanwhile."""
     session.keeper.untrack_lease(state.id)
     loop = asyncio.get_running_loop()

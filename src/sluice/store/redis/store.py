@@ -137,6 +137,11 @@ class RedisStore:
         """Whether close() has been called."""
         return self._closed
 
+    @property
+    def pool_size(self) -> int:
+        """How many connections this process's steps share (the URL's pool_size)."""
+        return self.config.pool_size
+
     def _connect(self, pool_size: int | None) -> redis.Redis:
         """A client: on the bounded step pool, or (None) on a connection of its own."""
         options = _client_options(self.process_id)
