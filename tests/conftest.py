@@ -14,12 +14,14 @@ CI (``CI=true``) fails instead of silently testing less. For example::
 
     StoreEntry("redis", _redis_store, cross_process=True)
 
-``SLUICE_TEST_STORES=memory,sqlite`` (comma-separated ids) narrows a local run.
+``SLUICE_TEST_STORES=memory,sqlite`` (comma-separated ids) narrows a local run;
+under CI=true it is an error, as a missing server or module is (:func:`on_ci`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import socket
 import uuid
@@ -27,6 +29,8 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
@@ -51,6 +55,21 @@ class StoreEntry:
     """
 
 
+def on_ci() -> bool:
+    """Whether this run is CI's (``CI=true``): there, testing less than everything fails."""
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def skip_or_fail(message: str) -> NoReturn:
+    """Skip saying ``message`` (how to get what is missing); under CI=true, fail instead.
+
+    Usable at module level too (in a conftest or a test module): the skip then skips it all.
+    """
+    if on_ci():
+        pytest.fail(f"CI=true and {message}", pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+
+
 def require_server(host: str, port: int, how_to_start: str) -> None:
     """Skip (or fail under CI=true) unless a TCP server answers at ``host:port``."""
     try:
@@ -58,9 +77,19 @@ def require_server(host: str, port: int, how_to_start: str) -> None:
             return
     except OSError as exc:
         message = f"no server reachable at {host}:{port} ({exc}); start one with: {how_to_start}"
-    if os.environ.get("CI", "").strip().lower() == "true":
-        pytest.fail(f"CI=true and {message}", pytrace=False)
-    pytest.skip(message)
+    skip_or_fail(message)
+
+
+def require_module(name: str, extra: str) -> ModuleType:
+    """Import ``name``; if it is not installed, skip saying which extra installs it
+    (``pip install 'sluice[EXTRA]'``), or fail under CI=true. Use it instead of
+    ``pytest.importorskip``, which would skip silently on CI too."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        skip_or_fail(
+            f"{name} is not installed ({exc}); install it with: pip install 'sluice[{extra}]'"
+        )
 
 
 @contextlib.contextmanager
@@ -82,11 +111,10 @@ REDIS_START = 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save 
 @contextlib.contextmanager
 def _redis_store(tmp_path: Path) -> Iterator[str]:
     # One key prefix per test keeps tests apart on the shared server; its keys go after.
+    redis = require_module("redis", "redis")
     require_server(REDIS_HOST, REDIS_PORT, REDIS_START)
     prefix = f"sluice-test-{uuid.uuid4().hex[:12]}"
     yield f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={prefix}"
-    import redis
-
     with redis.Redis(REDIS_HOST, REDIS_PORT) as client:
         keys = list(client.scan_iter(match=f"{{{prefix}}}:*", count=1000))
         for start in range(0, len(keys), 500):
@@ -103,8 +131,7 @@ PG_HOW_TO_START = (
 
 def drop_pg_schema(schema: str) -> None:
     """Close the schema's leftover connections (by application_name) and drop it."""
-    import psycopg
-
+    psycopg = require_module("psycopg", "postgres")
     with psycopg.connect(PG_DSN, autocommit=True) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -117,6 +144,7 @@ def drop_pg_schema(schema: str) -> None:
 
 @contextlib.contextmanager
 def _postgres_store(tmp_path: Path) -> Iterator[str]:
+    require_module("psycopg", "postgres")
     require_server("127.0.0.1", 5432, PG_HOW_TO_START)
     schema = f"sluice_t_{uuid.uuid4().hex}"
     try:
@@ -133,11 +161,30 @@ STORES: list[StoreEntry] = [
 ]
 
 
-def _selected(entries: list[StoreEntry]) -> list[StoreEntry]:
+STORE_IDS = tuple(entry.id for entry in STORES)
+
+
+def selected_store_ids() -> tuple[str, ...]:
+    """The store ids this run tests: all of them, or those ``SLUICE_TEST_STORES`` names."""
     wanted = os.environ.get("SLUICE_TEST_STORES", "").strip()
     if not wanted:
-        return entries
+        return STORE_IDS
     ids = {part.strip() for part in wanted.split(",") if part.strip()}
+    return tuple(store_id for store_id in STORE_IDS if store_id in ids)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under CI=true, a narrowed store table is an error: CI tests every store."""
+    if on_ci() and selected_store_ids() != STORE_IDS:
+        raise pytest.UsageError(
+            f"CI=true and SLUICE_TEST_STORES={os.environ['SLUICE_TEST_STORES']!r} leaves out"
+            f" {', '.join(sorted(set(STORE_IDS) - set(selected_store_ids())))}: CI tests"
+            " every store; unset SLUICE_TEST_STORES (or CI, to narrow a local run)"
+        )
+
+
+def _selected(entries: list[StoreEntry]) -> list[StoreEntry]:
+    ids = selected_store_ids()
     return [entry for entry in entries if entry.id in ids]
 
 

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import _memory_store, _postgres_store, _redis_store, _sqlite_store
+from conftest import STORES, selected_store_ids
 from sluice import Limits
 
-_STORES = {
-    "memory": _memory_store,
-    "sqlite": _sqlite_store,
-    "redis": _redis_store,
-    "postgres": _postgres_store,
-}
-_WANTED = [
-    s
-    for s in (os.environ.get("SLUICE_TEST_STORES", "") or ",".join(_STORES)).split(",")
-    if s.strip() in _STORES
-] or ["memory"]
+_STORES = {entry.id: entry.make for entry in STORES}
+_WANTED = list(selected_store_ids()) or ["memory"]
+_SHARED = [entry.id for entry in STORES if entry.cross_process and entry.id in _WANTED]
 
 
 @pytest.fixture(params=_WANTED)
@@ -30,6 +21,20 @@ def flow_url(
 ) -> Iterator[str]:
     """A fresh store (every kind in the table) that flows in this test use, through SLUICE_URL."""
     with _STORES[request.param.strip()](tmp_path) as url:
+        monkeypatch.setenv("SLUICE_URL", url)
+        monkeypatch.setenv("SLUICE_PROGRESS", "0")
+        yield url
+
+
+@pytest.fixture(
+    params=_SHARED or [pytest.param(None, marks=pytest.mark.skip("no cross-process store"))]
+)
+def process_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A fresh store that several processes share (every such kind in the table), through
+    SLUICE_URL: for flows whose task runs (or whole flows) run in other processes."""
+    with _STORES[request.param](tmp_path) as url:
         monkeypatch.setenv("SLUICE_URL", url)
         monkeypatch.setenv("SLUICE_PROGRESS", "0")
         yield url

@@ -11,7 +11,6 @@ no other test uses (e.g. reuse the store factories of ``tests/conftest.py``)::
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -19,7 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import _memory_store, _postgres_store, _redis_store, _sqlite_store
+from conftest import (
+    _memory_store,
+    _postgres_store,
+    _redis_store,
+    _sqlite_store,
+    selected_store_ids,
+)
 from sluice.store import open_history
 from sluice.store.history import HistoryStore
 
@@ -42,10 +47,7 @@ HISTORY_STORES: list[HistoryEntry] = [
 
 
 def _selected() -> list[HistoryEntry]:
-    wanted = os.environ.get("SLUICE_TEST_STORES", "").strip()
-    if not wanted:
-        return HISTORY_STORES
-    ids = {part.strip() for part in wanted.split(",") if part.strip()}
+    ids = selected_store_ids()
     return [entry for entry in HISTORY_STORES if entry.id in ids]
 
 
