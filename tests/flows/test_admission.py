@@ -11,7 +11,7 @@ import pytest
 
 import sluice.runs
 import sluice.runtime
-from conformance._helpers import wait_until
+from conformance._helpers import Holdings, simulate_work, stays, wait_until
 from sluice import Limits, flow, task
 from sluice.runners import ThreadPoolTaskRunner
 
@@ -65,7 +65,9 @@ def test_why_attributes_a_forced_wait_to_the_right_limit(admin: Limits) -> None:
     @flow
     def f() -> str:
         fut = gated.submit()
-        time.sleep(0.5)
+        wait_until(lambda: waiting_on(admin, "gate") == 1, 10, "the task run queued on 'gate'")
+        # the forced wait: 0.5 s queued on 'gate', the task run's only request in line
+        stays(lambda: waiting_on(admin, "gate") == 1, 0.5, "the task run waiting on 'gate'")
         held.release()
         fut.result()
         return sluice.runtime.flow_run.id or ""
@@ -87,7 +89,7 @@ def test_why_attributes_a_forced_wait_to_the_right_limit(admin: Limits) -> None:
 def test_why_names_waiting_for_a_free_worker(admin: Limits) -> None:
     @task
     def nap(i: int) -> None:
-        time.sleep(0.2)
+        simulate_work(0.2)
 
     @flow(task_runner=ThreadPoolTaskRunner(max_workers=1))
     def f() -> str:
@@ -106,22 +108,28 @@ def test_a_keyboard_interrupt_cancels_pending_tasks_and_releases_every_lease(
 ) -> None:
     admin.create("one", slots=1)
     started = threading.Event()
+    finish = threading.Event()
 
     @task(limits=["one"])
     def hog(i: int) -> None:
         started.set()
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            time.sleep(0.01)
+        # Runs until the flow interrupts it: Python code between short waits, where
+        # the interruption can land (a single long wait in C could not be interrupted).
+        while not finish.wait(0.01) and time.monotonic() < deadline:
+            pass
 
     @flow
     def f() -> None:
         hog.map(range(5))
-        started.wait(10)
+        assert started.wait(10), "the first task run never started"
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        f()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            f()
+    finally:
+        finish.set()
     detail = sluice.runs.get(sluice.runs.list(1)[0].id)
     assert detail.run.state == "Cancelled"
     assert {t.run.state for t in detail.task_runs} == {"Cancelled"}
@@ -179,39 +187,26 @@ def test_retention_keeps_the_newest_runs(flow_url: str, monkeypatch: pytest.Monk
     assert len(sluice.runs.list(10)) == 2
 
 
-def _peak(intervals: list[tuple[float, float]]) -> int:
-    events = sorted([(b, -1) for _, b in intervals] + [(a, 1) for a, _ in intervals])
-    peak = now = 0
-    for _, delta in events:
-        now += delta
-        peak = max(peak, now)
-    return peak
-
-
 def test_the_default_runner_never_leaves_granted_slots_waiting_for_a_worker(
     admin: Limits,
 ) -> None:
     admin.create("wide", slots=20)
-    intervals: list[tuple[float, float]] = []
-    lock = threading.Lock()
+    workers = ThreadPoolTaskRunner().max_workers
+    # "unlimited" is no limit: the recorder checks that at most `workers` of those ran.
+    holdings = Holdings(slots={"wide": 20, "unlimited": workers})
 
     @task(limits=["wide"])
     def held(i: int) -> int:
-        began = time.monotonic()
-        time.sleep(0.2)
-        with lock:
-            intervals.append((began, time.monotonic()))
+        with holdings.holding("wide"):
+            holdings.wait_full("wide", 20)  # every granted slot gets a worker at once
+            simulate_work(0.2)
         return i
 
     @task
     def unlimited(i: int) -> int:
-        began = time.monotonic()
-        time.sleep(0.05)
-        with lock:
-            intervals_free.append((began, time.monotonic()))
+        with holdings.holding("unlimited"):
+            simulate_work(0.05)
         return i
-
-    intervals_free: list[tuple[float, float]] = []
 
     @flow  # the default runner: min(32, CPUs + 4) workers for task runs without limits
     def f() -> str:
@@ -221,9 +216,9 @@ def test_the_default_runner_never_leaves_granted_slots_waiting_for_a_worker(
         return sluice.runtime.flow_run.id or ""
 
     run_id = f()
-    assert _peak(intervals) == 20  # every slot used, never more
-    workers = ThreadPoolTaskRunner().max_workers
-    assert 1 <= _peak(intervals_free) <= workers  # unlimited task runs keep a bounded pool
+    peaks = holdings.check()
+    assert peaks["wide"] == 20  # every slot used, never more
+    assert 1 <= peaks["unlimited"] <= workers  # unlimited task runs keep a bounded pool
     detail = sluice.runs.get(run_id)
     waited_for_worker = [
         s.message
@@ -242,7 +237,7 @@ def test_max_workers_below_the_slots_warns_once_per_flow_run_naming_the_numbers(
 
     @task(limits=["api"])
     def call(i: int) -> int:
-        time.sleep(0.05)
+        simulate_work(0.05)
         return i
 
     @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))

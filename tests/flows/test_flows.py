@@ -11,6 +11,7 @@ import pytest
 
 import sluice.runs
 import sluice.runtime
+from conformance._helpers import Holdings, simulate_work, simulate_work_async
 from sluice import (
     InvalidRequest,
     LimitNotFound,
@@ -43,16 +44,21 @@ def boom(message: str) -> None:
 
 def test_the_issue_example_runs_as_written(admin: Limits) -> None:
     admin.ensure("client-invoices", slots=5)
+    holdings = Holdings(slots={"client-invoices": 5})
     failures: dict[int, int] = {}
     lock = threading.Lock()
 
     def fetch_page(page: int) -> list[dict[str, int]]:
-        with lock:
-            failures[page] = failures.get(page, 0) + 1
-            first = failures[page] == 1
-        if page % 7 == 0 and first:
-            raise ConnectionError(f"page {page}: flaky")
-        return [{"page": page, "row": i} for i in range(2)]
+        # The body runs while its task run holds the limit: the first five stay until
+        # five hold it at once, so the 50 workers provably fill the 5 slots.
+        with holdings.holding("client-invoices"):
+            holdings.wait_full("client-invoices", 5)
+            with lock:
+                failures[page] = failures.get(page, 0) + 1
+                first = failures[page] == 1
+            if page % 7 == 0 and first:
+                raise ConnectionError(f"page {page}: flaky")
+            return [{"page": page, "row": i} for i in range(2)]
 
     @task(limits=["client-invoices"], retries=2, retry_delay_seconds=0.01)
     def get_client_invoice_page(page: int) -> list[dict[str, int]]:
@@ -74,6 +80,8 @@ def test_the_issue_example_runs_as_written(admin: Limits) -> None:
     assert len(retried) == 5  # pages 0, 7, 14, 21, 28
     names = [s.name for s in retried[0].states]
     assert names[-1] == "Completed" and names.count("Retrying") == 1 and names.count("Running") == 2
+    assert holdings.count("client-invoices") == 35  # 30 pages, 5 of them twice
+    assert holdings.check() == {"client-invoices": 5}  # full, never over
     assert admin.inspect("client-invoices").in_use == 0
 
 
@@ -194,7 +202,7 @@ def test_timeouts_raise_task_timeout_error_and_record_timed_out(flow_url: str) -
 def test_async_tasks_and_flows(flow_url: str) -> None:
     @task
     async def fetch(x: int) -> int:
-        await asyncio.sleep(0.01)
+        await simulate_work_async(0.01)
         assert sluice.runtime.task_run.id is not None
         return x + 1
 
@@ -337,7 +345,7 @@ def test_a_flow_waits_for_everything_it_submitted(flow_url: str) -> None:
 
     @task
     def slow(i: int) -> None:
-        time.sleep(0.05)
+        simulate_work(0.05)
         finished.append(i)
 
     @flow

@@ -9,6 +9,7 @@ import pytest
 
 import sluice.runs
 import sluice.runtime
+from conformance._helpers import Holdings
 from flows import _procs
 from sluice import Limits, SluiceError, TaskTimeoutError, flow, wait
 from sluice.runners import ProcessPoolTaskRunner
@@ -16,16 +17,16 @@ from sluice.runners import ProcessPoolTaskRunner
 pytestmark = pytest.mark.slow
 
 
-def test_bodies_run_in_worker_processes(sqlite_url: str) -> None:
+def test_bodies_run_in_worker_processes(process_url: str) -> None:
     squares, worker_pid = _procs.in_processes()
     assert squares == [0, 1, 4, 9, 16, 25]
     assert worker_pid != os.getpid()
 
 
 def test_a_dead_worker_is_crashed_its_lease_released_and_others_carry_on(
-    sqlite_url: str,
+    process_url: str,
 ) -> None:
-    with Limits(sqlite_url) as limits:
+    with Limits(process_url) as limits:
         limits.create("shared", slots=1)
 
     @flow(task_runner=ProcessPoolTaskRunner(max_workers=2))
@@ -50,11 +51,11 @@ def test_a_dead_worker_is_crashed_its_lease_released_and_others_carry_on(
     assert isinstance(fail_exc, ValueError) and str(fail_exc) == "from the child"
     assert isinstance(timeout_exc, TaskTimeoutError)
     assert after == [0, 1, 2]
-    with Limits(sqlite_url) as limits:
+    with Limits(process_url) as limits:
         assert limits.inspect("shared").in_use == 0
 
 
-def test_unpicklable_tasks_say_so(sqlite_url: str) -> None:
+def test_unpicklable_tasks_say_so(process_url: str) -> None:
     from sluice import InvalidRequest, task
 
     @task
@@ -69,23 +70,33 @@ def test_unpicklable_tasks_say_so(sqlite_url: str) -> None:
         f()
 
 
-def test_a_limit_is_honoured_by_two_flows_in_two_processes_at_once(sqlite_url: str) -> None:
+def test_a_limit_is_honoured_by_two_flows_in_two_processes_at_once(process_url: str) -> None:
     slots = 3
-    with Limits(sqlite_url) as limits:
+    with Limits(process_url) as limits:
         limits.create("shared", slots=slots)
     ctx = multiprocessing.get_context("spawn")
     barrier, out = ctx.Barrier(2), ctx.Queue()
+    holding = [ctx.Event(), ctx.Event()]
     procs = [
-        ctx.Process(target=_procs.run_limited_flow, args=(sqlite_url, 24, barrier, out))
-        for _ in range(2)
+        ctx.Process(
+            target=_procs.run_limited_flow,
+            args=(process_url, 24, barrier, out, (holding[i], holding[1 - i])),
+        )
+        for i in range(2)
     ]
     for proc in procs:
         proc.start()
     replies = [out.get(timeout=60) for _ in procs]
     for proc in procs:
         proc.join(10)
-    assert [kind for kind, _ in replies] == ["ok", "ok"], replies
-    run_ids = [run_id for _, run_id in replies]
+    assert [kind for kind, _, _ in replies] == ["ok", "ok"], replies
+    run_ids = [run_id for _, run_id, _ in replies]
+    # What the task bodies held, recorded in both processes, never over the slots.
+    holdings = Holdings(slots={"shared": slots})
+    for _, _, records in replies:
+        holdings.merge(records)
+    assert holdings.count("shared") == 48
+    holdings.check()
 
     intervals: list[tuple[float, float, int]] = []  # Running, per flow
     for which, run_id in enumerate(run_ids):

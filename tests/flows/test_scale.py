@@ -1,40 +1,21 @@
 """The seed at scale, on every store: thousands of submitted task runs behind one limit.
 
-Every task run completes, the limit is never exceeded (an invariant checker in the
-bodies, not a timing), and a backlog of a thousand costs the store a handful of
-tickets, not one row per task run.
+Every task run completes, the limit is never exceeded (the bodies record what they
+hold in the shared Holdings recorder, which checks the invariant; not a timing),
+and a backlog of a thousand costs the store a handful of tickets, not one row per
+task run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
-from sluice import Limits, flow, task, wait
+from conformance._helpers import Holdings, simulate_work, simulate_work_async, wait_until
+from sluice import Limits, LimitStatus, flow, task, wait
 from sluice.runners import ThreadPoolTaskRunner
 
 SLOTS = 20
-
-
-class Occupancy:
-    """How many bodies run at once: the most seen, and every body that ran."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.now = 0
-        self.most = 0
-        self.ran = 0
-
-    def enter(self) -> None:
-        with self._lock:
-            self.now += 1
-            self.most = max(self.most, self.now)
-            self.ran += 1
-
-    def leave(self) -> None:
-        with self._lock:
-            self.now -= 1
 
 
 def _settled(admin: Limits, name: str) -> None:
@@ -47,16 +28,13 @@ def test_five_thousand_submitted_task_runs_complete_and_never_exceed_the_limit(
     admin: Limits,
 ) -> None:
     admin.create("seed", slots=SLOTS)
-    seen = Occupancy()
+    holdings = Holdings(slots={"seed": SLOTS})
 
     @task(limits=["seed"])
     def job(i: int) -> int:
-        seen.enter()
-        try:
-            time.sleep(0.001)
+        with holdings.holding("seed"):
+            simulate_work(0.001)
             return i
-        finally:
-            seen.leave()
 
     @flow
     def seed() -> list[int]:
@@ -65,8 +43,8 @@ def test_five_thousand_submitted_task_runs_complete_and_never_exceed_the_limit(
         return [f.result() for f in futures]
 
     assert seed() == list(range(5_000))
-    assert seen.ran == 5_000
-    assert seen.most <= SLOTS
+    assert holdings.count("seed") == 5_000
+    holdings.check()
     _settled(admin, "seed")
 
 
@@ -74,16 +52,13 @@ def test_five_thousand_async_task_runs_on_one_loop_never_exceed_the_limit(
     admin: Limits,
 ) -> None:
     admin.create("seed", slots=SLOTS)
-    seen = Occupancy()
+    holdings = Holdings(slots={"seed": SLOTS})
 
     @task(limits=["seed"])
     async def job(i: int) -> int:
-        seen.enter()
-        try:
-            await asyncio.sleep(0.001)
+        with holdings.holding("seed"):
+            await simulate_work_async(0.001)
             return i
-        finally:
-            seen.leave()
 
     @flow
     async def seed() -> list[int]:
@@ -91,8 +66,8 @@ def test_five_thousand_async_task_runs_on_one_loop_never_exceed_the_limit(
         return [await f for f in futures]
 
     assert asyncio.run(seed()) == list(range(5_000))
-    assert seen.ran == 5_000
-    assert seen.most <= SLOTS
+    assert holdings.count("seed") == 5_000
+    holdings.check()
     _settled(admin, "seed")
 
 
@@ -115,15 +90,17 @@ def test_a_backlog_of_a_thousand_waits_on_a_handful_of_tickets(admin: Limits) ->
     def crowd() -> None:
         futures = [job.submit(i) for i in range(backlog)]
         assert first_running.wait(60)
+
         # Every other task run is in line (or on its way): count them in the store.
-        deadline = time.monotonic() + 60
-        while True:
+        def all_in_line() -> LimitStatus | None:
             status = admin.inspect("narrow")
+            return status if sum(w.count for w in status.waiters) == backlog - 1 else None
+
+        try:
+            status = wait_until(all_in_line, 60, f"{backlog - 1} task runs waiting on 'narrow'")
             waiting = sum(w.count for w in status.waiters)
-            if waiting == backlog - 1 or time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
-        go.set()
+        finally:
+            go.set()
         wait(futures)
         done.append([f.result() for f in futures])
         assert waiting == backlog - 1, status

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 import sluice.aio
+from conformance._helpers import wait_until_async
 from sluice import InvalidRequest, Limits
 from sluice.limits import WaitInfo
 
@@ -49,8 +50,11 @@ def test_async_on_wait_and_bad_callbacks(store_url: str) -> None:
             held = await alimits.acquire("db")
             seen: list[WaitInfo] = []
             waiter = asyncio.ensure_future(alimits.acquire("db", on_wait=seen.append))
-            while not seen:
-                await asyncio.sleep(0.01)
+
+            async def reported() -> bool:
+                return bool(seen)
+
+            await wait_until_async(reported, 10, "on_wait to be called")
             await held.release()
             await (await waiter).release()
             with pytest.raises(InvalidRequest, match="on_wait"):
