@@ -26,9 +26,12 @@ def flow_url(
         yield url
 
 
-@pytest.fixture(
-    params=_SHARED or [pytest.param(None, marks=pytest.mark.skip("no cross-process store"))]
-)
+_SHARED_PARAMS: list[object] = [*_SHARED] or [
+    pytest.param(None, marks=pytest.mark.skip("no cross-process store"))
+]
+
+
+@pytest.fixture(params=_SHARED_PARAMS)
 def process_url(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[str]:
