@@ -5,8 +5,8 @@ set -euo pipefail
 # shellcheck source=scripts/venv.sh
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
 
-echo "==> installing sluice into .venv"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+echo "==> installing sluice into $VENV"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e .
 
 echo "==> python examples/invoices.py"
-.venv/bin/python examples/invoices.py
+"$VENV/bin/python" examples/invoices.py

@@ -1,10 +1,12 @@
-# Sourced by demo.sh and test.sh: cd to the repository root and make sure .venv
-# exists, created with $PYTHON (default python3).
+# Sourced by demo.sh and test.sh: cd to the repository root and make sure the
+# virtual environment $VENV exists (default .venv; SLUICE_VENV overrides it),
+# created with $PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    echo "==> creating .venv with $("$PYTHON" --version 2>&1)"
-    "$PYTHON" -m venv .venv
+VENV="${SLUICE_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "==> creating $VENV with $("$PYTHON" --version 2>&1)"
+    "$PYTHON" -m venv "$VENV"
 fi
