@@ -379,6 +379,7 @@ DECLARE
     v_arrivals record;
     v_left record;
     v_granted jsonb;
+    v_ids bigint[];
 BEGIN
     SELECT * INTO v_arrivals FROM @schema@._arrivals(p_ticket);
     v_granted := @schema@._grant(
@@ -386,7 +387,9 @@ BEGIN
         p_ticket.pid, p_ticket.occupy, p_ticket.kind, p_active, '{}', p_claimed, s.step, s.now,
         coalesce(v_arrivals.at[1], p_ticket.created_at));
     IF p_ticket.wanted <= 1 THEN
-        s := @schema@._drop(s, p_ticket.id);
+        v_ids := @schema@._drop_ticket(p_ticket.id, @schema@._ids(p_active));
+        s.touched := s.touched || v_ids;  -- (the limits it was granted on)
+        s.moved := s.moved || v_ids;
     ELSE
         SELECT * INTO v_left FROM @schema@._take_arrivals(v_arrivals.at, v_arrivals.n, 1);
         UPDATE @schema@.tickets
@@ -426,8 +429,7 @@ DECLARE
     v_ttl double precision := coalesce((SELECT min(r.lease_ttl) FROM unnest(p_active) r), 30.0);
     v_seq bigint := p_seq;
 BEGIN
-    IF v_seq IS NULL OR v_seq <= 0
-            OR EXISTS (SELECT 1 FROM @schema@.tickets WHERE seq = v_seq) THEN
+    IF v_seq IS NULL OR EXISTS (SELECT 1 FROM @schema@.tickets WHERE seq = v_seq) THEN
         v_seq := nextval('@schema@.ticket_seq');
     END IF;
     INSERT INTO @schema@.tickets (seq, id, process_id, holder, host, pid, occupy, kind, names,

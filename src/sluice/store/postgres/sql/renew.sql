@@ -6,9 +6,10 @@
 -- Returns: jsonb {lost_leases: [...], lost_tickets: [...], expires_at: {lease id: time},
 --   wake: ticket ids of the caller's process}. Gone or expired is lost, and final:
 --   an expired lease or ticket is reclaimed here and its units handed on. A renewed
---   ticket that was stalled (a grant handed to it lapsed unclaimed) is served again:
---   its process shows life. Hand-offs made here are claimed by asking, as any
---   hand-off outside an exchange, even to the caller's own tickets.
+--   ticket that was stalled (a grant handed to it lapsed unclaimed) is no longer
+--   passed by: its process shows life (it is served at the next hand-off or ask).
+--   Hand-offs made here are claimed by asking, as any hand-off outside an exchange,
+--   even to the caller's own tickets.
 -- Locks: the limits of the expired leases and tickets among them and the queues of
 --   the stalled tickets, in name order; others only with SKIP LOCKED.
 CREATE OR REPLACE FUNCTION @schema@.renew(
@@ -60,12 +61,9 @@ BEGIN
     ), unstalled AS (
         UPDATE @schema@.queue SET stalled = false
         WHERE ticket_id IN (SELECT id FROM renewed) AND stalled AND limit_id = ANY(s.locked)
-        RETURNING limit_id
     )
-    SELECT ARRAY(SELECT unnest(p_ticket_ids) EXCEPT SELECT id FROM renewed),
-           ARRAY(SELECT limit_id FROM unstalled)
-    INTO v_lost_tickets, v_ids;
-    s.moved := s.moved || v_ids;
+    SELECT ARRAY(SELECT unnest(p_ticket_ids) EXCEPT SELECT id FROM renewed)
+    INTO v_lost_tickets;
     FOR v_item IN
         SELECT id FROM @schema@.tickets WHERE id = ANY(v_lost_tickets)
     LOOP
