@@ -27,20 +27,28 @@ it wants it. Only then is its caller told that it has left (:meth:`Line.give_up`
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from sluice import _fork
 from sluice.errors import StoreError, StoreUnavailable
 from sluice.limits import counters
 from sluice.limits.lease import LeaseState
-from sluice.limits.model import WaitInfo
+from sluice.limits.tickets import (
+    Key,
+    Leaving,
+    Release,
+    Signal,
+    Ticket,
+    Waiter,
+    Withdraw,
+    key_of,
+    nothing,
+    request_ids,
+)
 from sluice.store.base import (
     AcquireRequest,
     Ask,
@@ -52,7 +60,7 @@ from sluice.store.base import (
     Withdrawal,
 )
 
-__all__ = ["MAX_BACKOFF", "Line", "Release", "Waiter"]
+__all__ = ["MAX_BACKOFF", "Line"]
 
 log = logging.getLogger("sluice.limits")
 
@@ -61,175 +69,6 @@ MAX_BACKOFF = 2.0
 
 _LEAD_ROUNDS = 2
 """Rounds a sync caller runs for others before handing the line to its thread."""
-
-Key = tuple[tuple[str, ...], int, str, str, str]
-"""What makes requests identical: names, occupy, kind, holder, missing policy."""
-
-Signal = Callable[[], None]
-
-
-def _key(request: AcquireRequest) -> Key:
-    return (request.names, request.occupy, request.kind.value, request.holder, request.missing)
-
-
-def _nothing() -> None:
-    """The signal of something nobody waits for."""
-
-
-class Waiter:
-    """One acquire call: its request, and what the line has told it so far."""
-
-    __slots__ = (
-        "answered_at",
-        "asking",
-        "cancelled",
-        "error",
-        "grant",
-        "leaving",
-        "missing",
-        "ordinal",
-        "request",
-        "signal",
-        "started",
-        "state",
-        "ticket",
-        "told",
-    )
-
-    def __init__(self, request: AcquireRequest, signal: Signal) -> None:
-        self.request = request
-        self.signal = signal
-        self.started = time.monotonic()
-        self.ticket: _Ticket | None = None
-        self.grant: Granted | None = None
-        self.state: LeaseState | None = None
-        self.error: BaseException | None = None
-        self.missing: tuple[str, ...] = ()
-        self.ordinal = 0
-        """Its arrival order on its ticket (its place there, less those served before it)."""
-        self.told = False
-        """Whether its place in line has news the waiter has not seen yet."""
-        self.answered_at = 0.0
-        """Monotonic time of the store's last answer about this waiter's place."""
-        self.asking = False
-        self.cancelled = False
-        self.leaving: _Leaving | None = None
-
-    @property
-    def done(self) -> bool:
-        """Whether the waiter has its grant or its error, or gave up."""
-        return self.grant is not None or self.error is not None or self.cancelled
-
-    @property
-    def info(self) -> Queued | None:
-        """Where the waiter stands: its ticket's last place in line, plus the waiters of
-        its ticket ahead of it (None before the store has placed it)."""
-        ticket = self.ticket
-        queued = ticket.queued if ticket is not None else None
-        if ticket is None or queued is None or self.done:
-            return None
-        ahead = max(self.ordinal - ticket.head_ordinal(), 0)
-        return Queued(
-            queued.request_id,
-            queued.seq,
-            queued.blocked_on,
-            queued.position + ahead,
-            queued.retry_in,
-            queued.lease_ttl,
-            queued.missing,
-            queued.wanted,
-        )
-
-    def wait_info(self) -> WaitInfo | None:
-        """Where the waiter stands, for an ``on_wait`` callback (None before it queued)."""
-        info = self.info
-        if info is None:
-            return None
-        return WaitInfo(
-            self.request.names, info.blocked_on, info.position, time.monotonic() - self.started
-        )
-
-
-@dataclass
-class Release:
-    """A lease to give back, and (once done) whether the store still had it."""
-
-    lease_id: str
-    signal: Signal
-    found: bool | None = None
-    error: BaseException | None = None
-
-
-@dataclass
-class _Leaving:
-    """A waiter who gave up, until the line has undone its part."""
-
-    signal: Signal
-    timed_out_on: str | None
-
-
-@dataclass
-class _Withdraw:
-    """A withdrawal to send, and the leaving waiters it settles."""
-
-    withdrawal: Withdrawal
-    settles: list[Signal] = field(default_factory=list)
-
-
-@dataclass
-class _Ticket:
-    """A store ticket of this process and the waiters standing on it, in order."""
-
-    id: str
-    request: AcquireRequest
-    waiters: deque[Waiter] = field(default_factory=deque)
-    leaving: deque[_Leaving] = field(default_factory=deque)
-    seq: int = 0
-    queued: Queued | None = None
-    wanted: int = 0
-    """Grants the store owes the ticket, as far as this process knows."""
-    due: float = 0.0
-    """Monotonic time to ask about it again, unwoken (0: not scheduled)."""
-    ordinals: int = 0
-    unannounced: list[Waiter] = field(default_factory=list)
-    """Waiters that joined since the store last placed the ticket: told their place next."""
-    asking: list[Waiter] = field(default_factory=list)
-    """Waiters that want the store's next answer about the ticket."""
-
-    standing: int = 0
-    """How many waiters stand on it (its ``waiters`` may still hold some that left)."""
-
-    def head_ordinal(self) -> int:
-        """The arrival order of the first waiter still standing on the ticket."""
-        while self.waiters and self.waiters[0].done:
-            self.waiters.popleft()
-        return self.waiters[0].ordinal if self.waiters else self.ordinals
-
-    def stand(self, waiter: Waiter) -> None:
-        """Put a waiter at the end of the ticket's line."""
-        waiter.ordinal = self.ordinals
-        self.ordinals += 1
-        self.standing += 1
-        self.waiters.append(waiter)
-        self.unannounced.append(waiter)
-
-
-class _Ids:
-    """Unique ids for tickets and requests: a random per-process prefix and a counter."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self._prefix = f"{random.getrandbits(64):016x}"
-        self._counter = itertools.count(1)
-
-    def next(self) -> str:
-        return f"{self._prefix}{next(self._counter):x}"
-
-
-request_ids = _Ids()
-_fork.after_fork_in_child(request_ids.reset)  # a child must never reuse its parent's ids
 
 
 class Line:
@@ -257,12 +96,12 @@ class Line:
         self._wakeup = threading.Condition(self._lock)
         self._arrivals: dict[Key, list[Waiter]] = {}
         self._releases: list[Release] = []
-        self._withdrawals: list[_Withdraw] = []
+        self._withdrawals: list[Withdraw] = []
         self._asks: set[str] = set()
         self._early: set[str] = set()
         """Woken tickets not known yet: a round's answer opening them may not be routed."""
-        self._tickets: dict[str, _Ticket] = {}
-        self._tails: dict[Key, _Ticket] = {}
+        self._tickets: dict[str, Ticket] = {}
+        self._tails: dict[Key, Ticket] = {}
         self._timers: list[tuple[float, str]] = []
         self._owner: str | None = None
         """Who runs rounds now: None, "thread" (the line's own) or "caller" (a sync caller)."""
@@ -277,7 +116,7 @@ class Line:
         with self._lock:
             if self._closed:
                 raise StoreError(f"store {self.store.url} is closed")
-            self._arrivals.setdefault(_key(waiter.request), []).append(waiter)
+            self._arrivals.setdefault(key_of(waiter.request), []).append(waiter)
             run_here = self._claim_round(lead)
         if run_here:
             self._lead()
@@ -311,10 +150,10 @@ class Line:
                 settled()  # refused, failed, or already gone: nothing to undo
                 return True
             waiter.cancelled = True
-            leaving = _Leaving(settled, timed_out_on)
+            leaving = Leaving(settled, timed_out_on)
             ticket = waiter.ticket
             if ticket is None:
-                arrivals = self._arrivals.get(_key(waiter.request), [])
+                arrivals = self._arrivals.get(key_of(waiter.request), [])
                 if waiter in arrivals:
                     arrivals.remove(waiter)  # never sent: nothing to undo
                     settled()
@@ -496,7 +335,7 @@ class Line:
         for withdraw in round_.withdrawals:
             for settle in withdraw.settles:
                 settle()
-            self._withdrawals.append(_Withdraw(withdraw.withdrawal))
+            self._withdrawals.append(Withdraw(withdraw.withdrawal))
         self._asks.update(a.ticket_id for a in round_.batch.asks if a.ticket_id in self._tickets)
         # Waiters past their timeout asked for one last answer; the store could not give
         # it, so they time out now with the place they last had (not when it is back).
@@ -527,7 +366,7 @@ class Line:
         for withdraw in round_.withdrawals:
             for settle in withdraw.settles:
                 settle()
-        touched: dict[str, _Ticket] = {}
+        touched: dict[str, Ticket] = {}
         for ask in round_.batch.asks:
             ticket = self._tickets.get(ask.ticket_id)
             if ticket is None:
@@ -550,7 +389,7 @@ class Line:
             ticket = self._tickets.get(grant.ticket_id)
             if ticket is None:
                 if grant.lease_id is not None:  # for nobody here any more
-                    self._releases.append(Release(grant.lease_id, _nothing))
+                    self._releases.append(Release(grant.lease_id, nothing))
                 continue
             if ticket.id not in answer.queued and ticket.id not in answered:
                 ticket.wanted = max(ticket.wanted - 1, 0)  # a hand-off from our release
@@ -570,7 +409,7 @@ class Line:
             ticket.asking.clear()
             self._reconcile(ticket)
 
-    def _place(self, request_id: str, waiters: list[Waiter], answer: Exchanged) -> _Ticket | None:
+    def _place(self, request_id: str, waiters: list[Waiter], answer: Exchanged) -> Ticket | None:
         """Where a round's new waiters of one request now stand; their ticket."""
         error = answer.refused.get(request_id)
         if error is not None:
@@ -584,10 +423,10 @@ class Line:
         joined = answer.joined.get(request_id)
         ticket = self._tickets.get(joined) if joined is not None else None
         if ticket is None:
-            ticket = _Ticket(request_id, _template(request, request_id))
+            ticket = Ticket(request_id, _template(request, request_id))
             self._tickets[request_id] = ticket
             if request_id in answer.queued:
-                self._tails[_key(request)] = ticket
+                self._tails[key_of(request)] = ticket
         for waiter in waiters:
             waiter.missing = missing
             waiter.ticket = ticket
@@ -601,7 +440,7 @@ class Line:
             ticket.wanted = 0  # every grant it asked for came now
         return ticket
 
-    def _hand(self, ticket: _Ticket, grant: Granted) -> None:
+    def _hand(self, ticket: Ticket, grant: Granted) -> None:
         """Give a grant to the first waiter standing on its ticket, or give it back."""
         while ticket.waiters:
             waiter = ticket.waiters.popleft()
@@ -618,13 +457,13 @@ class Line:
             waiter.signal()
             return
         # Nobody stands on the ticket any more: the grant was a leaving waiter's.
-        settle = ticket.leaving.popleft().signal if ticket.leaving else _nothing
+        settle = ticket.leaving.popleft().signal if ticket.leaving else nothing
         if grant.lease_id is not None:
             self._releases.append(Release(grant.lease_id, settle))
         else:
             settle()
 
-    def _queued(self, ticket: _Ticket, queued: Queued) -> None:
+    def _queued(self, ticket: Ticket, queued: Queued) -> None:
         """A ticket still waits: remember where, tell the waiters with news, plan the next look.
 
         News is a waiter's first place in line, and a new place for the first waiter of
@@ -651,7 +490,7 @@ class Line:
             delay = min(delay, queued.retry_in)
         self._schedule(ticket, delay)
 
-    def _reconcile(self, ticket: _Ticket) -> None:
+    def _reconcile(self, ticket: Ticket) -> None:
         """Under the lock: withdraw what the store owes that no waiter stands for any more;
         forget a ticket with nothing left to do."""
         excess = ticket.wanted - ticket.standing
@@ -660,19 +499,19 @@ class Line:
             timed_out_on = leaving.timed_out_on if leaving is not None else None
             settles = [leaving.signal] if leaving is not None else []
             count = 1 if leaving is not None else excess
-            self._withdrawals.append(_Withdraw(Withdrawal(ticket.id, count, timed_out_on), settles))
+            self._withdrawals.append(Withdraw(Withdrawal(ticket.id, count, timed_out_on), settles))
             ticket.wanted -= count
             excess -= count
         if ticket.standing or ticket.wanted or ticket.leaving:
             return
         self._tickets.pop(ticket.id, None)
-        key = _key(ticket.request)
+        key = key_of(ticket.request)
         if self._tails.get(key) is ticket:
             del self._tails[key]
         if ticket.queued is not None:
             self._untrack_ticket(ticket.id)
 
-    def _schedule(self, ticket: _Ticket, delay: float) -> None:
+    def _schedule(self, ticket: Ticket, delay: float) -> None:
         due = time.monotonic() + max(delay, 0.0)
         if ticket.due and ticket.due <= due:
             return
@@ -695,7 +534,7 @@ class _Round:
 
     batch: Exchange
     releases: list[Release]
-    withdrawals: list[_Withdraw]
+    withdrawals: list[Withdraw]
     requests: dict[str, list[Waiter]]
 
     @classmethod

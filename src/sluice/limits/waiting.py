@@ -19,9 +19,9 @@ from sluice import _loops
 from sluice.errors import AcquireTimeout, StoreError
 from sluice.limits import counters
 from sluice.limits.lease import LeaseState, raise_if_lost
-from sluice.limits.line import Release, Waiter
 from sluice.limits.model import WaitInfo, validate_timeout
 from sluice.limits.session import Session
+from sluice.limits.tickets import Release, Waiter
 from sluice.store import release_store
 from sluice.store.base import AcquireRequest, AsyncStore, Store, ThreadedAsyncStore
 
