@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -42,7 +43,9 @@ psycopg = pytest.importorskip("psycopg")
 
 from sluice.store.postgres.config import SCHEMA_VERSION, migration_sql, parse_url  # noqa: E402
 from sluice.store.postgres.store import PostgresStore  # noqa: E402
+from sluice.store.sqlite import engine as sqlite_engine  # noqa: E402
 
+from ._parity import Parity  # noqa: E402
 from ._pg_proxy import ReplyDropper  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
@@ -696,6 +699,27 @@ def test_a_lost_reply_is_asked_for_again_and_nothing_is_granted_twice(schema: st
         store.close()
         other.close()
         proxy.close()
+
+
+@pytest.mark.parametrize("claim_window", [1000.0, 0.0], ids=["claimed", "lapsing"])
+def test_exchanges_do_what_they_do_on_the_sqlite_reference(
+    schema: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, claim_window: float
+) -> None:
+    """Random exchange sequences of two processes on both stores: the same answers, the
+    same tables. ("lapsing": every grant handed to another process lapses unclaimed at
+    the next step that looks, so lapses, stalls and reopened tickets are compared too.)"""
+    require_server("127.0.0.1", 5432, PG_HOW_TO_START)
+    monkeypatch.setattr(sqlite_engine, "CLAIM_WINDOW", claim_window)
+    parity = Parity(str(tmp_path / "reference.db"), PG_DSN, schema)
+    admin(
+        f'CREATE OR REPLACE FUNCTION "{schema}"._claim_window() RETURNS double precision'
+        f" LANGUAGE sql IMMUTABLE AS $$ SELECT {claim_window}::double precision $$"
+    )
+    try:
+        for seed in range(3):
+            assert parity.run(seed, 200) == []
+    finally:
+        parity.close()
 
 
 def test_more_waiters_than_connections_all_get_through_and_never_exceed(schema: str) -> None:
