@@ -195,6 +195,16 @@ _CROSS_PROCESS_PARAMS: list[object] = [*_CROSS_PROCESS] or [
 ]
 
 
+cross_process_only = pytest.mark.parametrize(
+    "store_entry",
+    _CROSS_PROCESS_PARAMS,
+    ids=[entry.id for entry in _CROSS_PROCESS] or ["none"],
+    indirect=True,
+)
+"""Narrow a test that uses ``store_url`` (and fixtures on it) to cross-process stores:
+for a test that starts other processes on the same store."""
+
+
 @pytest.fixture(params=_ALL, ids=[entry.id for entry in _ALL])
 def store_entry(request: pytest.FixtureRequest) -> StoreEntry:
     """The table entry of the store under test."""

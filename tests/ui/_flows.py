@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-
+from conformance._helpers import simulate_work
 from sluice import flow, task, wait
 from sluice.runners import ThreadPoolTaskRunner
 
@@ -14,7 +13,7 @@ TASK_RUNS = 5
 @task(limits=[LIMIT], retries=1, retry_delay_seconds=0.05)
 def step(i: int) -> int:
     """Sleeps a little; task run 3 always fails (after one retry)."""
-    time.sleep(0.05)
+    simulate_work(0.05)
     if i == 3:
         raise ValueError(f"page {i} is bad")
     return i

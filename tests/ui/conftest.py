@@ -1,32 +1,38 @@
-"""Fixtures for the dashboard and metrics tests: a fresh SQLite store and an app on it."""
+"""Fixtures for the dashboard and metrics tests: a fresh store (every kind in the
+table, as ``store_url`` in tests/conftest.py) and an app on it.
+
+Tests that start other processes on the store (a served dashboard, a holder in a
+child process) take only the stores several processes share: ``@cross_process_only``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-pytest.importorskip("starlette", reason="the dashboard needs pip install 'sluice[ui]'")
-pytest.importorskip("prometheus_client", reason="metrics need pip install 'sluice[metrics]'")
+from conftest import require_module
 
-from starlette.testclient import TestClient
+require_module("starlette", "ui")
+require_module("prometheus_client", "metrics")
 
-from sluice import Limits
-from sluice.report.sampler import Sampler
-from sluice.ui.app import TOKEN_HEADER, Dashboard, create_app
-from sluice.ui.views import RunIndex
+from starlette.testclient import TestClient  # noqa: E402  (after the check above)
+
+from sluice import Limits  # noqa: E402
+from sluice.report.sampler import Sampler  # noqa: E402
+from sluice.ui.app import TOKEN_HEADER, Dashboard, create_app  # noqa: E402
+from sluice.ui.views import RunIndex  # noqa: E402
 
 TOKEN = "test-token-0123456789"
 
 
 @pytest.fixture
-def store_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh SQLite store, also the one flows in the test record their runs in."""
-    url = f"sqlite:///{tmp_path / 'sluice.db'}"
-    monkeypatch.setenv("SLUICE_URL", url)
+def store_url(store_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test's fresh store (every kind in the table), also the one flows in the test
+    record their runs in."""
+    monkeypatch.setenv("SLUICE_URL", store_url)
     monkeypatch.setenv("SLUICE_PROGRESS", "0")
-    return url
+    return store_url
 
 
 @pytest.fixture

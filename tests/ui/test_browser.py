@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import sluice.runs
+from conftest import cross_process_only, require_module, skip_or_fail
 from sluice import Limits
 
 from . import _flows
@@ -38,17 +39,14 @@ def _browser_paths() -> tuple[str, str]:
     )
     if chromium and driver:
         return chromium, driver
-    message = f"no headless Chromium with its driver; install them with: {INSTALL}"
-    if os.environ.get("CI", "").strip().lower() == "true":
-        pytest.fail(f"CI=true and {message}", pytrace=False)
-    pytest.skip(message)
+    skip_or_fail(f"no headless Chromium with its driver; install them with: {INSTALL}")
 
 
 @pytest.fixture
 def browser() -> Iterator[Chrome]:
     """A headless Chromium at 1280x800, driven by Selenium."""
     chromium, driver = _browser_paths()
-    webdriver = pytest.importorskip("selenium.webdriver")
+    webdriver = require_module("selenium.webdriver", "dev")
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
@@ -92,6 +90,7 @@ def _attribute(element: WebElement, name: str) -> str:
 
 
 @pytest.mark.slow
+@cross_process_only
 def test_limits_page_shows_a_holder_come_and_go_and_a_run_has_one_bar_per_task_run(
     browser: Chrome, store_url: str, limits: Limits, tmp_path: Path
 ) -> None:

@@ -8,14 +8,16 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from starlette.testclient import TestClient
 
+from conformance._helpers import wait_until
+from conftest import cross_process_only, require_module
 from sluice import Limits
 from sluice.cli import cli
 from sluice.cli.ui import UIPlan
@@ -84,10 +86,40 @@ def test_ui_read_only_prints_no_token(served: list[UIPlan], store_url: str) -> N
     assert "token=" not in result.output and "read-only" in result.output
 
 
-def test_ui_masks_the_store_password(served: list[UIPlan], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli_ui, "plan_ui", lambda *a: (_ for _ in ()).throw(RuntimeError(a[0])))
-    result = CliRunner().invoke(cli, ["ui", "--url", "redis://user:s3cret@localhost:1/0"])
-    assert result.exit_code == 1
+@pytest.mark.parametrize(
+    ("url", "driver", "extra"),
+    [
+        ("redis://user:s3cret@127.0.0.1:1/0", "redis", "redis"),
+        ("postgresql://user:s3cret@127.0.0.1:1/test", "psycopg", "postgres"),
+    ],
+    ids=["redis", "postgres"],
+)
+def test_ui_on_an_unreachable_store_says_so_and_masks_its_password(
+    served: list[UIPlan], url: str, driver: str, extra: str
+) -> None:
+    """A real store that cannot be reached (nothing listens on port 1 of loopback)."""
+    require_module(driver, extra)
+    masked = url.replace("s3cret", "***")
+    result = CliRunner().invoke(cli, ["ui", "--port", "0", "--url", url])
+    assert result.exit_code == 0, result.output + result.stderr  # it serves, and says why not
+    assert f"sluice ui: {masked} on http://127.0.0.1:" in result.output
+    (plan,) = served
+    with TestClient(plan.app, base_url="http://127.0.0.1:8787") as http:
+        limits = http.get("/api/limits")
+        assert limits.status_code == 200
+        error = limits.json()["error"]
+        assert error.startswith("StoreUnavailable: ") and f"{masked} is unreachable" in error
+        assert http.get("/api/session").json()["store"] == masked
+        assert "sluice_store_up 0.0" in http.get("/metrics").text
+        pages = [http.get(path).text for path in ("/", "/runs", "/api/runs", "/metrics")]
+    assert "s3cret" not in result.output + result.stderr + limits.text + "".join(pages)
+
+
+def test_a_url_ui_refuses_is_shown_with_its_password_masked(served: list[UIPlan]) -> None:
+    url = "redis://user:s3cret@127.0.0.1:1/0?prefix=bad%20prefix"
+    result = CliRunner().invoke(cli, ["ui", "--port", "0", "--url", url])
+    assert result.exit_code == 2 and served == []
+    assert "redis://user:***@127.0.0.1:1/0?prefix=bad%20prefix" in result.stderr
     assert "s3cret" not in result.output + result.stderr
 
 
@@ -151,18 +183,25 @@ def _start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], str]
 
 
 def _get(url: str, **headers: str) -> tuple[int, str]:
-    deadline = time.monotonic() + 15
-    while True:
+    """GET ``url``, asking again until the server answers (up to 15 s)."""
+    failures: list[OSError] = []
+
+    def attempt() -> tuple[int, str] | None:
         try:
             with urllib.request.urlopen(urllib.request.Request(url, headers=headers)) as r:
                 return r.status, r.read().decode()
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+        except OSError as exc:
+            failures.append(exc)
+            return None
+
+    try:
+        return wait_until(attempt, 15, f"an answer from {url}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last error: {failures[-1:]}") from None
 
 
 @pytest.mark.slow
+@cross_process_only
 def test_sluice_ui_and_metrics_serve_answer_http(tmp_path: Path, store_url: str) -> None:
     with Limits(store_url) as limits:  # this process acquires; the exporters count it
         limits.create("served", slots=2)

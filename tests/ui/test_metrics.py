@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import time
+import uuid
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -11,6 +11,9 @@ from prometheus_client.samples import Sample as PromSample
 from starlette.testclient import TestClient
 
 import sluice.runs
+from conformance._helpers import Attempt, stays, wait_for_waiters
+from conformance._procs import hung_holder
+from conftest import cross_process_only
 from sluice import AcquireTimeout, LeaseLost, Limits
 from sluice.limits import counters
 from sluice.metrics import ProcessCollector, build_registry, exposition
@@ -81,27 +84,24 @@ def test_limit_totals_count_every_grant_timeout_and_wait_in_the_store(
 def test_a_queued_grant_lands_in_its_wait_bucket(client: TestClient, limits: Limits) -> None:
     limits.create("db", slots=1)
     held = limits.acquire("db")
-    waiter = threading.Thread(target=lambda: limits.acquire("db", timeout=10).release())
-    waiter.start()
-    deadline = time.monotonic() + 5
-    while not limits.inspect("db").waiters:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    time.sleep(0.2)
+    waiter = Attempt(limits, "db", timeout=10, keep=False).start()
+    wait_for_waiters(limits, "db", 1)
+    stays(lambda: not waiter.granted.is_set(), 0.2, "the waiter waiting")  # its wait
     held.release()
-    waiter.join(10)
+    waiter.passed()
     waits = scrape(client)["sluice_limit_wait_seconds"]
     assert value(waits, "sluice_limit_wait_seconds_bucket", limit="db", le="0.1") == 1
     assert value(waits, "sluice_limit_wait_seconds_bucket", limit="db", le="0.5") == 2
     assert 0.2 <= value(waits, "sluice_limit_wait_seconds_sum", limit="db") < 5
 
 
-def test_an_expired_lease_reclaimed_is_counted(client: TestClient, limits: Limits) -> None:
+@cross_process_only
+def test_an_expired_lease_reclaimed_is_counted(
+    client: TestClient, limits: Limits, store_url: str
+) -> None:
     limits.create("db", slots=1, lease_ttl=1)
-    lapsed = limits.acquire("db")
-    limits._session.keeper.untrack_lease(lapsed.id)  # it stops renewing, as if hung
-    time.sleep(1.1)
-    limits.acquire("db", timeout=5).release()  # reclaims it on the way in
+    with hung_holder(limits, store_url, ["db"]):  # a real holder, frozen: it stops renewing
+        limits.acquire("db", timeout=10).release()  # reclaims it on the way in, once expired
     reclaimed = scrape(client)["sluice_limit_expired_leases_reclaimed"]
     assert value(reclaimed, "sluice_limit_expired_leases_reclaimed_total", limit="db") == 1
 
@@ -125,13 +125,14 @@ def test_the_process_collector_counts_this_process_under_its_own_names(
     limits: Limits,
 ) -> None:
     registry = build_registry([ProcessCollector()])
-    limits.create("pc-db", slots=1)
-    before = {c.limit: c for c in counters.snapshot()}.get("pc-db")
+    name = f"pc-db-{uuid.uuid4().hex[:8]}"  # counters are per process, whatever the store
+    limits.create(name, slots=1)
+    before = {c.limit: c for c in counters.snapshot()}.get(name)
     assert before is None  # a new limit name: nothing counted yet
-    with limits.concurrency("pc-db"), pytest.raises(AcquireTimeout):
-        limits.acquire("pc-db", timeout=0.05)
-    lease = limits.acquire("pc-db")
-    limits.reset("pc-db")
+    with limits.concurrency(name), pytest.raises(AcquireTimeout):
+        limits.acquire(name, timeout=0.05)
+    lease = limits.acquire(name)
+    limits.reset(name)
     with pytest.raises(LeaseLost):
         lease.release()
     metrics = {
@@ -139,15 +140,15 @@ def test_the_process_collector_counts_this_process_under_its_own_names(
         for f in text_string_to_metric_families(exposition(registry).decode())
     }
     grants = metrics["sluice_process_grants"]
-    assert value(grants, "sluice_process_grants_total", limit="pc-db") == 2
+    assert value(grants, "sluice_process_grants_total", limit=name) == 2
     units = metrics["sluice_process_granted_units"]
-    assert value(units, "sluice_process_granted_units_total", limit="pc-db") == 2
+    assert value(units, "sluice_process_granted_units_total", limit=name) == 2
     timeouts = metrics["sluice_process_timeouts"]
-    assert value(timeouts, "sluice_process_timeouts_total", limit="pc-db") == 1
+    assert value(timeouts, "sluice_process_timeouts_total", limit=name) == 1
     lost = metrics["sluice_process_leases_lost"]
-    assert value(lost, "sluice_process_leases_lost_total", limit="pc-db") == 1
+    assert value(lost, "sluice_process_leases_lost_total", limit=name) == 1
     waits = metrics["sluice_process_wait_seconds"]
-    assert value(waits, "sluice_process_wait_seconds_count", limit="pc-db") == 2
+    assert value(waits, "sluice_process_wait_seconds_count", limit=name) == 2
 
 
 def test_flow_metrics_count_task_runs_by_final_state_and_their_waits(
