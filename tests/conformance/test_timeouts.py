@@ -231,6 +231,44 @@ def test_cancellation_racing_a_grant_never_leaks_a_unit(store_url: str) -> None:
     assert outcomes["granted"] >= 3 and outcomes["cancelled"] >= 3, outcomes
 
 
+def test_a_concurrency_block_cancelled_as_its_grant_lands_ends_and_frees_the_unit(
+    store_url: str,
+) -> None:
+    """The hand-off and the cancellation in the same loop iteration (then 1 to 5 turns
+    apart, then 1 and 2 ms apart): the cancelled block always ends, promptly, whether it
+    was still waiting or already inside, and the unit is free afterwards."""
+
+    async def main() -> None:
+        async with aio.Limits(store_url) as limits:
+            await limits.create("db", slots=1)
+            for delay in [0, 0, 1, 2, 3, 4, 5, -1, -2]:
+                held = await limits.acquire("db")
+                never = asyncio.Event()
+
+                async def block(never: asyncio.Event = never) -> None:
+                    async with limits.concurrency("db", timeout=60):
+                        await never.wait()
+
+                task = asyncio.create_task(block())
+                await waiters_async(limits, "db", 1)
+                releasing = asyncio.ensure_future(held.release())
+                if delay > 0:
+                    for _ in range(delay):
+                        await asyncio.sleep(0)
+                elif delay < 0:
+                    await asyncio.sleep(-delay / 1000)
+                task.cancel()
+                done, _ = await asyncio.wait({task}, timeout=10)
+                assert task in done, f"the cancelled block never ended (delay {delay})"
+                assert task.cancelled()
+                await releasing
+                await idle_async(limits, "db")
+            lease = await limits.acquire("db", timeout=0)
+            await lease.release()
+
+    asyncio.run(main())
+
+
 def test_cancelling_a_rate_waiter_takes_no_token(store_url: str) -> None:
     async def main() -> None:
         async with aio.Limits(store_url) as limits:
