@@ -774,6 +774,15 @@ class OwnRedis:
             self.proc.wait(10)
         self.proc = None
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing is answered."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
 
 @pytest.fixture
 def own_redis(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[OwnRedis]:
@@ -848,6 +857,34 @@ def test_a_waiters_timeout_still_holds_while_redis_is_down(own_redis: OwnRedis) 
         own_redis.start()
         with pytest.raises(LeaseLost):  # the restarted server has no data
             held.release()
+
+
+def test_a_release_spanning_a_restart_without_data_says_lease_lost(own_redis: OwnRedis) -> None:
+    """The release reaches a frozen server, which dies unanswered and comes back empty:
+    the retry on the new server must not count "no such lease" as released."""
+    url = f"redis://127.0.0.1:{own_redis.port}/0"
+    with Limits(url) as limits:
+        limits.create("db", slots=1)
+        lease = limits.acquire("db")
+        own_redis.pause()
+        outcome: list[BaseException | None] = []
+
+        def release() -> None:
+            try:
+                lease.release()
+            except BaseException as exc:
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+
+        releasing = threading.Thread(target=release)
+        releasing.start()
+        time.sleep(0.3)  # the release is in the frozen server's socket buffer by now
+        own_redis.kill()  # unanswered; then back without the data
+        own_redis.start()
+        releasing.join(30)
+        assert outcome, "the release never returned"
+        assert isinstance(outcome[0], LeaseLost), repr(outcome[0])
 
 
 def test_a_holder_whose_renewals_fail_past_its_ttl_is_told_lease_lost(
