@@ -6,13 +6,13 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from conformance._helpers import Attempt, wait_for_waiters, wait_until
+from conformance._procs import hung_holder
 from sluice import Limits
 from sluice.errors import StoreError, StoreUnavailable
 from sluice.store import acquire_store, known_schemes, release_store
@@ -63,21 +63,23 @@ def test_doctor_counts_limits_holders_waiters_and_expired_leases(
     limits.create("short", slots=5, lease_ttl=1)
     limits.create("off", slots=1, active=False)
     held = limits.acquire("db")
-    waiter = threading.Thread(target=lambda: limits.acquire("db", timeout=10).release())
-    waiter.start()
-    lapsed = limits.acquire("short")
-    limits._session.keeper.untrack_lease(lapsed.id)  # no more renewals: it will expire
-    try:
-        for _ in range(500):
-            if limits.inspect("db").waiters:
-                break
-            time.sleep(0.01)
-        time.sleep(1.2)
-        report = sluice("doctor", "--json", "--url", db_url)
-        text = sluice("doctor", "--url", db_url)
-    finally:
-        held.release()
-        waiter.join()
+    waiter = Attempt(limits, "db", timeout=10, keep=False).start()
+    # a real hung holder of "short": a child process, frozen, that renews nothing
+    with hung_holder(limits, db_url, ["short"], probe="short") as hung:
+        try:
+            wait_for_waiters(limits, "db", 1)
+            wait_until(
+                lambda: limits._store.diagnose().expired_leases == 1,
+                10,
+                "the hung holder's lease to expire",
+            )
+            report = sluice("doctor", "--json", "--url", db_url)
+            text = sluice("doctor", "--url", db_url)
+        finally:
+            held.release()
+            waiter.passed()
+        outcome = hung.thaw_and_leave()
+    assert outcome[:3] == ("lease-lost", True, hung.lease_id), outcome
     assert report.exit_code == 0, report.stderr
     doc = report.json()
     assert set(doc) == REPORT_KEYS

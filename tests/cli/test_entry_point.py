@@ -7,13 +7,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import sluice as sluice_pkg
+from conformance._helpers import wait_until
 from sluice import Limits
 
 from ._run import SLUICE, sluice_process
@@ -110,14 +110,18 @@ class _Output:
         return text.split("--- ")[1:-1]
 
     def wait_for(self, after: int, test: Callable[[str], bool], what: str) -> int:
-        """The index of the first snapshot after ``after`` that passes ``test``."""
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
+        """The index of the first snapshot after ``after`` that passes ``test`` (up to 15 s)."""
+
+        def found() -> int | None:
             for index, snap in enumerate(self.snapshots()):
                 if index > after and test(snap):
-                    return index
-            time.sleep(0.05)
-        raise AssertionError(f"no snapshot {what}; got {self.snapshots()[-3:]!r}")
+                    return index + 1  # truthy even for index 0
+            return None
+
+        try:
+            return wait_until(found, 15, f"a snapshot {what}") - 1
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; got {self.snapshots()[-3:]!r}") from None
 
 
 def test_watch_shows_a_holder_appear_and_leave_and_ctrl_c_ends_it(

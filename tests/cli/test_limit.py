@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from conformance._helpers import wait_for_waiters
 from sluice import AcquireTimeout, LeaseLost, Limit, Limits
 
 from ._run import sluice
-
-
-def _wait_for_waiters(limits: Limits, name: str, count: int) -> None:
-    for _ in range(500):
-        if len(limits.inspect(name).waiters) >= count:
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"no {count} waiter(s) on {name!r}")
-
 
 # --------------------------------------------------------------------------- create
 
@@ -106,7 +97,7 @@ def test_ls_shows_a_table_and_json_with_units_in_use_and_waiters(
     waiter = threading.Thread(target=lambda: limits.acquire("db", timeout=10).release())
     waiter.start()
     try:
-        _wait_for_waiters(limits, "db", 1)
+        wait_for_waiters(limits, "db", 1)
         table = sluice("limit", "ls", "--url", db_url)
         listed = sluice("limit", "ls", "--json", "--url", db_url)
     finally:
@@ -186,7 +177,7 @@ def test_inspect_shows_holders_and_waiters(db_url: str, limits: Limits) -> None:
     )
     waiter.start()
     try:
-        _wait_for_waiters(limits, "db", 1)
+        wait_for_waiters(limits, "db", 1)
         text = sluice("limit", "inspect", "db", "--url", db_url)
         doc = sluice("limit", "inspect", "db", "--json", "--url", db_url).json()
     finally:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
+from conformance._helpers import simulate_work
 from sluice import Limits, flow, task
 
 from ._run import sluice
@@ -21,7 +20,7 @@ def recorded(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
     @task(limits=["gate"])
     def step(i: int) -> int:
-        time.sleep(0.1)
+        simulate_work(0.1)
         if i == 1:
             raise ValueError("bad page")
         return i
