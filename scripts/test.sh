@@ -26,6 +26,9 @@ echo "==> the tree's shape: import layers, no cycles (lint-imports), modules <= 
 "$VENV/bin/lint-imports" --no-cache
 "$py" scripts/check_layout.py
 
+echo "==> no sleep in tests/ as synchronisation (allow-list: scripts/test_sleeps_allowed.txt)"
+"$py" scripts/check_test_sleeps.py
+
 echo "==> mypy (strict, configured in pyproject.toml)"
 "$py" -m mypy
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -114,3 +115,36 @@ def test_a_narrowed_store_table_is_an_error_on_ci() -> None:
 
 
 NOTHING = "test_holdings_refuses_to_check_nothing"
+
+
+def test_the_sleep_lint_flags_unexplained_sleeps_and_stale_entries(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "check_test_sleeps", Path(__file__).resolve().parents[2] / "scripts/check_test_sleeps.py"
+    )
+    assert spec is not None and spec.loader is not None
+    lint = importlib.util.module_from_spec(spec)
+    sys.modules["check_test_sleeps"] = lint  # dataclasses look their module up there
+    spec.loader.exec_module(lint)
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text(
+        "import asyncio, time\n"
+        "from time import sleep as nap\n"
+        "time.sleep(0.1)  # explained\n"
+        "nap(0.2)\n"
+        "async def f() -> None:\n"
+        "    await asyncio.sleep(0)\n"  # one turn of the loop: not a sleep
+        "    await asyncio.sleep(0.3)\n"
+    )
+    allowed = tmp_path / "allowed.txt"
+    allowed.write_text(
+        "# comment\n"
+        "tests/test_x.py: time.sleep(0.1) -> a duration under test\n"
+        "tests/test_x.py: time.sleep(9) -> stale\n"
+        "tests/test_x.py: nap(0.2) ->\n"
+    )
+    problems = lint.check(tmp_path, allowed)
+    assert len(problems) == 4, problems
+    assert problems[0].startswith("allowed.txt:4: not 'path: text -> reason'")
+    assert problems[1].startswith("tests/test_x.py:4: nap(0.2)")
+    assert problems[2].startswith("tests/test_x.py:7: await asyncio.sleep(0.3)")
+    assert problems[3].startswith("allowed.txt:3: matches no sleep in tests/test_x.py")
