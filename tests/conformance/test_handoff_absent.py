@@ -16,7 +16,7 @@ from sluice.store.base import CLAIM_WINDOW
 
 from . import _workers
 from ._helpers import Attempt, wait_for_waiters, wait_until
-from ._procs import SPAWN, child, expect, stop_between_store_steps
+from ._procs import CHILD_START, SPAWN, child, expect, stop_between_store_steps
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
 
@@ -25,17 +25,19 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
 def frozen_waiter_behind_a_holder(
     limits: Limits, url: str, hold_seconds: float = 0.0
 ) -> Iterator[tuple[Any, Lease, Any]]:
-    """A child queued for "db" (lease_ttl 1 s) behind ``held``, then frozen by SIGSTOP.
+    """A child queued for "db" (lease_ttl 2 s) behind ``held``, then frozen by SIGSTOP.
 
     Yields (child process, the lease the parent holds, the child's report queue).
+    The TTL is short, so the frozen child's ticket lapses soon, yet not so short that
+    the parent's lease depends on its renewals keeping up to the tenth of a second.
     """
-    limits.create("db", slots=1, lease_ttl=1)
+    limits.create("db", slots=1, lease_ttl=2)
     limits.create("probe", slots=1)
     held = limits.acquire("db")
     results = SPAWN.Queue()
     args = (url, ["db"], 1, 30.0, "frozen", results, hold_seconds)
     with child(_workers.acquire_and_report, *args) as proc:
-        wait_for_waiters(limits, "db", 1)
+        wait_for_waiters(limits, "db", 1, timeout=CHILD_START)
         stop_between_store_steps(proc, limits, "probe")
         yield proc, held, results
 
@@ -58,7 +60,7 @@ def test_a_grant_handed_to_a_frozen_waiter_lapses_and_goes_to_the_next(
         assert behind.granted_at is not None
         assert behind.granted_at - released_at < 3.0, "the lapsed hand-off was not reclaimed"
         assert [h.lease_id for h in limits.inspect("db").holders] == [lease.id]
-        # Frozen past its 1 s TTL, the child's ticket lapses too.
+        # Frozen past its TTL, the child's ticket lapses too.
         wait_until(lambda: not child_queued(limits, proc.pid), 5, "the frozen ticket to lapse")
         os.kill(proc.pid, signal.SIGCONT)
         # Thawed, the child finds its hand-off gone and queues again; it is served
@@ -77,7 +79,7 @@ def test_a_waiter_thawed_after_its_hand_off_lapsed_gets_a_fresh_lease_not_a_dead
     mp_limits: Limits, cross_process_url: str
 ) -> None:
     limits = mp_limits
-    # the child will hold its lease 1.5 s once it has one: renewals fall due
+    # the child will hold its lease 1.5 s once it has one: renewals (every TTL/3) fall due
     with frozen_waiter_behind_a_holder(limits, cross_process_url, 1.5) as (proc, held, results):
         held.release()  # handed to the frozen child
         # With nobody else asking, the unclaimed hand-off lapses (CLAIM_WINDOW) and
