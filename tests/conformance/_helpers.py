@@ -147,6 +147,7 @@ class Attempt:
     (a quick pass through the limit); otherwise the test releases ``lease``.
     With ``rate=True`` it calls ``rate_limit`` instead, and ``lease`` stays None.
     ``order`` (shared list) gets ``tag`` appended at the moment of the grant.
+    With ``keep=False`` and ``holdings``, the pass through the limit is recorded there.
     """
 
     def __init__(
@@ -162,8 +163,10 @@ class Attempt:
         order: list[Any] | None = None,
         tag: Any = None,
         rate: bool = False,
+        holdings: Holdings | None = None,
     ) -> None:
         self.limits = limits
+        self.holdings = holdings
         self.names = names
         self.occupy = occupy
         self.timeout = timeout
@@ -213,6 +216,9 @@ class Attempt:
                 self.order.append(self.tag)
             self.granted.set()
             if not self.keep:
+                if self.holdings is not None:
+                    with self.holdings.holding(lease.names, self.occupy):
+                        pass
                 lease.release()
         except BaseException as exc:  # recorded for the test to assert on
             self.error = exc

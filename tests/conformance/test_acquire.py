@@ -197,6 +197,7 @@ def test_opposite_orders_never_deadlock(limits: Limits) -> None:
     limits.create("a", slots=1)
     limits.create("b", slots=1)
     rounds = 25
+    holdings = Holdings(slots={"a": 1, "b": 1})
     start = threading.Barrier(4)
     done: list[int] = []
     errors: list[BaseException] = []
@@ -205,7 +206,7 @@ def test_opposite_orders_never_deadlock(limits: Limits) -> None:
         try:
             start.wait()
             for _ in range(rounds):
-                with limits.concurrency(order, timeout=20):
+                with limits.concurrency(order, timeout=20), holdings.holding(order):
                     pass
                 done.append(1)
         except BaseException as exc:
@@ -221,6 +222,7 @@ def test_opposite_orders_never_deadlock(limits: Limits) -> None:
         thread.join(40)
     assert not errors, errors
     assert len(done) == 4 * rounds
+    holdings.check()
     for name in ("a", "b"):
         wait_for_idle(limits, name)
 

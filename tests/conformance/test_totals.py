@@ -15,7 +15,7 @@ from sluice.errors import AcquireTimeout, InvalidRequest, LimitNotFound
 from sluice.limits.model import WAIT_BUCKETS, LimitTotals, wait_bucket
 
 from . import _workers
-from ._helpers import Attempt, stays, wait_for_waiters, wait_until, wait_until_async
+from ._helpers import Attempt, Holdings, stays, wait_for_waiters, wait_until, wait_until_async
 from ._procs import SPAWN, child, expect, hung_holder
 
 pytestmark = pytest.mark.timeout(60)
@@ -241,9 +241,14 @@ def test_reset_revoking_leases_is_not_counted_as_reclaimed(limits: Limits) -> No
 
 def test_many_threads_count_every_grant(limits: Limits) -> None:
     limits.create("db", slots=3)
-    attempts = [Attempt(limits, "db", timeout=30, keep=False).start() for _ in range(24)]
+    holdings = Holdings(slots={"db": 3})
+    attempts = [
+        Attempt(limits, "db", timeout=30, keep=False, holdings=holdings).start() for _ in range(24)
+    ]
     for attempt in attempts:
         attempt.passed()
+    assert holdings.count("db") == 24
+    holdings.check()
     t = totals(limits, "db")
     assert t.grants == 24
     assert t.granted_units == 24
