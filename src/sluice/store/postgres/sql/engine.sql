@@ -40,8 +40,8 @@ CREATE OR REPLACE FUNCTION @schema@._state(
     p_me text, p_caller text, p_locked bigint[], p_now double precision
 ) RETURNS @schema@.step_state LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
-    RETURN ROW(p_me, p_caller, '', 0, NULL, false, p_now, coalesce(p_locked, '{}'), '{}', '{}',
-               '{}', '{}', '[]', '{}', '{}', '{}', '{}', '{}')::@schema@.step_state;
+    RETURN ROW(p_me, p_caller, '', 0, NULL, false, '{}', '[]', p_now, coalesce(p_locked, '{}'),
+               '{}', '{}', '{}', '{}', '[]', '{}', '{}', '{}', '{}', '{}')::@schema@.step_state;
 END $$;
 
 -- Lock limit rows by id, in name order (the step's one blocking lock); returns their ids.

@@ -28,14 +28,16 @@
 --   nothing changed for it, and the rest of the step happens (every request is
 --   validated before anything is written for it). 40001 if a ticket's queues grew
 --   while the step waited for its locks (the client runs it again).
--- Resends: with resend, every lease this exchange made the caller's (granted to it,
---   or claimed by its ask: leases.step) is answered again as a grant, and nothing
+-- Resends: with resend, every lease the lost attempt made the caller's (granted to
+--   it, or claimed by its ask: leases.step) is answered again as a grant, and nothing
 --   is done twice: a request whose id already has a ticket or leases answers with
---   what exists (its grants, where its ticket stands); one whose join ticket this
---   exchange changed joined it; a withdrawal from a ticket this exchange changed is
---   done; a release of a lease that is gone was done (released: true). (A rate
---   grant leaves nothing behind: one made by the lost attempt is not found, so a
---   resend may spend one more token for it, never more units.)
+--   what exists (its grants, where its ticket stands); one whose join ticket the lost
+--   attempt changed (tickets.step) joined it; a withdrawal from a ticket it changed is
+--   done; a release of a lease that is gone was done (released: true); an ask counts
+--   what it claimed. (A rate grant leaves nothing behind: one made by the lost
+--   attempt is not found, so a resend may spend one more token, never more units.
+--   Wake-ups of the caller's own tickets that only the lost reply carried are not
+--   repeated: those tickets look again when their timers say.)
 -- Locks: the limits of the leases released, of the tickets withdrawn or asked about
 --   (their queues and their unclaimed grants), and every limit named by a request,
 --   an ask or a timeout, with ONE blocking statement in name order; any other limit
@@ -86,13 +88,16 @@ BEGIN
     s.step := (p_batch->>'step')::bigint;
     s.resend := coalesce((p_batch->>'resend')::boolean, false);
     s.now := @schema@._now();
-    IF s.resend THEN  -- what the lost attempt made ours, first
-        s.mine := coalesce((
+    IF s.resend THEN  -- what the lost attempt did, first: the tickets it changed, the
+        s.stamped := ARRAY(  -- grants it made ours
+            SELECT id FROM @schema@.tickets WHERE process_id = s.caller AND step = s.step);
+        s.resent := coalesce((
             SELECT jsonb_agg(@schema@._granted(l.id, l.names, l.acquired_at, l.expires_at,
                                                l.lease_ttl, '{}', l.ticket_id)
                              ORDER BY l.acquired_at, length(l.id), l.id)
             FROM @schema@.leases l
             WHERE l.step = s.step AND l.process_id = s.caller AND l.claimed), '[]');
+        s.mine := s.resent;
     END IF;
     IF cardinality(v_tickets) > 0 THEN
         FOR v_item IN SELECT * FROM jsonb_array_elements(p_batch->'withdrawals') LOOP
@@ -171,7 +176,7 @@ DECLARE
 BEGIN
     SELECT * INTO v_ticket FROM @schema@.tickets WHERE id = v_id;
     v_mine := FOUND AND v_ticket.process_id = s.caller;
-    IF v_mine AND s.resend AND v_ticket.step IS NOT DISTINCT FROM s.step THEN
+    IF v_mine AND v_id = ANY(s.stamped) THEN
         RETURN s;  -- the lost attempt did it
     END IF;
     v_take := CASE WHEN NOT v_mine THEN 0
@@ -265,11 +270,9 @@ BEGIN
         RETURN @schema@._wait_or_serve(s, v_id, v_request->>'id');
     END IF;
     v_left := (p_ask->>'count')::integer - (jsonb_array_length(s.mine) - v_before);
-    IF s.resend THEN  -- what the lost attempt claimed for it counts as claimed now
-        v_left := v_left - (SELECT count(*) FROM @schema@.leases
-                            WHERE step = s.step AND process_id = s.caller AND ticket_id = v_id
-                              AND claimed);
-    END IF;
+    -- What the lost attempt claimed for it (resend) counts as claimed now.
+    v_left := v_left - (SELECT count(*) FROM jsonb_array_elements(s.resent) g
+                        WHERE g->>'ticket_id' = v_id);
     IF v_left <= 0 THEN
         RETURN s;
     END IF;
@@ -386,9 +389,7 @@ BEGIN
         ELSIF EXISTS (SELECT 1 FROM @schema@.leases
                       WHERE ticket_id = v_id AND process_id = s.caller) THEN
             RETURN @schema@._missing(s, p_request);  -- its grants are answered already
-        ELSIF v_join IS NOT NULL AND EXISTS (
-                SELECT 1 FROM @schema@.tickets
-                WHERE id = v_join AND process_id = s.caller AND step = s.step) THEN
+        ELSIF v_join = ANY(s.stamped) THEN
             s.joined := s.joined || jsonb_build_object(v_id, v_join);
             s.waiting := s.waiting || jsonb_build_object(v_join, v_id);
             RETURN @schema@._missing(s, p_request);

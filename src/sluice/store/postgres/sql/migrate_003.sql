@@ -53,6 +53,8 @@ CREATE TYPE @schema@.step_state AS (
     pid         integer,
     step        bigint,             -- the exchange's number in its process
     resend      boolean,            -- the exchange may have committed already
+    stamped     text[],             -- (resend) the caller's tickets that attempt changed,
+    resent      jsonb,              -- and the grants it made the caller's (a JSON array)
     now         double precision,
     locked      bigint[],           -- limits whose rows the step holds
     touched     bigint[],           -- limits whose units or queue changed (hand-off runs on them)
