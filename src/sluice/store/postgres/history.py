@@ -6,6 +6,13 @@ under the same advisory lock the store takes to create its own tables, so
 processes starting together do not race. A batch is one transaction of upserts;
 a state is inserted once (``ON CONFLICT DO NOTHING``). Retention is bounded by
 :meth:`PostgresHistory.prune`, which the flow layer calls.
+
+Writes and prunes commit without waiting for their WAL to reach disk
+(``SET LOCAL synchronous_commit = off``): history is a record, not a decision
+(nothing it holds keeps a limit from being exceeded), and a server crash may
+lose its last fraction of a second, whole transactions only. The store's own
+steps keep ``synchronous_commit`` as configured (a grant must survive a crash),
+and no longer queue behind a disk flush for every history batch.
 """
 
 from __future__ import annotations
@@ -162,6 +169,7 @@ class PostgresHistory:
             return
         q = self._q
         with self._tx() as conn, conn.cursor() as cur:
+            cur.execute("SET LOCAL synchronous_commit = off")
             if rows.flows:
                 cur.executemany(_upsert(f"{q}.history_flow_runs", _FLOW), list(rows.flows.values()))
             if rows.tasks:
@@ -217,6 +225,7 @@ class PostgresHistory:
         cutoff = time.time() - max_age_seconds if max_age_seconds is not None else None
         q = self._q
         with self._tx() as conn:
+            conn.execute("SET LOCAL synchronous_commit = off")
             ids = [
                 r[0]
                 for r in conn.execute(
