@@ -76,8 +76,13 @@ class PoolExecutor:
         loop = asyncio.get_running_loop()
         # The worker is free again when the body really ends, even after a timeout.
         job.outcome.add_done_callback(lambda _: _loops.post(loop, free.release))
-        job.task_run.set_state(State(StateName.RUNNING))
+        if not self._runner.reports_running:
+            job.task_run.set_state(State(StateName.RUNNING))
         self._runner.run(job)
+
+    async def argument(self, future: SluiceFuture[Any]) -> Any:
+        """What a body on the runner is given for a future among its arguments."""
+        return await self._runner.argument(future)
 
     def _warn_idle_slots(self, names: tuple[str, ...]) -> None:
         """Once per flow run and limit: granted slots wait for workers (the max_workers trap)."""
@@ -123,6 +128,10 @@ class CallerThread:
         job.task_run.set_state(State(StateName.RUNNING))
         self._inbox.put(job)
 
+    async def argument(self, future: SluiceFuture[Any]) -> Any:
+        """A future among the arguments -> its result."""
+        return await future
+
     def serve(self, done: cf.Future[Any]) -> None:
         """In the calling thread: run the bodies handed over until the run ends."""
         done.add_done_callback(lambda _: self._inbox.put(None))
@@ -143,6 +152,10 @@ class CallerLoop:
     async def execute(self, job: Job) -> None:
         job.task_run.set_state(State(StateName.RUNNING))
         self._loop.call_soon_threadsafe(self._inbox.put_nowait, job)
+
+    async def argument(self, future: SluiceFuture[Any]) -> Any:
+        """A future among the arguments -> its result."""
+        return await future
 
     async def serve(self, done: cf.Future[Any]) -> None:
         """In the calling coroutine: run the bodies handed over until the run ends."""

@@ -64,18 +64,22 @@ class Executor(Protocol):
     async def execute(self, job: Job) -> None:
         """Start the job once it may run (record Running); ``job.outcome`` reports its end."""
 
+    async def argument(self, future: SluiceFuture[Any]) -> Any:
+        """What a body is given for a future among its arguments, once that run ended."""
 
-async def _resolve(value: Any) -> Any:
-    """Futures in arguments (also inside lists, tuples, sets and dicts) -> their results."""
+
+async def _resolve(value: Any, executor: Executor) -> Any:
+    """Futures in arguments (also inside lists, tuples, sets and dicts) -> what the
+    executor gives the body for them (their results, or e.g. a cluster's handle)."""
     if isinstance(value, SluiceFuture):
-        return await value
+        return await executor.argument(value)
     if isinstance(value, (list, tuple, set)):
-        items = [await _resolve(v) for v in value]
+        items = [await _resolve(v, executor) for v in value]
         if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
             return type(value)(*items)
         return type(value)(items)
     if isinstance(value, dict):
-        return {k: await _resolve(v) for k, v in value.items()}
+        return {k: await _resolve(v, executor) for k, v in value.items()}
     return value
 
 
@@ -152,8 +156,8 @@ async def _drive(
 ) -> None:
     if _has_futures(args) or _has_futures(kwargs):
         try:
-            args = await _resolve(args)
-            kwargs = await _resolve(kwargs)
+            args = await _resolve(args, executor)
+            kwargs = await _resolve(kwargs, executor)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:

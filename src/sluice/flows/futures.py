@@ -12,9 +12,17 @@ from sluice.errors import InvalidRequest
 from sluice.flows.context import TaskRun
 from sluice.flows.states import State
 
-__all__ = ["DoneAndNotDone", "SluiceFuture", "as_completed", "wait"]
+__all__ = ["DoneAndNotDone", "RemoteResult", "SluiceFuture", "as_completed", "wait"]
 
 R = TypeVar("R")
+
+
+class RemoteResult:
+    """A return value kept where its body ran (e.g. on a Dask cluster), fetched on use."""
+
+    def fetch(self, timeout: float | None = None) -> Any:
+        """The value itself, brought to this process."""
+        raise NotImplementedError
 
 
 class SluiceFuture(Generic[R]):
@@ -56,7 +64,10 @@ class SluiceFuture(Generic[R]):
             if raise_on_failure:
                 raise exc
             return exc  # type: ignore[return-value]
-        return self._future.result()
+        value = self._future.result()
+        if isinstance(value, RemoteResult):
+            return value.fetch(timeout)  # type: ignore[no-any-return]
+        return value
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The task's exception, or None if it completed."""
@@ -71,7 +82,14 @@ class SluiceFuture(Generic[R]):
 
     def __await__(self) -> Generator[Any, None, R]:
         """``await future`` in async code: the result, without blocking the event loop."""
-        return asyncio.wrap_future(self._future).__await__()
+        return self._fetched().__await__()
+
+    async def _fetched(self) -> R:
+        value = await asyncio.wrap_future(self._future)
+        if isinstance(value, RemoteResult):
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, value.fetch)
+        return value
 
     def __repr__(self) -> str:
         return f"<SluiceFuture {self._run.name!r} run {self._run.id} {self.state.name.value}>"

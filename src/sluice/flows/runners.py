@@ -22,6 +22,7 @@ from typing import Any
 
 from sluice.errors import InvalidRequest
 from sluice.flows import context
+from sluice.flows.futures import SluiceFuture
 from sluice.flows.jobs import Job, Outcome, run_async_body, run_sync_body
 
 __all__ = [
@@ -54,9 +55,17 @@ class TaskRunner:
     ``max_workers`` says (up to :data:`GRANTED_WORKERS_MAX`): then a granted task run
     never waits for a worker, so no granted slot sits idle."""
 
+    reports_running: bool = False
+    """Whether the runner records Running itself, when a body really starts (a cluster
+    that queues what it is handed), rather than the dispatcher at hand-over."""
+
     def duplicate(self) -> TaskRunner:
         """A fresh, unstarted runner with the same settings (each flow run gets its own)."""
         raise NotImplementedError
+
+    async def argument(self, future: SluiceFuture[Any]) -> Any:
+        """What a body is given for a future among its arguments: by default its result."""
+        return await future
 
     def start(self) -> None:
         """Create the workers."""
