@@ -456,7 +456,7 @@ def test_a_schema_1_store_is_migrated_in_place_and_counts_totals_from_zero(
         assert admin(f"SELECT value FROM {s}.meta WHERE key = 'schema_version'") == [
             (str(SCHEMA_VERSION),)
         ]
-        assert SCHEMA_VERSION == 3
+        assert SCHEMA_VERSION == 4
         assert status.limit == Limit("db", slots=1)
         assert [(h.lease_id, h.occupy, h.holder) for h in status.holders] == [("held", 1, "worker")]
         assert [(w.ticket_id, w.holder, w.count) for w in status.waiters] == [
@@ -507,7 +507,9 @@ def test_a_schema_2_store_is_migrated_in_place_keeping_its_holder_and_waiter(
     s = f'"{schema}"'
     with Limits(url) as limits:
         status = limits.inspect("db")
-        assert admin(f"SELECT value FROM {s}.meta WHERE key = 'schema_version'") == [("3",)]
+        assert admin(f"SELECT value FROM {s}.meta WHERE key = 'schema_version'") == [
+            (str(SCHEMA_VERSION),)
+        ]
         assert [(h.lease_id, h.holder) for h in status.holders] == [("held", "worker")]
         assert [(w.ticket_id, w.holder, w.count, w.position) for w in status.waiters] == [
             ("waiting", "queued", 1, 1)

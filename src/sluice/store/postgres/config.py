@@ -37,9 +37,10 @@ __all__ = [
     "translate",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The schema this code needs; ``sql/migrate_<NNN>.sql`` for each version up to it
-(1: the tables; 2: the limits' totals; 3: the exchange protocol)."""
+(1: the tables; 2: the limits' totals; 3: the exchange protocol; 4: indexes that the
+exchange step's generic plans can use)."""
 
 DEFAULT_SCHEMA = "sluice"
 STEPS = (

@@ -33,7 +33,10 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- (Helpers are PL/pgSQL, not SQL functions: PL/pgSQL keeps its query plans for
--- the session, where an SQL function is planned again on every call.)
+-- the session, where an SQL function is planned again on every call. The SQL ones
+-- are single expressions that PostgreSQL inlines into their callers' expressions,
+-- which it does only if they are not STRICT and call nothing more volatile than they
+-- are declared: _granted is STABLE because jsonb_build_object and to_jsonb are.)
 
 -- A fresh state for a step of process p_me (p_caller: the same in an exchange, else NULL).
 CREATE OR REPLACE FUNCTION @schema@._state(
@@ -112,7 +115,24 @@ END $$;
 CREATE OR REPLACE FUNCTION @schema@._ticket_rows(p_ticket_id text)
 RETURNS @schema@.limit_row[] LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
-    RETURN @schema@._rows(ARRAY(SELECT limit_id FROM @schema@.queue WHERE ticket_id = p_ticket_id));
+    RETURN ARRAY(
+        SELECT ROW(l.id, l.name, l.slots, l.rate, l.burst, l.active, l.lease_ttl, l.tat,
+                   (SELECT min(h.seq) FROM @schema@.queue h
+                    WHERE h.limit_id = l.id AND NOT h.stalled),
+                   l.in_use)::@schema@.limit_row
+        FROM @schema@.queue q JOIN @schema@.limits l ON l.id = q.limit_id
+        WHERE q.ticket_id = p_ticket_id ORDER BY l.name);
+END $$;
+
+-- A JSON array of strings as text[] (without a query for none or one).
+CREATE OR REPLACE FUNCTION @schema@._texts(p_array jsonb) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    CASE jsonb_array_length(p_array)
+        WHEN 0 THEN RETURN '{}';
+        WHEN 1 THEN RETURN ARRAY[p_array->>0];
+        ELSE RETURN ARRAY(SELECT jsonb_array_elements_text(p_array));
+    END CASE;
 END $$;
 
 -- The active rows among these, keeping their (name) order.
@@ -216,8 +236,9 @@ $$;
 -- the first bound of sluice.limits.model.WAIT_BUCKETS it does not exceed (the
 -- wait_bucket() there, plus one), or 13 past the last. NULL for NULL.
 CREATE OR REPLACE FUNCTION @schema@._wait_bucket(p_wait double precision) RETURNS integer
-LANGUAGE sql IMMUTABLE STRICT AS $$
+LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE
+        WHEN p_wait IS NULL THEN NULL
         WHEN p_wait <= 0.001::double precision THEN 1
         WHEN p_wait <= 0.005::double precision THEN 2
         WHEN p_wait <= 0.01::double precision THEN 3
@@ -239,7 +260,7 @@ CREATE OR REPLACE FUNCTION @schema@._granted(
     p_lease_id text, p_names text[], p_acquired_at double precision,
     p_expires_at double precision, p_lease_ttl double precision, p_missing text[],
     p_ticket_id text
-) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
+) RETURNS jsonb LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
         'lease_id', p_lease_id, 'names', to_jsonb(p_names), 'acquired_at', p_acquired_at,
         'expires_at', p_expires_at, 'lease_ttl', p_lease_ttl, 'missing', to_jsonb(p_missing),
@@ -306,14 +327,16 @@ DECLARE
     v_row @schema@.limit_row;
     v_names text[] := '{}';
     v_ttl double precision := 30.0;   -- DEFAULT_LEASE_TTL when no limit is active
+    v_ids bigint[] := '{}';
+    v_tats double precision[] := '{}';
+    v_units integer[] := '{}';
     v_hold bigint[] := '{}';
     v_lease_id text;
     v_expires double precision;
     v_tat double precision;
-    v_units integer;
     v_wait double precision := CASE WHEN p_queued_since IS NOT NULL
                                     THEN greatest(p_now - p_queued_since, 0) END;
-    v_bucket integer := @schema@._wait_bucket(v_wait);
+    v_bucket integer := coalesce(@schema@._wait_bucket(v_wait), 1);
 BEGIN
     FOREACH v_row IN ARRAY p_active LOOP
         v_names := v_names || v_row.name;
@@ -326,40 +349,42 @@ BEGIN
             -- gcra.decide: granted (the caller checked), so tat moves on.
             v_tat := greatest(v_row.tat, p_now) + p_occupy::double precision / v_row.rate;
         END IF;
-        v_units := CASE WHEN p_kind = 'concurrency' AND v_row.slots IS NOT NULL
-                        THEN p_occupy ELSE 0 END;
-        IF v_units > 0 THEN
+        v_ids := v_ids || v_row.id;
+        v_tats := v_tats || v_tat;
+        IF p_kind = 'concurrency' AND v_row.slots IS NOT NULL THEN
+            v_units := v_units || p_occupy;
             v_hold := v_hold || v_row.id;
-        END IF;
-        IF v_wait IS NULL THEN
-            UPDATE @schema@.limits
-            SET tat = v_tat, in_use = in_use + v_units, grants = grants + 1,
-                granted_units = granted_units + p_occupy
-            WHERE id = v_row.id;
         ELSE
-            UPDATE @schema@.limits
-            SET tat = v_tat, in_use = in_use + v_units, grants = grants + 1,
-                granted_units = granted_units + p_occupy, wait_seconds = wait_seconds + v_wait,
-                queued_waits[v_bucket] = coalesce(queued_waits[v_bucket], 0) + 1
-            WHERE id = v_row.id;
+            v_units := v_units || 0;
         END IF;
     END LOOP;
-    IF p_kind = 'rate' AND p_claimed THEN
-        RETURN @schema@._granted(NULL, v_names, p_now, NULL, NULL, p_missing, p_ticket_id);
+    IF NOT (p_kind = 'rate' AND p_claimed) THEN  -- (such a grant leaves nothing behind)
+        v_lease_id := p_ticket_id || '.' || nextval('@schema@.fence');
+        v_expires := p_now + CASE WHEN p_claimed THEN v_ttl
+                                  ELSE least(v_ttl, @schema@._claim_window()) END;
     END IF;
-    v_lease_id := p_ticket_id || '.' || nextval('@schema@.fence');
-    v_expires := p_now + CASE WHEN p_claimed THEN v_ttl
-                              ELSE least(v_ttl, @schema@._claim_window()) END;
-    INSERT INTO @schema@.leases (id, limit_ids, names, kind, process_id, holder, host, pid,
-                                 occupy, lease_ttl, acquired_at, expires_at, ticket_id,
-                                 ticket_seq, claimed, step)
-    VALUES (v_lease_id, v_hold, v_names, p_kind, p_process_id, p_holder, p_host, p_pid,
-            p_occupy, v_ttl, p_now, v_expires, p_ticket_id, p_ticket_seq, p_claimed,
-            CASE WHEN p_claimed THEN p_step END);
-    IF cardinality(v_hold) > 0 THEN
-        INSERT INTO @schema@.holdings (limit_id, lease_id, units)
-        SELECT unnest(v_hold), v_lease_id, p_occupy;
-    END IF;
+    -- One statement: the limits' tokens, units and totals (a wait, if it queued, in
+    -- its bucket: nothing changes there otherwise), the lease and its holdings.
+    WITH counted AS (
+        UPDATE @schema@.limits l
+        SET tat = x.tat, in_use = l.in_use + x.units, grants = l.grants + 1,
+            granted_units = l.granted_units + p_occupy,
+            wait_seconds = l.wait_seconds + coalesce(v_wait, 0),
+            queued_waits[v_bucket] = coalesce(l.queued_waits[v_bucket], 0)
+                                     + CASE WHEN v_wait IS NULL THEN 0 ELSE 1 END
+        FROM unnest(v_ids, v_tats, v_units) AS x(id, tat, units)
+        WHERE l.id = ANY(v_ids) AND l.id = x.id
+    ), lease AS (
+        INSERT INTO @schema@.leases (id, limit_ids, names, kind, process_id, holder, host,
+                                     pid, occupy, lease_ttl, acquired_at, expires_at,
+                                     ticket_id, ticket_seq, claimed, step)
+        SELECT v_lease_id, v_hold, v_names, p_kind, p_process_id, p_holder, p_host, p_pid,
+               p_occupy, v_ttl, p_now, v_expires, p_ticket_id, p_ticket_seq, p_claimed,
+               CASE WHEN p_claimed THEN p_step END
+        WHERE v_lease_id IS NOT NULL
+    )
+    INSERT INTO @schema@.holdings (limit_id, lease_id, units)
+    SELECT unnest(v_hold), v_lease_id, p_occupy WHERE v_lease_id IS NOT NULL;
     IF p_kind = 'rate' THEN
         RETURN @schema@._granted(NULL, v_names, p_now, NULL, NULL, p_missing, p_ticket_id);
     END IF;
@@ -381,7 +406,7 @@ DECLARE
     v_granted jsonb;
     v_ids bigint[];
 BEGIN
-    SELECT * INTO v_arrivals FROM @schema@._arrivals(p_ticket);
+    v_arrivals := @schema@._arrivals(p_ticket);
     v_granted := @schema@._grant(
         p_ticket.id, p_ticket.seq, p_ticket.process_id, p_ticket.holder, p_ticket.host,
         p_ticket.pid, p_ticket.occupy, p_ticket.kind, p_active, '{}', p_claimed, s.step, s.now,
@@ -391,7 +416,7 @@ BEGIN
         s.touched := s.touched || v_ids;  -- (the limits it was granted on)
         s.moved := s.moved || v_ids;
     ELSE
-        SELECT * INTO v_left FROM @schema@._take_arrivals(v_arrivals.at, v_arrivals.n, 1);
+        v_left := @schema@._take_arrivals(v_arrivals.at, v_arrivals.n, 1);
         UPDATE @schema@.tickets
         SET wanted = wanted - 1, arrival_at = v_left.at, arrival_n = v_left.n
         WHERE id = p_ticket.id;
@@ -425,17 +450,28 @@ CREATE OR REPLACE FUNCTION @schema@._open_ticket(
     p_wanted integer, p_seq bigint, p_stalled boolean, p_step bigint, p_now double precision
 ) RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    v_ids bigint[] := @schema@._ids(p_active);
-    v_ttl double precision := coalesce((SELECT min(r.lease_ttl) FROM unnest(p_active) r), 30.0);
+    v_row @schema@.limit_row;
+    v_ids bigint[] := '{}';
+    v_ttl double precision;
     v_seq bigint := p_seq;
 BEGIN
-    IF v_seq IS NULL OR EXISTS (SELECT 1 FROM @schema@.tickets WHERE seq = v_seq) THEN
+    FOREACH v_row IN ARRAY p_active LOOP
+        v_ids := v_ids || v_row.id;
+        v_ttl := least(v_ttl, v_row.lease_ttl);
+    END LOOP;
+    v_ttl := coalesce(v_ttl, 30.0);
+    IF v_seq IS NULL THEN
+        v_seq := nextval('@schema@.ticket_seq');
+    ELSIF EXISTS (SELECT 1 FROM @schema@.tickets WHERE seq = v_seq) THEN
         v_seq := nextval('@schema@.ticket_seq');
     END IF;
-    INSERT INTO @schema@.tickets (seq, id, process_id, holder, host, pid, occupy, kind, names,
-                                  limit_count, lease_ttl, created_at, expires_at, wanted, step)
-    VALUES (v_seq, p_id, p_process_id, p_holder, p_host, p_pid, p_occupy, p_kind, p_names,
-            cardinality(v_ids), v_ttl, p_now, p_now + v_ttl, p_wanted, p_step);
+    WITH ticket AS (
+        INSERT INTO @schema@.tickets (seq, id, process_id, holder, host, pid, occupy, kind,
+                                      names, limit_count, lease_ttl, created_at, expires_at,
+                                      wanted, step)
+        VALUES (v_seq, p_id, p_process_id, p_holder, p_host, p_pid, p_occupy, p_kind, p_names,
+                cardinality(v_ids), v_ttl, p_now, p_now + v_ttl, p_wanted, p_step)
+    )
     INSERT INTO @schema@.queue (limit_id, seq, ticket_id, occupy, kind, stalled)
     SELECT unnest(v_ids), v_seq, p_id, p_occupy, p_kind, p_stalled;
     RETURN v_seq;
@@ -450,19 +486,23 @@ CREATE OR REPLACE FUNCTION @schema@._drop_ticket(
     p_expired_at double precision DEFAULT NULL
 ) RETURNS bigint[] LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    v_ids bigint[] := p_limit_ids;
-    v_count integer;
+    v_found boolean;
+    v_ids bigint[];
 BEGIN
-    IF v_ids IS NULL THEN
-        v_ids := ARRAY(SELECT limit_id FROM @schema@.queue WHERE ticket_id = p_ticket_id);
-    END IF;
-    DELETE FROM @schema@.tickets
-    WHERE id = p_ticket_id AND (p_expired_at IS NULL OR expires_at <= p_expired_at);
-    GET DIAGNOSTICS v_count = ROW_COUNT;
-    IF v_count = 0 AND (p_expired_at IS NOT NULL OR cardinality(v_ids) = 0) THEN
+    WITH ticket AS (
+        DELETE FROM @schema@.tickets
+        WHERE id = p_ticket_id AND (p_expired_at IS NULL OR expires_at <= p_expired_at)
+        RETURNING id
+    ), queued AS (
+        DELETE FROM @schema@.queue
+        WHERE ticket_id = p_ticket_id AND (p_expired_at IS NULL OR EXISTS (SELECT FROM ticket))
+        RETURNING limit_id
+    )
+    SELECT EXISTS (SELECT FROM ticket), ARRAY(SELECT limit_id FROM queued) INTO v_found, v_ids;
+    v_ids := coalesce(p_limit_ids, v_ids);
+    IF NOT v_found AND (p_expired_at IS NOT NULL OR cardinality(v_ids) = 0) THEN
         RETURN NULL;
     END IF;
-    DELETE FROM @schema@.queue WHERE ticket_id = p_ticket_id;
     RETURN v_ids;
 END $$;
 
@@ -516,7 +556,7 @@ BEGIN
         FROM (SELECT limit_id, sum(units) AS units,
                      count(*) FILTER (WHERE p_expired AND claimed) AS reclaimed
               FROM units GROUP BY limit_id) u
-        WHERE l.id = u.limit_id
+        WHERE l.id = ANY((SELECT array_agg(limit_id) FROM units)::bigint[]) AND l.id = u.limit_id
     )
     SELECT ARRAY(SELECT DISTINCT unnest(g.limit_ids) FROM gone g),
            ARRAY(SELECT ROW(g.*)::@schema@.leases FROM gone g
@@ -549,7 +589,7 @@ DECLARE
 BEGIN
     SELECT * INTO v_ticket FROM @schema@.tickets WHERE id = p_lease.ticket_id;
     IF FOUND THEN
-        SELECT * INTO v_arrivals FROM @schema@._arrivals(v_ticket);
+        v_arrivals := @schema@._arrivals(v_ticket);
         UPDATE @schema@.tickets
         SET wanted = wanted + 1, arrival_at = p_lease.acquired_at || v_arrivals.at,
             arrival_n = 1 || v_arrivals.n
@@ -589,9 +629,11 @@ DECLARE
     v_try bigint[];
 BEGIN
     FOR v_item IN
-        SELECT DISTINCT l.id, l.limit_ids, l.claimed, l.ticket_id, l.names
-        FROM @schema@.holdings h JOIN @schema@.leases l ON l.id = h.lease_id
-        WHERE h.limit_id = ANY(p_limit_ids) AND l.expires_at <= s.now
+        SELECT l.id, l.limit_ids, l.claimed, l.ticket_id, l.names
+        FROM @schema@.leases l
+        WHERE l.id = ANY(ARRAY(SELECT DISTINCT h.lease_id FROM @schema@.holdings h
+                               WHERE h.limit_id = ANY(p_limit_ids)))
+          AND l.expires_at <= s.now
     LOOP
         v_want := v_item.limit_ids;
         IF NOT v_item.claimed AND v_item.ticket_id <> '' THEN  -- it lapses to its ticket
@@ -605,8 +647,10 @@ BEGIN
         s := @schema@._revoke(s, ARRAY[v_item.id], true);
     END LOOP;
     FOR v_item IN
-        SELECT DISTINCT t.id FROM @schema@.queue q JOIN @schema@.tickets t ON t.id = q.ticket_id
-        WHERE q.limit_id = ANY(p_limit_ids) AND t.expires_at <= s.now
+        SELECT t.id FROM @schema@.tickets t
+        WHERE t.id = ANY(ARRAY(SELECT DISTINCT q.ticket_id FROM @schema@.queue q
+                               WHERE q.limit_id = ANY(p_limit_ids)))
+          AND t.expires_at <= s.now
     LOOP
         v_try := @schema@._try_lock(s.locked, ARRAY(
             SELECT limit_id FROM @schema@.queue WHERE ticket_id = v_item.id));
@@ -643,7 +687,12 @@ DECLARE
 BEGIN
     WHILE cardinality(s.touched) + cardinality(s.moved) > 0 LOOP
         v_moved := s.moved;
-        v_work := ARRAY(SELECT DISTINCT unnest(s.touched || s.moved) ORDER BY 1);
+        v_work := s.touched || s.moved;
+        IF v_work[1] = ALL(v_work) THEN  -- one limit (the common case: no query)
+            v_work := v_work[1:1];
+        ELSE
+            v_work := ARRAY(SELECT DISTINCT unnest(v_work) ORDER BY 1);
+        END IF;
         s.touched := '{}';
         s.moved := '{}';
         s := @schema@._hand_off_pass(s, v_work, v_moved);
@@ -652,12 +701,17 @@ BEGIN
 END $$;
 
 -- One pass of _hand_off over the limits p_work (p_moved: those whose head may
--- have changed).
+-- have changed). A ticket served to the end leaves its queues, which changes them
+-- again; this pass looks at each of them again, now as moved (the limit it was
+-- served on, at once; the others later), so that alone calls for no other pass.
 CREATE OR REPLACE FUNCTION @schema@._hand_off_pass(
     s @schema@.step_state, p_work bigint[], p_moved bigint[]
 ) RETURNS @schema@.step_state LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_work bigint[] := p_work;
+    v_moved bigint[] := p_moved;
+    v_touched integer;
+    v_moves integer;
     v_done bigint[] := '{}';
     v_limit bigint;
     v_granted_here boolean;
@@ -692,7 +746,7 @@ BEGIN
                           v_lim.in_use)::@schema@.limit_row;
             IF v_lim.active AND v_ticket.kind = 'concurrency' AND v_lim.slots IS NOT NULL
                     AND v_lim.in_use + v_ticket.occupy > v_lim.slots THEN
-                IF v_limit = ANY(p_moved) AND v_ticket.occupy > v_lim.slots THEN
+                IF v_limit = ANY(v_moved) AND v_ticket.occupy > v_lim.slots THEN
                     s := @schema@._wake(s, v_ticket.id, v_ticket.process_id);  -- slots now below it
                 END IF;
                 EXIT;  -- no room on this limit: the common case, decided in one query
@@ -730,16 +784,23 @@ BEGIN
             IF @schema@._any(v_why) THEN
                 -- A new head waiting for a rate token must learn when it is due; one
                 -- waiting for units is served here when they free up.
-                IF (v_granted_here OR v_limit = ANY(p_moved)) AND 'rate' = ANY(v_why) THEN
+                IF (v_granted_here OR v_limit = ANY(v_moved)) AND 'rate' = ANY(v_why) THEN
                     s := @schema@._wake(s, v_ticket.id, v_ticket.process_id);
                 END IF;
                 EXIT;
             END IF;
+            v_touched := cardinality(s.touched);
+            v_moves := cardinality(s.moved);
             s := @schema@._grant_to_ticket(s, v_ticket, v_active,
                                            coalesce(v_ticket.process_id = s.caller, false));
             v_granted_here := true;
-            v_others := ARRAY(SELECT unnest(v_ids) EXCEPT SELECT v_limit);
-            IF cardinality(v_others) > 0 THEN  -- their queues moved too
+            IF v_ticket.wanted <= 1 THEN  -- it left its queues: each is looked at again below
+                v_moved := v_moved || s.moved[v_moves + 1:];
+                s.touched := s.touched[1:v_touched];
+                s.moved := s.moved[1:v_moves];
+            END IF;
+            IF cardinality(v_ids) > 1 THEN  -- its other queues moved too
+                v_others := ARRAY(SELECT unnest(v_ids) EXCEPT SELECT v_limit);
                 v_work := v_work || v_others;
                 v_done := ARRAY(SELECT unnest(v_done) EXCEPT SELECT unnest(v_others));
             END IF;

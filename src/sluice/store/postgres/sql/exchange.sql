@@ -43,46 +43,49 @@
 --   an ask or a timeout, with ONE blocking statement in name order; any other limit
 --   (a multi-limit waiter's, an expired lease's) only with SKIP LOCKED.
 CREATE OR REPLACE FUNCTION @schema@.exchange(p_batch jsonb) RETURNS jsonb
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+-- Every statement of the step (its helpers' too) on a generic plan, made once per
+-- session: custom plans, chosen for most statements (their array parameters make the
+-- generic plan look dearer), were planned again at every step. Such a plan must suit
+-- tables of any size, whatever their size when it was made: index lookups and
+-- nested loops only, driven by what the step names (a lease, a ticket, a limit's
+-- queue). Plain index scans also skip, and mark, the index entries of rows deleted
+-- long ago, which busy queues and leases leave many of.
+SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_bitmapscan = off
+SET enable_hashjoin = off SET enable_mergejoin = off
+AS $$
 DECLARE
     s @schema@.step_state;
-    v_releases text[] := '{}';
+    v_withdrawals jsonb := p_batch->'withdrawals';
+    v_asks jsonb := p_batch->'asks';
+    v_requests jsonb := p_batch->'requests';
+    v_releases text[] := CASE WHEN p_batch->'releases' = '[]' THEN '{}'
+                              ELSE @schema@._texts(p_batch->'releases') END;
     v_tickets text[] := '{}';
     v_names text[] := '{}';
-    v_item jsonb;
     v_lease text;
     v_waiting record;
     v_report jsonb;
     v_queued jsonb := '{}';
 BEGIN
-    IF jsonb_array_length(p_batch->'releases') > 0 THEN
-        v_releases := ARRAY(SELECT jsonb_array_elements_text(p_batch->'releases'));
-    END IF;
-    IF jsonb_array_length(p_batch->'withdrawals') + jsonb_array_length(p_batch->'asks') > 0 THEN
+    IF jsonb_array_length(v_withdrawals) + jsonb_array_length(v_asks) > 0 THEN
         v_tickets := ARRAY(
-            SELECT x->>'ticket' FROM jsonb_array_elements(p_batch->'withdrawals') x
-            UNION SELECT x->>'ticket' FROM jsonb_array_elements(p_batch->'asks') x);
+            SELECT x->>'ticket' FROM jsonb_array_elements(v_withdrawals) x
+            UNION SELECT x->>'ticket' FROM jsonb_array_elements(v_asks) x);
         v_names := ARRAY(
             SELECT jsonb_array_elements_text(x->'request'->'names')
-            FROM jsonb_array_elements(p_batch->'asks') x
-            UNION SELECT x->>'timed_out_on' FROM jsonb_array_elements(p_batch->'withdrawals') x
+            FROM jsonb_array_elements(v_asks) x
+            UNION SELECT x->>'timed_out_on' FROM jsonb_array_elements(v_withdrawals) x
             WHERE x->>'timed_out_on' IS NOT NULL);
     END IF;
-    IF jsonb_array_length(p_batch->'requests') > 0 THEN
+    IF jsonb_array_length(v_requests) = 1 THEN
+        v_names := v_names || @schema@._texts(v_requests->0->'names');
+    ELSIF jsonb_array_length(v_requests) > 1 THEN
         v_names := v_names || ARRAY(
-            SELECT jsonb_array_elements_text(x->'names')
-            FROM jsonb_array_elements(p_batch->'requests') x);
+            SELECT jsonb_array_elements_text(x->'names') FROM jsonb_array_elements(v_requests) x);
     END IF;
-    s := @schema@._state(
-        p_batch->>'process', p_batch->>'process',
-        @schema@._lock_limits(@schema@._involved(v_releases, v_tickets), v_names), NULL);
-    IF cardinality(v_tickets) > 0 THEN
-        -- Read again now that they are locked: a ticket may have joined a queue.
-        s.locked := @schema@._try_lock(s.locked, @schema@._involved('{}', v_tickets));
-        IF s.locked IS NULL THEN
-            RAISE EXCEPTION 'queues changed; try again' USING ERRCODE = '40001';
-        END IF;
-    END IF;
+    s := @schema@._state(p_batch->>'process', p_batch->>'process',
+                         @schema@._lock_step(v_releases, v_tickets, v_names), NULL);
     s.host := p_batch->>'host';
     s.pid := (p_batch->>'pid')::integer;
     s.step := (p_batch->>'step')::bigint;
@@ -99,34 +102,29 @@ BEGIN
             WHERE l.step = s.step AND l.process_id = s.caller AND l.claimed), '[]');
         s.mine := s.resent;
     END IF;
-    IF cardinality(v_tickets) > 0 THEN
-        FOR v_item IN SELECT * FROM jsonb_array_elements(p_batch->'withdrawals') LOOP
-            s := @schema@._withdraw(s, v_item);
-        END LOOP;
-    END IF;
+    -- (Loops by position: a loop over a query's rows would be one more statement.)
+    FOR i IN 0 .. jsonb_array_length(v_withdrawals) - 1 LOOP
+        s := @schema@._withdraw(s, v_withdrawals->i);
+    END LOOP;
     FOREACH v_lease IN ARRAY v_releases LOOP
         s := @schema@._release(s, v_lease);
     END LOOP;
     IF cardinality(s.touched) + cardinality(s.moved) > 0 THEN
         s := @schema@._hand_off(s);  -- what was freed goes to those already waiting, first
     END IF;
-    IF cardinality(v_tickets) > 0 THEN
-        FOR v_item IN SELECT * FROM jsonb_array_elements(p_batch->'asks') LOOP
-            s := @schema@._ask(s, v_item);
-        END LOOP;
-    END IF;
-    IF jsonb_array_length(p_batch->'requests') > 0 THEN
-        FOR v_item IN SELECT * FROM jsonb_array_elements(p_batch->'requests') LOOP
-            s := @schema@._request(s, v_item);
-        END LOOP;
-    END IF;
+    FOR i IN 0 .. jsonb_array_length(v_asks) - 1 LOOP
+        s := @schema@._ask(s, v_asks->i);
+    END LOOP;
+    FOR i IN 0 .. jsonb_array_length(v_requests) - 1 LOOP
+        s := @schema@._request(s, v_requests->i);
+    END LOOP;
     IF cardinality(s.touched) + cardinality(s.moved) > 0 THEN
         s := @schema@._hand_off(s);
     END IF;
     IF s.waiting <> '{}' THEN
         FOR v_waiting IN SELECT key, value #>> '{}' AS request FROM jsonb_each(s.waiting) LOOP
-            v_report := @schema@._report(s, v_waiting.key, ARRAY(
-                SELECT jsonb_array_elements_text(coalesce(s.missing->v_waiting.request, '[]'))));
+            v_report := @schema@._report(
+                s, v_waiting.key, @schema@._texts(coalesce(s.missing->v_waiting.request, '[]')));
             IF v_report IS NOT NULL THEN
                 v_queued := v_queued || jsonb_build_object(v_waiting.key, v_report);
             END IF;
@@ -134,12 +132,50 @@ BEGIN
     END IF;
     RETURN jsonb_build_object(
         'released', s.released, 'grants', s.mine, 'queued', v_queued, 'refused', s.refused,
-        'joined', s.joined, 'missing', s.missing, 'wake', to_jsonb(@schema@._notify(s)));
+        'joined', s.joined, 'missing', s.missing,
+        'wake', CASE WHEN cardinality(s.wake_t) = 0 THEN '[]'
+                     ELSE to_jsonb(@schema@._notify(s)) END);
 END $$;
 
--- The limits an exchange works on (see its Locks), but those it names: the limits of
--- the leases it releases, and the queues and unclaimed grants of the tickets it
--- withdraws from or asks about.
+-- Lock the limits an exchange works on (see its Locks) in name order, waiting: the
+-- limits of the leases it releases, the queues and unclaimed grants of the tickets it
+-- withdraws from or asks about, and the limits it names. A ticket may have joined a
+-- queue meanwhile: what the tickets cover is read again once locked, and locked
+-- without waiting (40001 if another step holds it: the client runs the step again).
+-- Returns the locked ids. (A lease's limits never change, nor does a name's limit
+-- while it is locked: a limit created meanwhile is as yet missing to the step.)
+CREATE OR REPLACE FUNCTION @schema@._lock_step(
+    p_releases text[], p_tickets text[], p_names text[]
+) RETURNS bigint[] LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_locked bigint[];
+BEGIN
+    IF cardinality(p_tickets) > 0 THEN
+        v_locked := @schema@._lock_limits(@schema@._involved(p_releases, p_tickets), p_names);
+        v_locked := @schema@._try_lock(v_locked, @schema@._involved('{}', p_tickets));
+        IF v_locked IS NULL THEN
+            RAISE EXCEPTION 'queues changed; try again' USING ERRCODE = '40001';
+        END IF;
+        RETURN v_locked;
+    ELSIF cardinality(p_releases) = 0 THEN
+        RETURN ARRAY(SELECT id FROM @schema@.limits WHERE name = ANY(p_names) ORDER BY name
+                     FOR UPDATE);
+    ELSIF cardinality(p_names) = 0 THEN
+        RETURN ARRAY(SELECT id FROM @schema@.limits
+                     WHERE id = ANY(ARRAY(SELECT unnest(limit_ids) FROM @schema@.leases
+                                          WHERE id = ANY(p_releases)))
+                     ORDER BY name FOR UPDATE);
+    END IF;
+    RETURN ARRAY(SELECT id FROM @schema@.limits
+                 WHERE id = ANY(ARRAY(SELECT unnest(limit_ids) FROM @schema@.leases
+                                      WHERE id = ANY(p_releases))
+                                || ARRAY(SELECT n.id FROM @schema@.limits n
+                                         WHERE n.name = ANY(p_names)))
+                 ORDER BY name FOR UPDATE);
+END $$;
+
+-- The limits of the leases released and the queues and unclaimed grants of the
+-- tickets withdrawn from or asked about.
 CREATE OR REPLACE FUNCTION @schema@._involved(p_releases text[], p_tickets text[])
 RETURNS bigint[] LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -152,7 +188,7 @@ BEGIN
         v_ids := v_ids
             || ARRAY(SELECT limit_id FROM @schema@.queue WHERE ticket_id = ANY(p_tickets))
             || ARRAY(SELECT unnest(limit_ids) FROM @schema@.leases
-                     WHERE ticket_id = ANY(p_tickets) AND ticket_id <> '' AND NOT claimed);
+                     WHERE ticket_id = ANY(p_tickets) AND NOT claimed);
     END IF;
     RETURN v_ids;
 END $$;
@@ -186,8 +222,8 @@ BEGIN
         IF v_take >= v_ticket.wanted THEN
             s := @schema@._drop(s, v_id);
         ELSE
-            SELECT * INTO v_arrivals FROM @schema@._arrivals(v_ticket);
-            SELECT * INTO v_left FROM @schema@._take_arrivals(v_arrivals.at, v_arrivals.n, v_take);
+            v_arrivals := @schema@._arrivals(v_ticket);
+            v_left := @schema@._take_arrivals(v_arrivals.at, v_arrivals.n, v_take);
             UPDATE @schema@.tickets
             SET wanted = wanted - v_take, arrival_at = v_left.at, arrival_n = v_left.n,
                 step = s.step
@@ -217,23 +253,32 @@ RETURNS @schema@.step_state LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_lease record;
 BEGIN
-    DELETE FROM @schema@.leases WHERE id = p_lease_id RETURNING expires_at, limit_ids
-    INTO v_lease;
+    WITH gone AS (
+        DELETE FROM @schema@.leases WHERE id = p_lease_id RETURNING expires_at, limit_ids
+    ), units AS (
+        DELETE FROM @schema@.holdings h
+        WHERE h.limit_id = ANY((SELECT g.limit_ids FROM gone g)::bigint[]) AND h.lease_id = p_lease_id
+        RETURNING h.limit_id, h.units
+    ), counted AS (
+        UPDATE @schema@.limits l
+        SET in_use = l.in_use - u.units,
+            reclaimed = l.reclaimed
+                        + CASE WHEN (SELECT g.expires_at FROM gone g) > s.now THEN 0 ELSE 1 END
+        FROM units u
+        WHERE l.id = ANY((SELECT g.limit_ids FROM gone g)::bigint[]) AND l.id = u.limit_id
+    )
+    SELECT g.expires_at, g.limit_ids,
+           EXISTS (SELECT 1 FROM @schema@.queue q
+                   WHERE q.limit_id = ANY(g.limit_ids) AND NOT q.stalled) AS waited_on
+    INTO v_lease FROM gone g;
     IF NOT FOUND THEN
         -- Gone: released already, or (resend) by the lost attempt of this exchange.
         s.released := s.released || jsonb_build_object(p_lease_id, s.resend);
         RETURN s;
     END IF;
-    WITH units AS (
-        DELETE FROM @schema@.holdings
-        WHERE lease_id = p_lease_id AND limit_id = ANY(v_lease.limit_ids)
-        RETURNING limit_id, units
-    )
-    UPDATE @schema@.limits l
-    SET in_use = l.in_use - u.units,
-        reclaimed = l.reclaimed + CASE WHEN v_lease.expires_at > s.now THEN 0 ELSE 1 END
-    FROM units u WHERE l.id = u.limit_id;
-    s.touched := s.touched || v_lease.limit_ids;
+    IF v_lease.waited_on THEN  -- (with nobody to hand its units to, no hand-off)
+        s.touched := s.touched || v_lease.limit_ids;
+    END IF;
     s.released := s.released || jsonb_build_object(p_lease_id, v_lease.expires_at > s.now);
     RETURN s;
 END $$;
@@ -254,6 +299,7 @@ DECLARE
     v_ticket @schema@.tickets;
     v_check jsonb;
     v_valid record;
+    v_seq bigint;
 BEGIN
     s := @schema@._claim(s, v_id);
     SELECT * INTO v_ticket FROM @schema@.tickets WHERE id = v_id;
@@ -265,7 +311,9 @@ BEGIN
             s.refused := s.refused || jsonb_build_object(v_id, v_check);
             RETURN s;
         END IF;
-        UPDATE @schema@.queue SET stalled = false WHERE ticket_id = v_id AND stalled;
+        WITH unstalled AS (
+            UPDATE @schema@.queue SET stalled = false WHERE ticket_id = v_id AND stalled
+        )
         UPDATE @schema@.tickets SET expires_at = s.now + lease_ttl, step = s.step WHERE id = v_id;
         RETURN @schema@._wait_or_serve(s, v_id, v_request->>'id');
     END IF;
@@ -277,13 +325,13 @@ BEGIN
         RETURN s;
     END IF;
     -- Gone (expired, or its last grant lapsed and went): open it again at its place.
-    SELECT * INTO v_valid FROM @schema@._valid(s, v_request);
+    v_valid := @schema@._valid(s, v_request);
     s := v_valid.s;
     IF v_valid.active IS NULL THEN
         RETURN s;
     END IF;
-    PERFORM @schema@._open_ticket(
-        v_request->>'id', ARRAY(SELECT jsonb_array_elements_text(v_request->'names')),
+    v_seq := @schema@._open_ticket(
+        v_request->>'id', @schema@._texts(v_request->'names'),
         (v_request->>'occupy')::integer, v_request->>'kind', v_request->>'holder', s.caller,
         s.host, s.pid, v_valid.active, v_left, (p_ask->>'seq')::bigint, false, s.step, s.now);
     s.moved := s.moved || @schema@._ids(v_valid.active);
@@ -325,43 +373,48 @@ END $$;
 -- ------------------------------------------------------------------ requests
 
 -- The active limits a request waits on, in name order, or NULL: refused (in the
--- state's refused, nothing changed). Names that do not exist go into the state's
--- missing (missing 'warn' or 'ignore').
+-- state's refused, nothing changed); and the names that do not exist, in the
+-- request's order, which also go into the state's missing (missing 'warn' or
+-- 'ignore'). Only the limits the step holds count: one created since the step
+-- locked is as yet missing.
 CREATE OR REPLACE FUNCTION @schema@._valid(
-    INOUT s @schema@.step_state, p_request jsonb, OUT active @schema@.limit_row[]
+    INOUT s @schema@.step_state, p_request jsonb, OUT active @schema@.limit_row[],
+    OUT missing text[]
 ) LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_id text := p_request->>'id';
-    v_names text[] := ARRAY(SELECT jsonb_array_elements_text(p_request->'names'));
+    v_names text[] := @schema@._texts(p_request->'names');
     v_rows @schema@.limit_row[];
-    v_missing text[];
     v_check jsonb;
 BEGIN
-    -- (Only those the step holds: one created since the step locked is as yet missing.)
     v_rows := ARRAY(
         SELECT ROW(l.id, l.name, l.slots, l.rate, l.burst, l.active, l.lease_ttl, l.tat,
                    (SELECT min(q.seq) FROM @schema@.queue q
                     WHERE q.limit_id = l.id AND NOT q.stalled),
                    l.in_use)::@schema@.limit_row
-        FROM @schema@.limits l WHERE l.name = ANY(v_names) AND l.id = ANY(s.locked)
+        FROM @schema@.limits l WHERE l.id = ANY(s.locked) AND l.name = ANY(v_names)
         ORDER BY l.name);
-    v_missing := ARRAY(SELECT n FROM unnest(v_names) WITH ORDINALITY AS x(n, i)
-                       WHERE n <> ALL(ARRAY(SELECT r.name FROM unnest(v_rows) r)) ORDER BY i);
-    IF cardinality(v_missing) > 0 AND p_request->>'missing' = 'raise' THEN
+    missing := '{}';
+    IF cardinality(v_rows) < cardinality(v_names) THEN  -- (names are distinct)
+        missing := ARRAY(SELECT n FROM unnest(v_names) WITH ORDINALITY AS x(n, i)
+                         WHERE n <> ALL(ARRAY(SELECT r.name FROM unnest(v_rows) r))
+                         ORDER BY i);
+    END IF;
+    IF cardinality(missing) > 0 AND p_request->>'missing' = 'raise' THEN
         s.refused := s.refused || jsonb_build_object(
-            v_id, jsonb_build_object('error', 'not_found', 'names', to_jsonb(v_missing)));
+            v_id, jsonb_build_object('error', 'not_found', 'names', to_jsonb(missing)));
         RETURN;
     END IF;
-    v_check := @schema@._check(p_request->>'kind', (p_request->>'occupy')::integer,
-                               @schema@._active(v_rows));
+    v_rows := @schema@._active(v_rows);
+    v_check := @schema@._check(p_request->>'kind', (p_request->>'occupy')::integer, v_rows);
     IF v_check IS NOT NULL THEN
         s.refused := s.refused || jsonb_build_object(v_id, v_check);
         RETURN;
     END IF;
-    IF cardinality(v_missing) > 0 THEN
-        s.missing := s.missing || jsonb_build_object(v_id, to_jsonb(v_missing));
+    IF cardinality(missing) > 0 THEN
+        s.missing := s.missing || jsonb_build_object(v_id, to_jsonb(missing));
     END IF;
-    active := @schema@._active(v_rows);
+    active := v_rows;
 END $$;
 
 -- A new request: join the ticket it names if it may, else be granted as far as
@@ -377,9 +430,9 @@ DECLARE
     v_count integer := (p_request->>'count')::integer;
     v_valid record;
     v_active @schema@.limit_row[];
-    v_missing text[];
     v_why text[];
     v_changes integer;
+    v_seq bigint;
 BEGIN
     IF s.resend THEN  -- did the lost attempt place it? Then it answers with what exists.
         IF EXISTS (SELECT 1 FROM @schema@.tickets WHERE id = v_id AND process_id = s.caller)
@@ -395,7 +448,7 @@ BEGIN
             RETURN @schema@._missing(s, p_request);
         END IF;
     END IF;
-    SELECT * INTO v_valid FROM @schema@._valid(s, p_request);
+    v_valid := @schema@._valid(s, p_request);
     s := v_valid.s;
     v_active := v_valid.active;
     IF v_active IS NULL THEN
@@ -405,7 +458,6 @@ BEGIN
         s.joined := s.joined || jsonb_build_object(v_id, v_join);
         RETURN @schema@._wait_or_serve(s, v_join, v_id);
     END IF;
-    v_missing := ARRAY(SELECT jsonb_array_elements_text(coalesce(s.missing->v_id, '[]')));
     WHILE v_count > 0 LOOP
         v_why := @schema@._blockers(v_kind, v_occupy, v_active, NULL, s.now);
         -- Something expired in the way? Look again with fresh numbers.
@@ -420,7 +472,7 @@ BEGIN
         EXIT WHEN @schema@._any(v_why);
         s.mine := s.mine || jsonb_build_array(@schema@._grant(
             v_id, NULL, s.caller, p_request->>'holder', s.host, s.pid, v_occupy, v_kind,
-            v_active, v_missing, true, s.step, s.now, NULL));
+            v_active, v_valid.missing, true, s.step, s.now, NULL));
         v_count := v_count - 1;
         IF v_count > 0 THEN
             v_active := @schema@._rows(@schema@._ids(v_active));
@@ -429,10 +481,9 @@ BEGIN
     IF v_count = 0 THEN
         RETURN s;
     END IF;
-    PERFORM @schema@._open_ticket(
-        v_id, ARRAY(SELECT jsonb_array_elements_text(p_request->'names')), v_occupy, v_kind,
-        p_request->>'holder', s.caller, s.host, s.pid, v_active, v_count, NULL, false, s.step,
-        s.now);
+    v_seq := @schema@._open_ticket(
+        v_id, @schema@._texts(p_request->'names'), v_occupy, v_kind, p_request->>'holder',
+        s.caller, s.host, s.pid, v_active, v_count, NULL, false, s.step, s.now);
     s.moved := s.moved || @schema@._ids(v_active);
     s.waiting := s.waiting || jsonb_build_object(v_id, v_id);
     RETURN s;
@@ -467,18 +518,19 @@ BEGIN
     IF NOT FOUND
             OR v_ticket.process_id <> s.caller
             OR v_ticket.wanted <= 0
-            OR v_ticket.names <> ARRAY(SELECT jsonb_array_elements_text(p_request->'names'))
+            OR v_ticket.names <> @schema@._texts(p_request->'names')
             OR v_ticket.occupy <> (p_request->>'occupy')::integer
             OR v_ticket.kind <> p_request->>'kind'
             OR v_ticket.holder <> p_request->>'holder' THEN
         RETURN false;
     END IF;
     IF EXISTS (SELECT 1 FROM @schema@.queue q
-               WHERE q.seq > v_ticket.seq AND q.limit_id IN (
-                   SELECT limit_id FROM @schema@.queue WHERE ticket_id = v_ticket.id)) THEN
+               WHERE q.limit_id = ANY(ARRAY(
+                         SELECT limit_id FROM @schema@.queue WHERE ticket_id = v_ticket.id))
+                 AND q.seq > v_ticket.seq) THEN
         RETURN false;  -- somebody queued after it: joining would overtake them
     END IF;
-    SELECT * INTO v_arrivals FROM @schema@._arrivals(v_ticket);
+    v_arrivals := @schema@._arrivals(v_ticket);
     UPDATE @schema@.tickets
     SET wanted = wanted + v_count, arrival_at = v_arrivals.at || s.now,
         arrival_n = v_arrivals.n || v_count, expires_at = s.now + lease_ttl, step = s.step
@@ -544,13 +596,12 @@ BEGIN
 END $$;
 
 -- When something that sends no wake-up (a rate token, the expiry of a lease or
--- ticket in the way) may let this request in: seconds from now, or NULL.
+-- ticket in the way) may let this request in: seconds from now, or NULL. (Plain
+-- index scans, as exchange sets them.)
 CREATE OR REPLACE FUNCTION @schema@._retry_in(
     p_occupy integer, p_active @schema@.limit_row[], p_why text[], p_seq bigint,
     p_now double precision
-) RETURNS double precision LANGUAGE plpgsql VOLATILE
--- Plain index scans: they skip (and mark) index entries of rows deleted long ago.
-SET enable_bitmapscan = off SET enable_seqscan = off AS $$
+) RETURNS double precision LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_at double precision;
     v_soonest double precision;
@@ -586,6 +637,7 @@ CREATE OR REPLACE FUNCTION @schema@._report(
     s @schema@.step_state, p_ticket_id text, p_missing text[]
 ) RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
+    v_found record;
     v_ticket @schema@.tickets;
     v_active @schema@.limit_row[];
     v_why text[];
@@ -594,14 +646,26 @@ DECLARE
     v_position bigint := 1;
     v_retry double precision := 0.001;  -- it can be served (it is stalled): look at once
 BEGIN
-    SELECT * INTO v_ticket FROM @schema@.tickets WHERE id = p_ticket_id;
+    SELECT t AS t, ARRAY(  -- its limits, as _ticket_rows reads them (one query for both)
+               SELECT ROW(l.id, l.name, l.slots, l.rate, l.burst, l.active, l.lease_ttl, l.tat,
+                          (SELECT min(h.seq) FROM @schema@.queue h
+                           WHERE h.limit_id = l.id AND NOT h.stalled),
+                          l.in_use)::@schema@.limit_row
+               FROM @schema@.queue q JOIN @schema@.limits l ON l.id = q.limit_id
+               WHERE q.ticket_id = t.id ORDER BY l.name) AS rows
+    INTO v_found FROM @schema@.tickets t WHERE t.id = p_ticket_id;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    v_active := @schema@._active(@schema@._ticket_rows(p_ticket_id));
+    v_ticket := v_found.t;
+    v_active := @schema@._active(v_found.rows);
     v_why := @schema@._blockers(v_ticket.kind, v_ticket.occupy, v_active, v_ticket.seq, s.now);
-    SELECT min(i) INTO v_first FROM unnest(v_why) WITH ORDINALITY AS w(why, i)
-    WHERE why IS NOT NULL;
+    FOR i IN 1 .. cardinality(v_why) LOOP
+        IF v_why[i] IS NOT NULL THEN
+            v_first := i;
+            EXIT;
+        END IF;
+    END LOOP;
     v_blocked := v_first IS NOT NULL;
     IF v_blocked THEN
         v_retry := @schema@._retry_in(v_ticket.occupy, v_active, v_why, v_ticket.seq, s.now);
