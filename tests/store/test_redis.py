@@ -734,6 +734,23 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _unread_bytes(port: int) -> int:
+    """Bytes waiting, unread, in the receive queues of the server's sockets on ``port``
+    (Linux /proc/net/tcp): a request that reached a frozen server."""
+    total = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port:
+                total += int(fields[4].split(":")[1], 16)
+    return total
+
+
 class OwnRedis:
     """A redis-server of this test's own, on a free loopback port; stopped by its PID."""
 
@@ -879,7 +896,9 @@ def test_a_release_spanning_a_restart_without_data_says_lease_lost(own_redis: Ow
 
         releasing = threading.Thread(target=release)
         releasing.start()
-        time.sleep(0.3)  # the release is in the frozen server's socket buffer by now
+        wait_until(
+            lambda: _unread_bytes(own_redis.port) > 0, 5.0, "the release to reach the server"
+        )
         own_redis.kill()  # unanswered; then back without the data
         own_redis.start()
         releasing.join(30)

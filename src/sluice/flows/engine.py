@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import sluice.limits.aio
 from sluice import _loops
-from sluice.errors import LeaseLost, SluiceError, TaskTimeoutError
+from sluice.errors import LeaseLost, SluiceError, StoreError, TaskTimeoutError
 from sluice.flows.context import TaskRun
 from sluice.flows.futures import SluiceFuture
 from sluice.flows.jobs import Job, Outcome
@@ -218,6 +218,22 @@ async def _release(lease: sluice.limits.aio.Lease, run: TaskRun) -> None:
         await lease.release()
     except LeaseLost as exc:
         log.warning("sluice: %s", exc, extra=_extra(run))
+    except StoreError as exc:
+        _release_failed(lease, run, exc)
+
+
+def _release_failed(lease: sluice.limits.aio.Lease, run: TaskRun, exc: StoreError) -> None:
+    """The run ended, but its lease could not be given back: the store frees it by itself."""
+    log.warning(
+        "sluice: task run %s (%s) could not release lease %s (%s); the store frees its "
+        "units when the lease expires, at %s",
+        run.name,
+        run.id,
+        lease.id,
+        exc,
+        lease.expires_at.isoformat(timespec="seconds"),
+        extra=_extra(run),
+    )
 
 
 def _record_end(task: TaskSpec, run: TaskRun, outcome: Outcome, attempt: int) -> float | None:

@@ -25,11 +25,11 @@ from sluice.store.history import FlowRunDetail, FlowRunRecord, StateRecord
 
 __all__ = [
     "RunIndex",
+    "flow_run_of",
     "gantt_segments",
     "limit_json",
     "limits_json",
     "run_detail_json",
-    "flow_run_of",
     "task_run_of",
 ]
 
