@@ -1,12 +1,13 @@
 """The PostgreSQL store's schema 4, upgraded in place from what schema 3 left behind.
 
 Schema 4 changed no table's columns: ``leases_by_ticket`` covers every lease (a
-generic plan cannot use the partial index schema 3 had), and ``_valid``'s result
-type changed, so the old one must go before the step functions are installed again.
-A store is made now, turned back into what schema 3 left (that index, a ``_valid`` of
-the old result type, version 3) with a holder and a waiter of two live processes, and
-a process of this version arrives: the schema is upgraded, both keep their places,
-and the waiter is served when the holder leaves. Every test uses its own schema.
+generic plan cannot use the partial index schema 3 had), ``_valid``'s result type
+changed and ``_grant`` takes one more parameter, so the old ones must go before the
+step functions are installed again. A store is made now, turned back into what
+schema 3 left (that index, those functions as they were, version 3) with a holder
+and a waiter of two live processes, and a process of this version arrives: the
+schema is upgraded, both keep their places, and the waiter is served when the holder
+leaves. Every test uses its own schema.
 """
 
 from __future__ import annotations
@@ -51,6 +52,15 @@ def as_schema_3(schema: str) -> None:
         f"CREATE FUNCTION {s}._valid(INOUT s {s}.step_state, p_request jsonb,"
         f" OUT active {s}.limit_row[]) LANGUAGE plpgsql AS $$ BEGIN END $$"
     )
+    old_grant = (
+        f"text, bigint, text, text, text, integer, integer, text, {s}.limit_row[], text[],"
+        " boolean, bigint, double precision, double precision"
+    )
+    admin(f"DROP FUNCTION {s}._grant({old_grant}, boolean)")
+    admin(
+        f"CREATE FUNCTION {s}._grant({old_grant}) RETURNS jsonb"
+        " LANGUAGE sql AS $$ SELECT '{}'::jsonb $$"
+    )
     admin(f"UPDATE {s}.meta SET value = '3' WHERE key = 'schema_version'")
 
 
@@ -86,6 +96,12 @@ def test_a_schema_3_store_is_upgraded_in_place_keeping_its_holder_and_waiter(
             (s,),
         )
         assert arguments == ["s", "p_request", "active", "missing"]
+        overloaded = admin(
+            "SELECT proname FROM pg_proc WHERE pronamespace = %s::regnamespace"
+            " GROUP BY proname HAVING count(*) > 1",
+            (s,),
+        )
+        assert overloaded == []
         assert [h.lease_id for h in status.holders] == [held.lease_id]
         assert [(w.ticket_id, w.holder, w.position) for w in status.waiters] == [
             ("waiting", "queued", 1)

@@ -316,12 +316,14 @@ END $$;
 -- leaves nothing behind; its lease remembers p_step); otherwise its lease
 -- waits to be claimed and lapses after _claim_window(). p_queued_since: when
 -- the granted request arrived, if it queued (its wait goes into the totals'
--- histogram of queued waits), else NULL. Returns a Granted.
+-- histogram of queued waits), else NULL. p_last: the grant is the last one its
+-- ticket wants, and the ticket leaves its queues in the same statement. Returns a
+-- Granted.
 CREATE OR REPLACE FUNCTION @schema@._grant(
     p_ticket_id text, p_ticket_seq bigint, p_process_id text, p_holder text, p_host text,
     p_pid integer, p_occupy integer, p_kind text, p_active @schema@.limit_row[],
     p_missing text[], p_claimed boolean, p_step bigint, p_now double precision,
-    p_queued_since double precision
+    p_queued_since double precision, p_last boolean DEFAULT false
 ) RETURNS jsonb LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_row @schema@.limit_row;
@@ -364,7 +366,8 @@ BEGIN
                                   ELSE least(v_ttl, @schema@._claim_window()) END;
     END IF;
     -- One statement: the limits' tokens, units and totals (a wait, if it queued, in
-    -- its bucket: nothing changes there otherwise), the lease and its holdings.
+    -- its bucket: nothing changes there otherwise), the lease, its holdings, and
+    -- (p_last) the ticket gone from its queues.
     WITH counted AS (
         UPDATE @schema@.limits l
         SET tat = x.tat, in_use = l.in_use + x.units, grants = l.grants + 1,
@@ -382,6 +385,10 @@ BEGIN
                p_occupy, v_ttl, p_now, v_expires, p_ticket_id, p_ticket_seq, p_claimed,
                CASE WHEN p_claimed THEN p_step END
         WHERE v_lease_id IS NOT NULL
+    ), served AS (
+        DELETE FROM @schema@.tickets WHERE p_last AND id = p_ticket_id
+    ), unqueued AS (
+        DELETE FROM @schema@.queue WHERE p_last AND ticket_id = p_ticket_id
     )
     INSERT INTO @schema@.holdings (limit_id, lease_id, units)
     SELECT unnest(v_hold), v_lease_id, p_occupy WHERE v_lease_id IS NOT NULL;
@@ -410,10 +417,10 @@ BEGIN
     v_granted := @schema@._grant(
         p_ticket.id, p_ticket.seq, p_ticket.process_id, p_ticket.holder, p_ticket.host,
         p_ticket.pid, p_ticket.occupy, p_ticket.kind, p_active, '{}', p_claimed, s.step, s.now,
-        coalesce(v_arrivals.at[1], p_ticket.created_at));
-    IF p_ticket.wanted <= 1 THEN
-        v_ids := @schema@._drop_ticket(p_ticket.id, @schema@._ids(p_active));
-        s.touched := s.touched || v_ids;  -- (the limits it was granted on)
+        coalesce(v_arrivals.at[1], p_ticket.created_at), p_ticket.wanted <= 1);
+    IF p_ticket.wanted <= 1 THEN  -- it left its queues (_grant): those it was granted on moved
+        v_ids := @schema@._ids(p_active);
+        s.touched := s.touched || v_ids;
         s.moved := s.moved || v_ids;
     ELSE
         v_left := @schema@._take_arrivals(v_arrivals.at, v_arrivals.n, 1);

@@ -11,9 +11,16 @@
 --                     leases schema 2 left): the unclaimed grants of a ticket are
 --                     found by it, however many leases there are
 --   _valid            also answers the names that are missing (its result type
---                     changed: the old one goes, the new one is installed after this)
+--                     changed)
+--   _grant            also takes p_last (a ticket served to the end leaves its queues
+--                     in the grant's own statement)
+-- The old _valid and _grant go; the new ones are installed after this script (left
+-- in place, the old _valid would stop that, the old _grant make its calls ambiguous).
 
 DROP INDEX @schema@.leases_by_ticket;
 CREATE INDEX leases_by_ticket ON @schema@.leases (ticket_id);
 
 DROP FUNCTION IF EXISTS @schema@._valid(@schema@.step_state, jsonb);
+DROP FUNCTION IF EXISTS @schema@._grant(
+    text, bigint, text, text, text, integer, integer, text, @schema@.limit_row[], text[],
+    boolean, bigint, double precision, double precision);
