@@ -323,7 +323,7 @@ class Engine:
         sql = self._fn("exchange", "%s::jsonb")
         for delay in (*_RESEND_DELAYS, None):
             try:
-                data = yield Call(sql, (json.dumps(payload),))
+                data = yield Call(sql, (json.dumps(payload, separators=(",", ":")),))
                 break
             except StoreUnavailable:
                 if delay is None:
