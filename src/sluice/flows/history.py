@@ -1,7 +1,7 @@
 """Recording run history off the hot path: one background writer per store and process.
 
 State changes only append records to a queue; a daemon thread writes them in
-batches (whatever accumulated while the previous batch was written) through
+batches (what accumulates within 25 ms of a batch's first record) through
 the store's :class:`~sluice.history.HistoryStore`. A flow flushes the writer when
 it ends, then asks it to prune the history to ``SLUICE_HISTORY_KEEP`` runs
 (and ``SLUICE_HISTORY_MAX_AGE``); every writer is flushed at interpreter exit.
@@ -14,6 +14,7 @@ import atexit
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,6 +28,10 @@ __all__ = ["HistoryWriter", "writer_for"]
 log = logging.getLogger("sluice")
 
 _BATCH = 5000
+
+_LINGER = 0.025
+"""Seconds a batch waits for more records after its first (a flush does not wait): a
+run that changes state several times within it is written once, not once per change."""
 
 
 @dataclass
@@ -93,6 +98,7 @@ class HistoryWriter:
             batch: list[HistoryRecord] = []
             markers: list[_Marker] = []
             item = self._queue.get()
+            until = time.monotonic() + _LINGER
             while True:
                 if isinstance(item, _Marker):
                     markers.append(item)
@@ -103,7 +109,13 @@ class HistoryWriter:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
-                    break
+                    left = until - time.monotonic()
+                    if markers or left <= 0:
+                        break
+                    try:
+                        item = self._queue.get(timeout=left)
+                    except queue.Empty:
+                        break
             with self._dirty_lock:
                 dirty, self._dirty = self._dirty, {}
             batch.extend(run.record() for run in dirty.values())

@@ -6,6 +6,7 @@ PostgreSQL) use as they are; ``limits`` and ``tags`` are JSON arrays.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,12 @@ class Rows:
         return bool(self.flows or self.tasks or self.states)
 
 
+@functools.lru_cache(maxsize=1024)
+def _json_list(names: tuple[str, ...]) -> str:
+    """A tuple of names as a JSON array (the same few tuples, thousands of times)."""
+    return json.dumps(list(names))
+
+
 def rows_of(batch: Sequence[HistoryRecord]) -> Rows:
     """The batch's records as rows; InvalidRequest for anything that is not a record."""
     rows = Rows()
@@ -77,10 +84,10 @@ def rows_of(batch: Sequence[HistoryRecord]) -> Rows:
                 record.started_at,
                 record.ended_at,
                 record.message,
-                json.dumps(list(record.limits)),
+                _json_list(record.limits),
                 record.occupy,
                 record.attempts,
-                json.dumps(list(record.tags)),
+                _json_list(record.tags),
             )
         elif isinstance(record, FlowRunRecord):
             rows.flows.pop(record.id, None)
