@@ -1,4 +1,4 @@
-"""SQLite schema versions: a store written by schema version 1 is migrated in place."""
+"""SQLite schema versions: a store written by an older schema version is migrated in place."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ TOTALS_COLUMNS = (
 
 def _make_version(path: Path, version: int) -> None:
     """A database laid out as schema ``version`` (1: before limit totals; 2: before tickets
-    for several requests and claims), holding one limit."""
+    for several requests and claims; 3: before the record of held units), holding one limit."""
     with Limits(f"sqlite:///{path}") as limits:
         limits.create("db", slots=3, rate=5.0)
     _downgrade(path, version)
@@ -33,6 +33,11 @@ def _make_version(path: Path, version: int) -> None:
 def _downgrade(path: Path, version: int) -> None:
     conn = sqlite3.connect(path)
     try:
+        conn.execute("DROP TABLE sluice_held")
+        if version == 3:
+            conn.execute("UPDATE sluice_meta SET value = '3' WHERE key = 'schema_version'")
+            conn.commit()
+            return
         conn.execute("DROP INDEX sluice_leases_by_ticket")
         for table, column in V3_COLUMNS:
             conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
@@ -70,7 +75,7 @@ def test_a_version_1_store_is_migrated_keeping_its_limits(tmp_path: Path) -> Non
         assert status.totals == LimitTotals()
         limits.acquire("db").release()
         assert limits.inspect("db").totals.grants == 1
-        assert limits._store.diagnose().schema_version == SCHEMA_VERSION == 3
+        assert limits._store.diagnose().schema_version == SCHEMA_VERSION == 4
     conn = sqlite3.connect(path)
     try:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(sluice_limits)")}
@@ -125,11 +130,46 @@ def test_a_version_2_store_is_migrated_keeping_its_holders_and_waiters(tmp_path:
         status = limits.inspect("db")
         assert [h.holder for h in status.holders] == ["v2-holder"]
         assert [(w.holder, w.count, w.position) for w in status.waiters] == [("v2-waiter", 1, 1)]
-        assert limits._store.diagnose().schema_version == 3
+        assert limits._store.diagnose().schema_version == SCHEMA_VERSION
         limits.update("db", slots=2)  # room for the old waiter: it is handed a grant
         status = limits.inspect("db")
         assert sorted(h.holder for h in status.holders) == ["v2-holder", "v2-waiter"]
         assert status.waiters == []
+
+
+def test_a_version_3_store_is_migrated_and_records_who_held_its_units(tmp_path: Path) -> None:
+    path = tmp_path / "v3.db"
+    url = f"sqlite:///{path}"
+    _make_version(path, 3)
+    conn = sqlite3.connect(path)
+    try:  # a lease of another host's process, held across the upgrade
+        now = time.time()
+        conn.execute(
+            "INSERT INTO sluice_processes (id, pid, host, wake_addr, started_at)"
+            " VALUES ('old-process', 1, 'nowhere', '@none', ?)",
+            (now,),
+        )
+        conn.execute(
+            "INSERT INTO sluice_leases (id, limit_ids, names, kind, process_id, holder, host,"
+            " pid, occupy, lease_ttl, acquired_at, expires_at) VALUES ('old-lease', '1', 'db',"
+            " 'concurrency', 'old-process', 'before-upgrade', 'nowhere', 1, 1, 30, ?, ?)",
+            (now, now + 30),
+        )
+        conn.execute(
+            "INSERT INTO sluice_holdings (limit_id, lease_id, units) VALUES (1, 'old-lease', 1)"
+        )
+        conn.commit()
+    finally:
+        conn.close()
+    with Limits(url) as limits:
+        assert [h.holder for h in limits.inspect("db").holders] == ["before-upgrade"]
+        assert limits._store.diagnose().schema_version == SCHEMA_VERSION
+        with limits.concurrency("db", holder="after-upgrade"):
+            pass
+        assert limits.reset("db") == 1  # the old lease ends: revoked
+        spans = limits._store.held_spans(["db"], now - 60, time.time() + 1)
+        assert sorted(s.holder for s in spans) == ["after-upgrade", "before-upgrade"]
+        assert all(s.released_at is not None and s.units == 1 for s in spans)
 
 
 def test_a_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:

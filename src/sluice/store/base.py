@@ -73,6 +73,7 @@ __all__ = [
     "Exchange",
     "Exchanged",
     "Granted",
+    "HeldSpan",
     "Queued",
     "Renewal",
     "Store",
@@ -274,6 +275,20 @@ class StoreDiagnosis:
     tried (a store not yet created)."""
 
 
+@dataclass(frozen=True)
+class HeldSpan:
+    """A stretch of time during which one lease held units of one limit, as the store saw it."""
+
+    limit: str
+    holder: str
+    """The lease's holder label (a flow task run's names its task, flow and flow run)."""
+    units: int
+    acquired_at: float
+    released_at: float | None
+    """When the lease ended (released, reclaimed or revoked); None while it is held."""
+    lease_id: str
+
+
 @runtime_checkable
 class Store(Protocol):
     """A backend holding limits, leases and queues; every method is one atomic step."""
@@ -340,6 +355,10 @@ class Store(Protocol):
 
         A renewed ticket that was stalled (a grant handed to it lapsed) is served again.
         """
+
+    def held_spans(self, names: Sequence[str], since: float, until: float) -> list[HeldSpan]:
+        """Every lease that held units of these limits at some time in [since, until]: the
+        ended ones the store kept on record and those held now, by acquisition time."""
 
     def set_wake_handler(self, handler: WakeHandler) -> None:
         """Deliver this process's wake-ups (ticket ids) to ``handler``."""

@@ -20,6 +20,7 @@ from sluice.errors import InvalidRequest, LimitNotFound
 from sluice.limits import gcra
 from sluice.limits.model import DEFAULT_LEASE_TTL, Kind
 from sluice.store.base import CLAIM_WINDOW, AcquireRequest, Granted
+from sluice.store.sqlite.held import record_held
 from sluice.store.sqlite.ipc import ProcessInfo
 from sluice.store.sqlite.totals import count_reclaimed, count_wait
 from sluice.store.sqlite.tx import (
@@ -322,20 +323,17 @@ class SQLiteEngine:
     # ------------------------------------------------------------- giving back
 
     def _release_one(self, tx: Tx, lease_id: str) -> bool:
+        columns = "expires_at, limit_ids, holder, occupy, acquired_at, claimed"
         if HAS_RETURNING:
-            row = tx.one(
-                "DELETE FROM sluice_leases WHERE id = ? RETURNING expires_at, limit_ids",
-                (lease_id,),
-            )
+            row = tx.one(f"DELETE FROM sluice_leases WHERE id = ? RETURNING {columns}", (lease_id,))
         else:
-            row = tx.one(
-                "SELECT expires_at, limit_ids FROM sluice_leases WHERE id = ?", (lease_id,)
-            )
+            row = tx.one(f"SELECT {columns} FROM sluice_leases WHERE id = ?", (lease_id,))
             if row is not None:
                 tx.run("DELETE FROM sluice_leases WHERE id = ?", (lease_id,))
         if row is None:
             return False
-        self._delete_holdings(tx, lease_id, row[1])
+        held = (str(row[2]), int(row[3]), float(row[4])) if row[5] else None
+        self._delete_holdings(tx, lease_id, row[1], held)
         if float(row[0]) > tx.now:
             return True
         count_reclaimed(tx, id_list(row[1]))  # released too late: it had expired
@@ -361,7 +359,8 @@ class SQLiteEngine:
                 chunk,
             ):
                 lease_id, limit_ids, claimed = str(row[0]), row[1], bool(row[14])
-                self._delete_holdings(tx, lease_id, limit_ids)
+                held = (str(row[5]), int(str(row[8])), float(str(row[10]))) if claimed else None
+                self._delete_holdings(tx, lease_id, limit_ids, held)
                 tx.run("DELETE FROM sluice_leases WHERE id = ?", (lease_id,))
                 if expired and claimed:
                     count_reclaimed(tx, id_list(limit_ids))
@@ -400,14 +399,19 @@ class SQLiteEngine:
             self._open_ticket(tx, request, active, info, 1, int(str(seq)), stalled=True)
         tx.wake_tickets[ticket_id] = process_id
 
-    def _delete_holdings(self, tx: Tx, lease_id: str, limit_ids: str) -> None:
-        """Give back the units a lease holds, by primary key, marking the limits touched."""
+    def _delete_holdings(
+        self, tx: Tx, lease_id: str, limit_ids: str, held: tuple[str, int, float] | None
+    ) -> None:
+        """Give back the units a lease holds, by primary key, marking the limits touched;
+        ``held`` (holder, units, acquired_at) of a claimed lease goes on record."""
         ids = id_list(limit_ids)
         tx.conn.executemany(
             "DELETE FROM sluice_holdings WHERE limit_id = ? AND lease_id = ?",
             [(limit_id, lease_id) for limit_id in ids],
         )
         tx.touched.update(ids)
+        if held is not None:
+            record_held(tx, lease_id, ids, *held)
 
     def _drop_ticket(self, tx: Tx, ticket_id: str, limit_ids: list[int] | None = None) -> bool:
         """Withdraw a ticket from every queue it is in; False if there was none."""

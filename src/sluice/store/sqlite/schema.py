@@ -17,7 +17,7 @@ from sluice.store.base import StoreDiagnosis
 
 __all__ = ["SCHEMA_VERSION", "check_creatable", "create_schema", "diagnose_file", "read_diagnosis"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _MIGRATE_1_TO_2 = (
     *(
         f"ALTER TABLE sluice_limits ADD COLUMN {column}"
@@ -47,6 +47,15 @@ _MIGRATE_2_TO_3 = (
 )
 """Schema version 2 to 3: tickets wanting several grants, and grants waiting to be claimed.
 Every existing ticket wants one grant and every existing lease is claimed."""
+_MIGRATE_3_TO_4 = (
+    "CREATE TABLE IF NOT EXISTS sluice_held (limit_id INTEGER NOT NULL, holder TEXT NOT NULL,"
+    " units INTEGER NOT NULL, acquired_at REAL NOT NULL, released_at REAL NOT NULL,"
+    " lease_id TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS sluice_held_by_limit ON sluice_held (limit_id, released_at)",
+    "UPDATE sluice_meta SET value = '4' WHERE key = 'schema_version'",
+)
+"""Schema version 3 to 4: the record of who held each limit's units, and when (empty:
+leases that ended before the upgrade were not recorded)."""
 
 
 def create_schema(conn: sqlite3.Connection, url: str) -> None:
@@ -65,8 +74,8 @@ def create_schema(conn: sqlite3.Connection, url: str) -> None:
             )
         if version is not None and int(version[0]) == SCHEMA_VERSION:
             return
-        if version is not None and int(version[0]) in (1, 2):
-            steps = (_MIGRATE_1_TO_2, _MIGRATE_2_TO_3)[int(version[0]) - 1 :]
+        if version is not None and int(version[0]) in (1, 2, 3):
+            steps = (_MIGRATE_1_TO_2, _MIGRATE_2_TO_3, _MIGRATE_3_TO_4)[int(version[0]) - 1 :]
             for migration in steps:
                 for statement in migration:
                     conn.execute(statement)

@@ -84,6 +84,20 @@ CREATE TABLE IF NOT EXISTS sluice_holdings (
     PRIMARY KEY (limit_id, lease_id)
 ) WITHOUT ROWID;
 
+-- Who held a limit's units, and when: one row per lease and limit, written when the
+-- lease ends (released, reclaimed, revoked). Claimed leases only (an unclaimed
+-- hand-off held nothing for anyone). `run why` reads it; the newest HELD_KEEP rows
+-- are kept (sluice/store/sqlite/engine.py).
+CREATE TABLE IF NOT EXISTS sluice_held (
+    limit_id    INTEGER NOT NULL,
+    holder      TEXT NOT NULL,
+    units       INTEGER NOT NULL,
+    acquired_at REAL NOT NULL,
+    released_at REAL NOT NULL,
+    lease_id    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sluice_held_by_limit ON sluice_held (limit_id, released_at);
+
 -- Waiting requests; seq is the store-wide arrival order (never reused). A ticket
 -- stands for `wanted` more grants of the same request. arrivals lists when they
 -- arrived, oldest first, as "time:count,time:count" (empty: all at created_at),
