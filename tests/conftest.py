@@ -30,7 +30,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -173,8 +173,25 @@ def selected_store_ids() -> tuple[str, ...]:
     return tuple(store_id for store_id in STORE_IDS if store_id in ids)
 
 
+_importorskip = pytest.importorskip
+
+
+def importorskip_or_fail_on_ci(modname: str, *args: Any, **kwargs: Any) -> Any:
+    """``pytest.importorskip`` while this suite runs: the same, except that under CI=true
+    a missing module fails instead of skipping (tests should call :func:`require_module`;
+    this keeps a direct ``pytest.importorskip`` from skipping silently on CI)."""
+    try:
+        return _importorskip(modname, *args, **kwargs)
+    except pytest.skip.Exception as exc:
+        if on_ci():
+            pytest.fail(f"CI=true and {exc.msg}", pytrace=False)
+        raise
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Under CI=true, a narrowed store table is an error: CI tests every store."""
+    """Under CI=true, a narrowed store table is an error: CI tests every store; and
+    ``pytest.importorskip`` fails instead of skipping (see importorskip_or_fail_on_ci)."""
+    pytest.importorskip = importorskip_or_fail_on_ci
     if on_ci() and selected_store_ids() != STORE_IDS:
         raise pytest.UsageError(
             f"CI=true and SLUICE_TEST_STORES={os.environ['SLUICE_TEST_STORES']!r} leaves out"

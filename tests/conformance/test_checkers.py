@@ -91,6 +91,17 @@ def test_a_missing_module_skips_locally_and_fails_on_ci(monkeypatch: pytest.Monk
     assert require_module("json", "dev").dumps([]) == "[]"
 
 
+def test_importorskip_fails_on_ci_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/conftest.py makes a direct pytest.importorskip fail under CI=true as well."""
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        pytest.importorskip("sluice_no_such_module")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true and could not import"):
+        pytest.importorskip("sluice_no_such_module")
+    assert pytest.importorskip("json").dumps({}) == "{}"
+
+
 def test_store_selection_follows_sluice_test_stores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLUICE_TEST_STORES", "sqlite, memory,nope")
     assert selected_store_ids() == ("memory", "sqlite")
