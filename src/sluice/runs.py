@@ -11,7 +11,7 @@ import builtins
 from sluice import settings
 from sluice.errors import InvalidRequest
 from sluice.flows.history import writer_for
-from sluice.flows.why import Cause, WhyReport, explain
+from sluice.flows.why import Cause, WhyReport, explain_recorded
 from sluice.store import open_history
 from sluice.store.history import FlowRunDetail, FlowRunRecord, HistoryStore
 
@@ -39,5 +39,6 @@ def get(run_id: str, *, url: str | None = None) -> FlowRunDetail:
 
 
 def why(run_id: str, *, url: str | None = None) -> WhyReport:
-    """Where a flow run's wall time went, by cause; ``print()`` it for the table."""
-    return explain(get(run_id, url=url))
+    """What held a flow run back, who held the slots it waited for, and what would have
+    helped; ``print()`` it for the report."""
+    return explain_recorded(get(run_id, url=url), settings.resolve_url(url).url)

@@ -43,8 +43,10 @@ def schema() -> Iterator[str]:
 
 
 def as_schema_3(schema: str) -> None:
-    """Turn the schema's objects back into schema 3's, keeping every row."""
+    """Turn the schema's objects back into schema 3's, keeping every row (schema 5's
+    record of held units did not exist yet)."""
     s = f'"{schema}"'
+    admin(f"DROP TABLE {s}.held")
     admin(f"DROP INDEX {s}.leases_by_ticket")
     admin(f"CREATE INDEX leases_by_ticket ON {s}.leases (ticket_id) WHERE ticket_id <> ''")
     admin(f"DROP FUNCTION {s}._valid({s}.step_state, jsonb)")
@@ -82,8 +84,8 @@ def test_a_schema_3_store_is_upgraded_in_place_keeping_its_holder_and_waiter(
             status = arriving.inspect_limit("db")
         finally:
             arriving.close()
-        assert SCHEMA_VERSION == 4
-        assert admin(f"SELECT value FROM {s}.meta WHERE key = 'schema_version'") == [("4",)]
+        assert SCHEMA_VERSION == 5
+        assert admin(f"SELECT value FROM {s}.meta WHERE key = 'schema_version'") == [("5",)]
         [(index,)] = admin(
             "SELECT indexdef FROM pg_indexes WHERE schemaname = %s"
             " AND indexname = 'leases_by_ticket'",
@@ -112,6 +114,8 @@ def test_a_schema_3_store_is_upgraded_in_place_keeping_its_holder_and_waiter(
         # leaves, its slot is handed to the waiter, which claims it by asking.
         released = holder.exchange(Exchange(releases=(str(held.lease_id),)))
         assert released.released == {held.lease_id: True} and released.grants == ()
+        [span] = holder.held_spans(["db"], 0.0, holder.now() + 1)  # schema 5's record
+        assert (span.lease_id, span.released_at is not None) == (held.lease_id, True)
         answer = waiter.exchange(Exchange(asks=(Ask("waiting", request, queued.seq, 1),)))
         [granted] = answer.grants
         assert granted.ticket_id == "waiting" and answer.queued == {}

@@ -16,7 +16,7 @@ from sluice.cli._common import (
     url_option,
 )
 from sluice.errors import RunNotFound
-from sluice.flows.why import explain
+from sluice.flows.why import explain_recorded
 from sluice.report.runs import duration, iso, run_json, task_run_json
 from sluice.runs import get as get_run
 from sluice.runs import list as list_runs
@@ -124,8 +124,8 @@ def show(run_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 @url_option
 def why(run_id: str, as_json: bool) -> None:
-    """Break flow run RUN_ID's wall time down by cause: running, each limit, workers, retries."""
-    report = explain(_detail(run_id))
+    """What held flow run RUN_ID back, who held the slots it waited for, what would have helped."""
+    report = explain_recorded(_detail(run_id), resolved_url().url)
     if as_json:
         echo_json(report.to_dict())
     else:

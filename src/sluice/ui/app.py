@@ -312,9 +312,10 @@ def create_app(
     async def api_run(request: Request) -> Response:
         try:
             detail = await run_in_threadpool(d.runs.detail, request.path_params["run_id"])
+            body = await run_in_threadpool(run_detail_json, detail, d.runs.url)
         except SluiceError as exc:
             return _error(exc)
-        return JSONResponse(run_detail_json(detail))
+        return JSONResponse(body)
 
     async def api_session(request: Request) -> Response:
         return JSONResponse(

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from sluice import runs
 from sluice.errors import RunNotFound
-from sluice.flows.why import explain
+from sluice.flows.why import explain, explain_recorded
 from sluice.limits.model import LimitStatus
 from sluice.report.limits import status_json, summary_json
 from sluice.report.runs import run_json, task_run_json
@@ -142,7 +142,7 @@ def _end_of(detail: FlowRunDetail) -> float:
     return max([time.time(), *stamps])
 
 
-def run_detail_json(detail: FlowRunDetail) -> dict[str, Any]:
+def run_detail_json(detail: FlowRunDetail, url: str | None = None) -> dict[str, Any]:
     """``GET /api/runs/ID``: ``run show --json``, each task run's bars, and ``run why``."""
     run = detail.run
     origin = min(
@@ -152,7 +152,7 @@ def run_detail_json(detail: FlowRunDetail) -> dict[str, Any]:
     tasks = task_run_json(detail)
     for data, task_run in zip(tasks, detail.task_runs, strict=True):
         data["segments"] = gantt_segments(task_run.states, origin, end)
-    report = explain(detail)
+    report = explain_recorded(detail, url) if url is not None else explain(detail)
     return {
         **run_json(run),
         "origin": _iso(origin),

@@ -37,7 +37,7 @@ __all__ = [
     "translate",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The schema this code needs; ``sql/migrate_<NNN>.sql`` for each version up to it
 (1: the tables; 2: the limits' totals; 3: the exchange protocol; 4: indexes that the
 exchange step's generic plans can use)."""
@@ -50,6 +50,7 @@ STEPS = (
     "define_limit",
     "get_limit",
     "list_limits",
+    "held_spans",
     "update_limit",
     "set_active",
     "reset_limit",

@@ -27,6 +27,7 @@ from sluice.store.base import (
     Exchange,
     Exchanged,
     Granted,
+    HeldSpan,
     Queued,
     Renewal,
     StoreDiagnosis,
@@ -164,6 +165,26 @@ class Engine:
     def list_limits(self) -> Plan[list[Limit]]:
         data = yield self._step("list_limits", "")
         return [_limit(d) for d in data]
+
+    def held_spans(self, names: Sequence[str], since: float, until: float) -> Plan[list[HeldSpan]]:
+        """Who held these limits' units in [since, until]: ended leases on record, and now."""
+        wanted = sorted(set(names))
+        if not wanted:
+            return []
+        data = yield self._step(
+            "held_spans", "%s::text[], %s::float8, %s::float8", wanted, since, until
+        )
+        return [
+            HeldSpan(
+                str(name),
+                str(holder),
+                int(units),
+                float(acquired),
+                None if released is None else float(released),
+                str(lease_id),
+            )
+            for name, holder, units, acquired, released, lease_id in data
+        ]
 
     def diagnose(self) -> Plan[StoreDiagnosis]:
         """Read-only health facts; never creates or migrates the schema."""

@@ -46,7 +46,14 @@ except ImportError as exc:  # pragma: no cover - depends on the optional driver
 from sluice import _fork
 from sluice.errors import SluiceError, StoreError
 from sluice.limits.model import Limit, LimitChanges, LimitStatus
-from sluice.store.base import Exchange, Exchanged, Renewal, StoreDiagnosis, WakeHandler
+from sluice.store.base import (
+    Exchange,
+    Exchanged,
+    HeldSpan,
+    Renewal,
+    StoreDiagnosis,
+    WakeHandler,
+)
 from sluice.store.plans import Plan, run_plan
 from sluice.store.postgres.config import (
     RETRY_SQLSTATES,
@@ -359,6 +366,9 @@ class PostgresStore:
 
     def inspect_limit(self, name: str) -> LimitStatus:
         return self._drive(lambda: self._engine.inspect_limit(name))
+
+    def held_spans(self, names: Sequence[str], since: float, until: float) -> list[HeldSpan]:
+        return self._drive(lambda: self._engine.held_spans(names, since, until))
 
     def exchange(self, batch: Exchange) -> Exchanged:
         if not self._listening():

@@ -50,6 +50,7 @@ STEPS = (
     "exchange",
     "forget_process",
     "get_limits",
+    "held_spans",
     "inspect_limit",
     "renew",
     "reset_limit",
@@ -73,7 +74,7 @@ POOL_TIMEOUT = 30.0
 
 DEFAULT_POOL_SIZE = 4
 
-_STANDALONE = frozenset({"diagnose"})  # read-only scripts that run without _lib.lua
+_STANDALONE = frozenset({"diagnose", "held_spans"})  # read-only: they run without _lib.lua
 _PREFIX = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _BACKOFF_CAP = 2.0  # seconds: the longest pause between reconnection attempts
 _CONNECTION = (RedisConnectionError, RedisTimeoutError, OSError)

@@ -26,7 +26,14 @@ from typing import Any
 
 from sluice.errors import LimitNotFound, StoreError, StoreUnavailable
 from sluice.limits.model import Limit, LimitChanges, LimitStatus
-from sluice.store.base import Exchange, Exchanged, Renewal, StoreDiagnosis, WakeHandler
+from sluice.store.base import (
+    Exchange,
+    Exchanged,
+    HeldSpan,
+    Renewal,
+    StoreDiagnosis,
+    WakeHandler,
+)
 from sluice.store.plans import Plan, Sleep
 from sluice.store.redis.config import (
     ATTEMPTS,
@@ -39,6 +46,7 @@ from sluice.store.redis.wire import (
     batch_json,
     diagnosis,
     exchanged,
+    held_spans_of,
     limit_args,
     limit_of,
     raise_for,
@@ -186,6 +194,14 @@ class Engine:
         reply = yield from self._step("inspect_limit", [name])
         raise_for(reply)
         return status_of(reply)
+
+    def held_spans(self, names: Sequence[str], since: float, until: float) -> Plan[list[HeldSpan]]:
+        """Who held these limits' units in [since, until]: ended leases on record, and now."""
+        wanted = sorted(set(names))
+        if not wanted:
+            return []
+        raw = yield Script("held_spans", (repr(since), repr(until), *wanted))
+        return held_spans_of(raw)
 
     def diagnose(self) -> Plan[StoreDiagnosis]:
         """The schema version, expired leases and server facts; changes nothing."""

@@ -53,7 +53,14 @@ from redis.retry import Retry
 from sluice import _fork
 from sluice.errors import StoreError, StoreUnavailable
 from sluice.limits.model import Limit, LimitChanges, LimitStatus
-from sluice.store.base import Exchange, Exchanged, Renewal, StoreDiagnosis, WakeHandler
+from sluice.store.base import (
+    Exchange,
+    Exchanged,
+    HeldSpan,
+    Renewal,
+    StoreDiagnosis,
+    WakeHandler,
+)
 from sluice.store.plans import Plan, run_plan
 from sluice.store.redis.config import (
     POOL_TIMEOUT,
@@ -238,6 +245,9 @@ class RedisStore:
 
     def inspect_limit(self, name: str) -> LimitStatus:
         return self._drive(self.engine.inspect_limit(name))
+
+    def held_spans(self, names: Sequence[str], since: float, until: float) -> list[HeldSpan]:
+        return self._drive(self.engine.held_spans(names, since, until))
 
     def diagnose(self) -> StoreDiagnosis:
         """Read the schema version and expired leases; changes nothing."""

@@ -20,7 +20,15 @@ from sluice.errors import (
     StoreError,
 )
 from sluice.limits.model import Holder, Limit, LimitStatus, LimitTotals, Waiter, utc
-from sluice.store.base import AcquireRequest, Exchange, Exchanged, Granted, Queued, StoreDiagnosis
+from sluice.store.base import (
+    AcquireRequest,
+    Exchange,
+    Exchanged,
+    Granted,
+    HeldSpan,
+    Queued,
+    StoreDiagnosis,
+)
 from sluice.store.redis.config import SCHEMA_VERSION
 
 __all__ = [
@@ -28,6 +36,7 @@ __all__ = [
     "diagnosis",
     "error_of",
     "exchanged",
+    "held_spans_of",
     "limit_args",
     "limit_of",
     "raise_for",
@@ -255,3 +264,20 @@ def diagnosis(
     return StoreDiagnosis(
         "redis", detail, version, version == SCHEMA_VERSION, int(reply["expired_leases"])
     )
+
+
+def held_spans_of(raw: object) -> list[HeldSpan]:
+    """The held_spans script's reply as spans, by acquisition time."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    data = json.loads(str(text))
+    spans: list[HeldSpan] = []
+    for name, found in data.items():
+        for entry in found.get("ended") or []:
+            acquired, released, units, lease_id, holder = str(entry).split("|", 4)
+            spans.append(
+                HeldSpan(name, holder, int(units), float(acquired), float(released), lease_id)
+            )
+        for lease_id, units, holder, acquired in found.get("held") or []:
+            spans.append(HeldSpan(name, str(holder), int(units), float(acquired), None, lease_id))
+    spans.sort(key=lambda span: span.acquired_at)
+    return spans

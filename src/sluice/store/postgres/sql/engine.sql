@@ -556,7 +556,11 @@ BEGIN
     ), units AS (
         DELETE FROM @schema@.holdings h USING gone g
         WHERE h.lease_id = g.id AND h.limit_id = ANY(g.limit_ids)
-        RETURNING h.limit_id, h.units, g.claimed
+        RETURNING h.limit_id, h.units, g.claimed, g.holder, g.acquired_at, g.id
+    ), recorded AS (  -- who held the units, and when (`run why`)
+        INSERT INTO @schema@.held (limit_id, holder, units, acquired_at, released_at, lease_id)
+        SELECT u.limit_id, u.holder, u.units, u.acquired_at, s.now, u.id
+        FROM units u WHERE u.claimed
     ), counted AS (
         UPDATE @schema@.limits l
         SET in_use = l.in_use - u.units, reclaimed = l.reclaimed + u.reclaimed

@@ -254,11 +254,16 @@ DECLARE
     v_lease record;
 BEGIN
     WITH gone AS (
-        DELETE FROM @schema@.leases WHERE id = p_lease_id RETURNING expires_at, limit_ids
+        DELETE FROM @schema@.leases WHERE id = p_lease_id
+        RETURNING expires_at, limit_ids, holder, acquired_at, claimed
     ), units AS (
         DELETE FROM @schema@.holdings h
         WHERE h.limit_id = ANY((SELECT g.limit_ids FROM gone g)::bigint[]) AND h.lease_id = p_lease_id
         RETURNING h.limit_id, h.units
+    ), recorded AS (  -- who held the units, and when (`run why`)
+        INSERT INTO @schema@.held (limit_id, holder, units, acquired_at, released_at, lease_id)
+        SELECT u.limit_id, g.holder, u.units, g.acquired_at, s.now, p_lease_id
+        FROM units u CROSS JOIN gone g WHERE g.claimed
     ), counted AS (
         UPDATE @schema@.limits l
         SET in_use = l.in_use - u.units,

@@ -76,6 +76,8 @@ BEGIN
     -- Leases that hold no units are found by no waiter: sweep those long expired
     -- (uncollected rate grants of a process that died meanwhile).
     DELETE FROM @schema@.leases WHERE cardinality(limit_ids) = 0 AND expires_at < s.now - 60;
+    -- The record of who held what keeps its newest 1,000,000 rows.
+    DELETE FROM @schema@.held WHERE id <= (SELECT max(id) FROM @schema@.held) - 1000000;
     s := @schema@._hand_off(s);
     RETURN jsonb_build_object(
         'lost_leases', to_jsonb(v_lost_leases), 'lost_tickets', to_jsonb(v_lost_tickets),

@@ -523,6 +523,19 @@ local function lapse(lease)
   wakes[lease.ticket_id] = lease.process_id
 end
 
+-- Put on record who held a lease's units and when, for `run why`: one entry per limit
+-- ("acquired|released|units|lease id|holder"), in the order leases end; the newest
+-- HELD_KEEP entries of each limit are kept.
+local HELD_KEEP = 100000
+local function record_held(lease)
+  for _, name in ipairs(lease.holds) do
+    local k = key('held', name)
+    local n = redis.call('RPUSH', k, fmt(lease.acquired_at) .. '|' .. fmt(NOW) .. '|' ..
+      lease.occupy .. '|' .. lease.id .. '|' .. lease.holder)
+    if n > HELD_KEEP then redis.call('LTRIM', k, -HELD_KEEP, -1) end
+  end
+end
+
 -- Delete a lease and every unit it holds; returns its expires_at, or nil if absent.
 -- `expired`: the store takes it back because it expired (reclaim, renew, a claim too
 -- late): a claimed one counts in the totals' `reclaimed` of each limit it held units
@@ -531,6 +544,7 @@ end
 local function revoke(lease_id, expired)
   local lease = load_lease(lease_id)
   if not lease then return nil end
+  if lease.claimed and lease.kind ~= 'rate' then record_held(lease) end
   local lapsed = expired and lease.expires_at <= NOW
   for _, name in ipairs(lease.holds) do
     if drop_holding(name, lease_id) and lapsed and lease.claimed then count_reclaimed(name) end

@@ -28,6 +28,6 @@ end
 touched[name] = nil
 moved[name] = nil
 redis.call('DEL', key('l', name), key('h', name), key('he', name), key('q', name), key('qs', name),
-  key('qe', name), key('tot', name))
+  key('qe', name), key('tot', name), key('held', name))
 redis.call('SREM', P .. ':limits', name)
 return finish({})

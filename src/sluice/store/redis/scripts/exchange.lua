@@ -105,6 +105,7 @@ end
 local function release(lease_id)
   local lease = load_lease(lease_id)
   if not lease then return false end
+  if lease.claimed and lease.kind ~= 'rate' then record_held(lease) end
   local late = lease.expires_at <= NOW
   for _, name in ipairs(lease.holds) do
     if drop_holding(name, lease_id) and late then count_reclaimed(name) end
