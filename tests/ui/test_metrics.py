@@ -151,26 +151,32 @@ def test_the_process_collector_counts_this_process_under_its_own_names(
     assert value(waits, "sluice_process_wait_seconds_count", limit=name) == 2
 
 
-def test_flow_metrics_count_task_runs_by_final_state_and_their_waits(
+def test_flow_metrics_describe_the_recent_runs_task_runs_by_final_state_and_their_waits(
     client: TestClient, limits: Limits
 ) -> None:
     limits.create(_flows.LIMIT, slots=1)
     _flows.pipeline()
-    for _ in range(2):  # scraping again counts nothing twice
+    for _ in range(2):  # read from the run history at each scrape: the same twice
         metrics = scrape(client)
     flow = "pipeline"
-    runs = metrics["sluice_flow_runs"]
-    assert value(runs, "sluice_flow_runs_total", flow=flow, state="Completed") == 1
-    tasks = metrics["sluice_flow_task_runs"]
-    assert value(tasks, "sluice_flow_task_runs_total", flow=flow, state="Completed") == 4
-    assert value(tasks, "sluice_flow_task_runs_total", flow=flow, state="Failed") == 1
-    waits = metrics["sluice_flow_task_wait_seconds"]
-    assert value(waits, "sluice_flow_task_wait_seconds_count", flow=flow) == _flows.TASK_RUNS
+    runs = metrics["sluice_flow_recent_runs"]
+    assert value(runs, "sluice_flow_recent_runs", flow=flow, state="Completed") == 1
+    assert value(runs, "sluice_flow_recent_runs", flow=flow, state="Failed") == 0
+    tasks = metrics["sluice_flow_recent_task_runs"]
+    assert value(tasks, "sluice_flow_recent_task_runs", flow=flow, state="Completed") == 4
+    assert value(tasks, "sluice_flow_recent_task_runs", flow=flow, state="Failed") == 1
+    in_progress = metrics["sluice_flow_runs_in_progress"]
+    assert value(in_progress, "sluice_flow_runs_in_progress", flow=flow) == 0
+    name = "sluice_flow_recent_task_wait_seconds"
+    count = metrics[name + "_gcount"]
+    assert value(count, name + "_gcount", flow=flow) == _flows.TASK_RUNS
     detail = sluice.runs.get(sluice.runs.list(1)[0].id)
     from sluice.flows.why import task_times
 
     total = sum(task_times(t.states, detail.run.ended_at)[0] for t in detail.task_runs)
-    assert value(waits, "sluice_flow_task_wait_seconds_sum", flow=flow) == pytest.approx(total)
+    assert value(metrics[name + "_gsum"], name + "_gsum", flow=flow) == pytest.approx(total)
+    buckets = metrics[name]
+    assert value(buckets, name + "_bucket", flow=flow, le="+Inf") == _flows.TASK_RUNS
 
 
 def test_metric_and_label_names_follow_prometheus_conventions(

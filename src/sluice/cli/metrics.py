@@ -26,8 +26,11 @@ class _Quiet(WSGIRequestHandler):
         """No line per scrape."""
 
 
-def make_server(store_url: str, host: str, port: int, interval: float) -> tuple[WSGIServer, Any]:
-    """The exporter's WSGI server (bound, not serving yet) and its sampler."""
+def make_server(
+    store_url: str, host: str, port: int, interval: float, flow_runs: int = 200
+) -> tuple[WSGIServer, Any]:
+    """The exporter's WSGI server (bound, not serving yet) and its sampler; the flow
+    metrics read the newest ``flow_runs`` flow runs of the run history at each scrape."""
     require_modules("sluice metrics serve", "metrics", ("prometheus_client",))
     from prometheus_client import make_wsgi_app
 
@@ -37,7 +40,7 @@ def make_server(store_url: str, host: str, port: int, interval: float) -> tuple[
 
     limits = Limits(store_url)
     sampler = Sampler(limits, interval)
-    collectors = [LimitsCollector(sampler), FlowsCollector(store_url)]
+    collectors = [LimitsCollector(sampler), FlowsCollector(store_url, flow_runs)]
     app = make_wsgi_app(build_registry(collectors))
     try:
         server = wsgi_server(host, port, app, handler_class=_Quiet)
@@ -59,12 +62,23 @@ def metrics() -> None:
 
 @metrics.command()
 @listen_options(9787, "How often every limit is inspected")
+@click.option(
+    "--flow-runs",
+    type=click.IntRange(1, 10_000),
+    default=200,
+    show_default=True,
+    help="How many of the newest flow runs of the run history the flow metrics describe.",
+)
 @url_option
-def serve(host: str, port: int, interval: float) -> None:
-    """Serve GET /metrics in the Prometheus text format until Ctrl-C."""
+def serve(host: str, port: int, interval: float, flow_runs: int) -> None:
+    """Serve GET /metrics in the Prometheus text format until Ctrl-C.
+
+    Every metric, a Grafana dashboard and Prometheus alert rules: docs/metrics.md in the
+    Sluice repository.
+    """
     check_interval(interval)
     url = resolved_url().url
-    server, sampler = make_server(url, host, port, interval)
+    server, sampler = make_server(url, host, port, interval, flow_runs)
     warn_if_exposed(host, port, "the exporter")
     address = browser_url(host, server.server_port)
     click.echo(f"sluice metrics: {redacted(url)} on {address}metrics")

@@ -63,6 +63,9 @@ class Sampler:
         self.keep_seconds = keep_seconds
         self._lock = threading.Lock()
         self._latest: Sample | None = None
+        self._last_success: float | None = None
+        self.started_at = time.time()
+        """When the sampler was made (this host's clock)."""
         self._points: dict[str, deque[Point]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -78,6 +81,11 @@ class Sampler:
         if latest is None or time.time() - latest.at >= stale:
             return self.sample()
         return latest
+
+    def last_success(self) -> float | None:
+        """When (this host's clock) the newest sample that read the store was taken, if any."""
+        with self._lock:
+            return self._last_success
 
     def history(self, name: str) -> list[Point]:
         """The limit's points over the last ``keep_seconds``, oldest first."""
@@ -114,6 +122,8 @@ class Sampler:
             sample = self._take()
             self._record(sample)
             self._latest = sample
+            if sample.error is None:
+                self._last_success = sample.at
             return sample
 
     def _take(self) -> Sample:
