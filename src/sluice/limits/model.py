@@ -37,6 +37,7 @@ __all__ = [
     "WaitInfo",
     "Waiter",
     "default_burst",
+    "fence_of",
     "validate_missing",
     "validate_name",
     "validate_names",
@@ -319,6 +320,17 @@ class LimitChanges:
 # --------------------------------------------------------------------------- status
 
 
+def fence_of(lease_id: str) -> int:
+    """The fencing token of a lease: the grant number its id ends with (``<ticket>.<fence>``).
+
+    Every store numbers its grants with one counter that only grows, so a later grant
+    of a limit always has a greater fence. A lease named before fencing existed (no
+    number at the end of its id) has fence 0, below every other.
+    """
+    _, dot, suffix = lease_id.rpartition(".")
+    return int(suffix) if dot and suffix.isascii() and suffix.isdigit() else 0
+
+
 @dataclass(frozen=True)
 class Holder:
     """A lease holding units of a limit."""
@@ -330,6 +342,11 @@ class Holder:
     pid: int
     since: datetime
     expires_at: datetime
+    fence: int = field(init=False)
+    """The lease's fencing token (:func:`fence_of` its id): greater for every later grant."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fence", fence_of(self.lease_id))
 
 
 @dataclass(frozen=True)

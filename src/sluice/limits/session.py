@@ -3,7 +3,9 @@
 A :class:`Session` (one per store in a process) holds the process's line of
 waiters (which batches every acquire and release into few store steps), and the
 one :class:`Keeper` thread that renews every lease and ticket of the process in
-one store call. The store's wake-ups go to the line.
+one store call. The store's wake-ups go to the line, except those that name a
+lease of the process: the store revoked it (a reset, a forced delete), and the
+keeper marks it lost at once instead of at its next renewal.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sluice import _fork
 from sluice.errors import StoreError
-from sluice.limits import counters
-from sluice.limits.lease import LeaseState
+from sluice.limits.lease import LOST, REVOKED, LeaseState
 from sluice.limits.line import Line
 from sluice.store.base import Store
 
@@ -33,7 +34,9 @@ class Keeper:
 
     Renewals run every third of the shortest TTL among what is tracked, so a
     live process never lets a lease lapse; a lease the store reports gone is
-    marked lost, final.
+    marked lost, final. A lease revoked by a reset is marked lost as soon as the
+    store's wake-up says so (:meth:`revoked`), else at the next renewal: within a
+    third of the lease's TTL, plus a round trip.
     """
 
     def __init__(self, store: Store, wake: Callable[[Collection[str]], None]) -> None:
@@ -54,6 +57,20 @@ class Keeper:
     def untrack_lease(self, lease_id: str) -> None:
         with self._cond:
             self._leases.pop(lease_id, None)
+
+    def revoked(self, ids: Collection[str]) -> Collection[str]:
+        """Mark lost the leases among ``ids``, which the store revoked; return the other ids."""
+        with self._cond:
+            if not self._leases:
+                return ids
+            gone = [self._leases.pop(i) for i in ids if i in self._leases]
+        if not gone:
+            return ids
+        for state in gone:
+            if not state.released:
+                state.mark_lost(REVOKED)
+        named = {state.id for state in gone}
+        return [i for i in ids if i not in named]
 
     def track_ticket(self, ticket_id: str, ttl: float) -> None:
         with self._cond:
@@ -109,16 +126,12 @@ class Keeper:
             log.warning("sluice: could not renew leases on %s: %s", self._store.url, exc)
             now = time.time()
             for state in leases.values():
-                if now >= state.expires_at and not state.released and not state.lost:
-                    state.lost, state.lost_reason = True, "renewals failed past its TTL"
-                    counters.record_lost(state.names)
+                if now >= state.expires_at and not state.released:
+                    state.mark_lost("renewals failed past its TTL")
             return
         for lease_id, state in leases.items():
             if lease_id in renewal.lost_leases and not state.released:
-                if not state.lost:
-                    counters.record_lost(state.names)
-                state.lost = True
-                state.lost_reason = state.lost_reason or "expired or revoked (reset, forced delete)"
+                state.mark_lost(LOST)
                 self.untrack_lease(lease_id)
             elif lease_id in renewal.expires_at:
                 state.expires_at = renewal.expires_at[lease_id]
@@ -149,8 +162,12 @@ class Session:
         self._executor: ThreadPoolExecutor | None = None
 
     def wake(self, ticket_ids: Collection[str]) -> None:
-        """The store says these tickets should be looked at again."""
-        self.line.wake(ticket_ids)
+        """The store says these tickets should be looked at again, and these leases of
+        this process were revoked (the leases first: their holders learn it before a
+        waiter of this process can be handed their units)."""
+        rest = self.keeper.revoked(ticket_ids)
+        if rest:
+            self.line.wake(rest)
 
     def close(self) -> None:
         """Stop the line, the keeper and the worker threads once the store itself is closed."""

@@ -5,7 +5,9 @@
 --   p_name        text      the limit
 --   p_force       boolean   revoke its leases instead of refusing
 --   p_process_id  text      the calling process
--- Returns: jsonb {wake: ticket ids of the caller's process}.
+-- Returns: jsonb {wake: ticket ids of the caller's process, and the ids of its leases
+--   revoked}. Each revoked lease's process is woken with the lease id (a notification
+--   like a ticket's), so its holder learns at once.
 -- Raises: SL404 if absent; SL423 (detail: JSON {name, holders}) if leases hold it and
 --   not p_force; 40001 if what it covers changed while it waited (retried).
 -- Locks: the limit, the other limits of its leases and of its waiters, in name order.
@@ -17,6 +19,7 @@ DECLARE
     v_id bigint := v_locked[1];
     s @schema@.step_state := @schema@._state(p_process_id, NULL, v_locked, @schema@._now());
     v_leases text[];
+    v_lease record;
     v_ticket record;
 BEGIN
     s := @schema@._reclaim(s, ARRAY[v_id]);
@@ -26,6 +29,9 @@ BEGIN
             USING ERRCODE = 'SL423',
                   DETAIL = jsonb_build_object('name', p_name, 'holders', cardinality(v_leases))::text;
     END IF;
+    FOR v_lease IN SELECT id, process_id FROM @schema@.leases WHERE id = ANY(v_leases) LOOP
+        s := @schema@._wake(s, v_lease.id, v_lease.process_id);
+    END LOOP;
     s := @schema@._revoke(s, v_leases, false);
     FOR v_ticket IN
         SELECT t.id, t.process_id FROM @schema@.queue q JOIN @schema@.tickets t ON t.id = q.ticket_id

@@ -5,7 +5,9 @@
 -- Parameters:
 --   p_name        text      the limit
 --   p_process_id  text      the calling process
--- Returns: jsonb {revoked: how many leases, wake: ticket ids of the caller's process}.
+-- Returns: jsonb {revoked: how many leases, wake: ticket ids of the caller's process,
+--   and the ids of its leases revoked}. Each revoked lease's process is woken with
+--   the lease id (a notification like a ticket's), so its holder learns at once.
 -- Raises: SL404 if absent; 40001 if its holders changed while it waited (retried).
 -- Locks: the limit and the other limits its leases hold, in name order.
 CREATE OR REPLACE FUNCTION @schema@.reset_limit(p_name text, p_process_id text)
@@ -15,8 +17,12 @@ DECLARE
     v_id bigint := v_locked[1];
     s @schema@.step_state := @schema@._state(p_process_id, NULL, v_locked, @schema@._now());
     v_leases text[];
+    v_lease record;
 BEGIN
     v_leases := ARRAY(SELECT lease_id FROM @schema@.holdings WHERE limit_id = v_id);
+    FOR v_lease IN SELECT id, process_id FROM @schema@.leases WHERE id = ANY(v_leases) LOOP
+        s := @schema@._wake(s, v_lease.id, v_lease.process_id);
+    END LOOP;
     s := @schema@._revoke(s, v_leases, false);
     UPDATE @schema@.limits SET tat = 0, updated_at = s.now WHERE id = v_id;
     s.touched := s.touched || v_id;

@@ -11,7 +11,8 @@
 --
 -- Keys (P is the prefix); schema 2 (fields marked * are new in 2; data written by
 -- schema 1 lacks them and reads as their defaults, so it is used in place):
---   P:meta          hash   epoch, seq (ticket arrival counter), schema, fence* (grant counter)
+--   P:meta          hash   epoch, seq (ticket arrival counter), schema, fence* (grant counter:
+--                          never below the server clock in microseconds, see next_fence)
 --   P:limits        set    limit names
 --   P:l:NAME        hash   slots rate burst active lease_ttl tat in_use version created_at updated_at
 --   P:h:NAME        hash   lease id -> units held on NAME
@@ -57,10 +58,11 @@ local ARRIVALS_JOIN_WINDOW = 0.005
 -- last, unbounded bucket follows. Bucket i (0-based) is totals field 'qw' .. i.
 local WAIT_BUCKETS = {0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0}
 
-local NOW
+local NOW, NOW_US
 do
   local t = redis.call('TIME')
   NOW = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  NOW_US = tonumber(t[1]) * 1000000 + tonumber(t[2]) -- exact as a double until 2255
 end
 
 local function key(kind, id) return P .. ':' .. kind .. ':' .. id end
@@ -432,6 +434,22 @@ local function drop_holding(name, lease_id)
   return false
 end
 
+-- The next fencing token: a lease is named <ticket id>.<fence>, and every later grant
+-- must have a greater fence, so a resource can refuse a holder that lost its lease.
+-- Redis may lose the counter with its data (a restart without persistence, or from an
+-- older snapshot or AOF) while holders from before the loss still run until their next
+-- renewal; a counter started again at 1 would give new holders fences below theirs. So
+-- a fence is never below the server clock in microseconds: max(last + 1, TIME in us).
+-- Fences run ahead of that clock only by grants made faster than one a microsecond (the
+-- grants of one script share its TIME), far less than a restart takes, so after a loss
+-- they start above every fence handed out before it, unless the server clock steps back
+-- (or a failover lands on a host whose clock is behind) by more than the outage lasted.
+local function next_fence()
+  local fence = math.max((tonumber(redis.call('HGET', META, 'fence')) or 0) + 1, NOW_US)
+  redis.call('HSET', META, 'fence', int(fence))
+  return fence
+end
+
 -- Take the claim's tokens and units on every active limit, count the grant in their
 -- totals, and record its lease, named <ticket id>.<fence>; return the grant as the
 -- exchange reply lists it: {ticket id, lease id, names, acquired_at, expires_at,
@@ -456,8 +474,8 @@ local function grant(claim, active, claimed, queued_since, missing)
   ttl = ttl or DEFAULT_TTL
   local g = {claim.ticket_id, false, join(names), fmt(NOW), false, false, missing or {}}
   if claim.kind == 'rate' and claimed then return g end
-  local fence = redis.call('HINCRBY', META, 'fence', 1)
-  local lease_id = claim.ticket_id .. '.' .. fence
+  local fence = next_fence()
+  local lease_id = claim.ticket_id .. '.' .. int(fence) -- not `.. fence`: '%.14g' rounds it
   local expires = NOW + ttl
   if not claimed then expires = NOW + math.min(ttl, CLAIM_WINDOW) end
   local holds = {}
@@ -487,7 +505,7 @@ local function grant(claim, active, claimed, queued_since, missing)
   redis.call('HSET', lkey, unpack(fields))
   if not claimed then
     local ukey = key('u', claim.ticket_id)
-    redis.call('ZADD', ukey, fence, lease_id)
+    redis.call('ZADD', ukey, int(fence), lease_id)
     expire_at(ukey, expires)
   end
   if #holds == 0 then

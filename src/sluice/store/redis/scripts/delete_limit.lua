@@ -4,6 +4,7 @@
 -- ARGV[3]  name                     ARGV[4]  '1' to force (revoke its leases)
 -- Reply: {} or {error = 'not_found'} or {error = 'busy', holders = count}
 -- Its totals (P:tot:NAME) go with it; leases it revokes are not counted as reclaimed.
+-- Each revoked lease's process is woken with the lease id, so its holder learns at once.
 
 local name = ARGV[3]
 local l = load_limit(name)
@@ -12,6 +13,8 @@ reclaim({name})
 local leases = redis.call('HKEYS', key('h', name))
 if #leases > 0 and ARGV[4] ~= '1' then return fail('busy', {name = name, holders = #leases}) end
 for _, id in ipairs(leases) do
+  local process_id = redis.call('HGET', key('lease', id), 'process_id')
+  if process_id then wakes[id] = process_id end
   if not revoke(id) then drop_holding(name, id) end
 end
 touched[name] = nil
