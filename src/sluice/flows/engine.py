@@ -10,7 +10,9 @@ Each task run is one coroutine (:func:`drive`) on its dispatcher's event loop
 3. only then hands the body to its :class:`Executor` (a free worker of the
    runner, or the caller itself), so a task waiting on a full limit never holds
    a worker and tasks on other limits keep running;
-4. the body runs (Running), within ``timeout_seconds``;
+4. the body runs (Running), within ``timeout_seconds``, and only while the lease
+   holds: a lease found lost (a reset revoked it, or it expired) interrupts the
+   body as a timeout does, and the attempt fails with LeaseLost;
 5. the lease is released, whatever happened, and the run completes, fails, or
    sleeps out the retry delay with no slot held (Retrying) and starts again at 2.
 """
@@ -181,14 +183,16 @@ async def _drive(
             run.set_state(State(StateName.FAILED, message=_describe(exc)))
             future._set_exception(exc)
             return
+        outcome: Outcome | None = None
         try:
-            outcome = await _run_body(task, run, args, kwargs, executor)
+            outcome = await _run_body(task, run, args, kwargs, executor, lease)
             # The body's end is recorded before the lease is released, so a Running
             # interval in the history always lies inside the lease.
             retry_in = _record_end(task, run, outcome, attempt)
         finally:
             if lease is not None:
-                await _release(lease, run)
+                told = outcome is not None and isinstance(outcome.value, LeaseLost)
+                await _release(lease, run, told)
         if retry_in is None:
             _settle(future, run, outcome)
             return
@@ -202,22 +206,52 @@ async def _run_body(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     executor: Executor,
+    lease: sluice.limits.aio.Lease | None,
 ) -> Outcome:
-    """Run the body once on the executor, enforcing the task's timeout."""
+    """Run the body once on the executor, enforcing the task's timeout and its lease."""
     job = Job(task.fn, args, kwargs, task.is_async, run, task)
+    watch = _LeaseWatch(job, asyncio.get_running_loop())
+    if lease is not None:
+        lease.on_lost(watch)
     try:
         await executor.execute(job)
-        return await _outcome(job, task)
+        return await _outcome(job, task, watch)
     except BaseException:
         job.interrupt()  # cancelled: stop the body as far as it can be
         raise
 
 
-async def _release(lease: sluice.limits.aio.Lease, run: TaskRun) -> None:
+class _LeaseWatch:
+    """Stops a body whose lease is lost, told by the thread that finds it lost.
+
+    The body is interrupted right there, before the process's line can hand the
+    revoked units to a waiter of this process (the store's wake-up names the
+    revoked leases first), so two bodies of this process never overlap on them.
+    """
+
+    def __init__(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        self.job = job
+        self.error: LeaseLost | None = None
+        self.fired: asyncio.Future[None] = loop.create_future()
+        self._loop = loop
+
+    def __call__(self, error: LeaseLost) -> None:
+        self.error = error  # before the interrupt: an interrupted body reads it
+        self.job.interrupt()
+        _loops.post(self._loop, _fire, self.fired)
+
+
+def _fire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _release(lease: sluice.limits.aio.Lease, run: TaskRun, told: bool = False) -> None:
     try:
         await lease.release()
     except LeaseLost as exc:
-        log.warning("sluice: %s", exc, extra=_extra(run))
+        if not told:  # a run that failed with it has said so already
+            log.warning("sluice: %s", exc, extra=_extra(run))
     except StoreError as exc:
         _release_failed(lease, run, exc)
 
@@ -295,22 +329,25 @@ def _copy_outcome(done: cf.Future[Outcome], waiter: asyncio.Future[Outcome]) -> 
         waiter.set_result(done.result())
 
 
-async def _outcome(job: Job, task: TaskSpec) -> Outcome:
+async def _outcome(job: Job, task: TaskSpec, watch: _LeaseWatch) -> Outcome:
+    """How the body ended; a body whose lease was lost ends then, with LeaseLost."""
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[Outcome] = loop.create_future()
     job.outcome.add_done_callback(lambda done: _loops.post(loop, _copy_outcome, done, waiter))
     timeout = task.timeout_seconds
-    if timeout is None:
-        outcome = await waiter
-    else:
-        try:
-            outcome = await asyncio.wait_for(asyncio.shield(waiter), timeout)
-        except asyncio.TimeoutError:
-            job.interrupt()
-            return Outcome("error", TaskTimeoutError(task.name, timeout))
+    await asyncio.wait((waiter, watch.fired), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    if not waiter.done():
+        if watch.error is not None:  # interrupted, as a timeout would; not waited for
+            return Outcome("error", watch.error)
+        job.interrupt()
+        assert timeout is not None
+        return Outcome("error", TaskTimeoutError(task.name, timeout))
+    outcome = waiter.result()
     if outcome.kind == "interrupted":  # stopped by us, yet it reported before we moved on
         error: BaseException = (
-            TaskTimeoutError(task.name, timeout)
+            watch.error
+            if watch.error is not None
+            else TaskTimeoutError(task.name, timeout)
             if timeout is not None
             else asyncio.CancelledError(f"task run {job.task_run.id} was interrupted")
         )

@@ -5,7 +5,9 @@ CPython to raise an exception in that thread (``PyThreadState_SetAsyncExc``),
 which happens at the thread's next Python instruction. A blocking call in C
 (``time.sleep``, a socket read, a long C-extension call) runs to its end first,
 and a body that catches ``BaseException`` can swallow it. Async bodies are
-cancelled; bodies in worker processes are killed.
+cancelled; bodies in worker processes are killed. The engine interrupts a body when its
+task run's time is up, when the run is cancelled, and when its lease is lost
+(a reset revoked it, or it expired).
 """
 
 from __future__ import annotations
@@ -65,9 +67,12 @@ class Job:
             self.outcome.set_result(outcome)
 
     def interrupt(self) -> None:
-        """Stop the body as far as its kind allows (see the module docstring)."""
+        """Stop the body as far as its kind allows (see the module docstring).
+
+        Does nothing once the body has ended: its worker may run another by then.
+        """
         with self.lock:
-            if self.stop_requested:
+            if self.stop_requested or self.outcome.done():
                 return
             self.stop_requested = True
             if self.on_interrupt is not None:
