@@ -220,7 +220,18 @@ def _confirm(question: str) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @url_option
 def reset(name: str, yes: bool) -> None:
-    """Release every holder of limit NAME and refill its rate bucket."""
+    """Revoke every lease on limit NAME at once and refill its rate bucket.
+
+    \b
+    The units are free at once: waiters start right away. The store tells
+    each holder's process in the same step, so its lease is marked lost as
+    soon as that word arrives (milliseconds; lease.lost, LeaseLost on
+    release), and flow task runs holding it are stopped: they fail with
+    LeaseLost (retries apply). A holder that misses the word learns at its
+    next renewal, within a third of the lease TTL (10 s for 30 s). Other
+    code runs on until it looks, so old and new holders may overlap for a
+    while: a resource that must not see both can refuse the lower fence.
+    """
     with open_limits() as limits:
         if not yes:
             held = len(limits.inspect(name).holders)

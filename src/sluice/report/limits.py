@@ -71,6 +71,7 @@ def status_json(status: LimitStatus) -> dict[str, Any]:
         "holders": [
             {
                 "lease_id": h.lease_id,
+                "fence": h.fence,
                 "occupy": h.occupy,
                 "holder": h.holder,
                 "host": h.host,
@@ -192,6 +193,7 @@ def inspect_text(status: LimitStatus) -> str:
         rows = [
             [
                 h.lease_id,
+                str(h.fence),
                 str(h.occupy),
                 h.holder,
                 f"{h.host}:{h.pid}",
@@ -201,7 +203,11 @@ def inspect_text(status: LimitStatus) -> str:
             for h in status.holders
         ]
         lines.append(
-            table(["LEASE", "OCCUPY", "HOLDER", "HOST:PID", "HELD FOR", "EXPIRES IN"], rows, "  ")
+            table(
+                ["LEASE", "FENCE", "OCCUPY", "HOLDER", "HOST:PID", "HELD FOR", "EXPIRES IN"],
+                rows,
+                "  ",
+            )
         )
     waiting = sum(w.count for w in status.waiters)
     lines += ["", f"waiters ({waiting})"]

@@ -451,8 +451,8 @@
         holdersSlot,
         table(
           "Holders of " + name,
-          ["Lease", "Occupy", "Holder", "Held for", "Expires in"],
-          l.holders.map((h) => [el("code", { class: "lease", text: h.lease_id }), String(h.occupy), who(h), seconds(h.held_for), seconds(h.expires_in)]),
+          ["Lease", "Fence", "Occupy", "Holder", "Held for", "Expires in"],
+          l.holders.map((h) => [el("code", { class: "lease", text: h.lease_id }), String(h.fence), String(h.occupy), who(h), seconds(h.held_for), seconds(h.expires_in)]),
           "No holders."
         )
       );
