@@ -135,5 +135,5 @@ CREATE TABLE IF NOT EXISTS sluice_queue (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sluice_queue_by_ticket ON sluice_queue (ticket_id);
 
-INSERT OR REPLACE INTO sluice_meta (key, value) VALUES ('schema_version', '3');
+INSERT OR REPLACE INTO sluice_meta (key, value) VALUES ('schema_version', '4');
 INSERT OR IGNORE INTO sluice_meta (key, value) VALUES ('fence', '0');
