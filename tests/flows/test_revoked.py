@@ -113,20 +113,28 @@ def test_a_reset_stops_the_task_runs_whose_leases_it_revoked(admin: Limits) -> N
     @flow
     def pool_flow() -> tuple[list[int], set[int], float]:
         futures = hold.map(range(RUNS))
-        wait_until(
-            lambda: len(bodies.running()) == SLOTS and waiting_on(admin, "pool") == RUNS - SLOTS,
-            30,
-            f"{SLOTS} bodies inside and {RUNS - SLOTS} task runs waiting",
-        )
-        first = bodies.running()
-        reset_at = time.monotonic()
-        assert admin.reset("pool") == SLOTS
-        wait_until(
-            lambda: set(bodies.stopped) == first and len(bodies.running()) == SLOTS,
-            20,
-            "the revoked bodies to stop and the next ones to start",
-        )
-        bodies.let_all_go()
+        try:
+            wait_until(
+                lambda: (
+                    len(bodies.running()) == SLOTS and waiting_on(admin, "pool") == RUNS - SLOTS
+                ),
+                30,
+                f"{SLOTS} bodies inside and {RUNS - SLOTS} task runs waiting",
+            )
+            first = bodies.running()
+            reset_at = time.monotonic()
+            assert admin.reset("pool") == SLOTS
+            wait_until(
+                lambda: (
+                    bodies.violations
+                    or (set(bodies.stopped) == first and len(bodies.running()) == SLOTS)
+                ),
+                20,
+                "the revoked bodies to stop and the next ones to start",
+            )
+            assert bodies.violations == [], f"over {SLOTS} bodies at once: {bodies.violations}"
+        finally:
+            bodies.let_all_go()  # whatever happened, let the flow end
         outcomes = [f.result(timeout=30, raise_on_failure=False) for f in futures]
         return outcomes, first, reset_at
 
@@ -169,15 +177,21 @@ def test_a_revoked_task_run_ends_failed_naming_lease_lost_unless_retried(admin: 
     @flow
     def revoked_flow() -> tuple[object, object, str]:
         first = retried.submit(0)
-        wait_until(lambda: bodies.running() == {0}, 30, "the first attempt inside")
-        assert admin.reset("one") == 1
-        wait_until(lambda: bodies.entries == 2, 20, "the retry to start")
-        bodies.let_all_go()
+        try:
+            wait_until(lambda: bodies.running() == {0}, 30, "the first attempt inside")
+            assert admin.reset("one") == 1
+            wait_until(lambda: bodies.entries == 2, 20, "the retry to start")
+        finally:
+            bodies.let_all_go()
         done = first.result(timeout=30, raise_on_failure=False)
         bodies.open = False
         second = once.submit(1)
-        wait_until(lambda: bodies.running() == {1}, 30, "the other task's body inside")
-        assert admin.reset("one") == 1
+        try:
+            wait_until(lambda: bodies.running() == {1}, 30, "the other task's body inside")
+            assert admin.reset("one") == 1
+            wait_until(lambda: bodies.stopped.keys() == {0, 1}, 20, "the body to be stopped")
+        finally:
+            bodies.let_all_go()
         return (
             done,
             second.result(timeout=30, raise_on_failure=False),
