@@ -87,7 +87,8 @@ CLAIM_WINDOW = 2.0
 """Seconds a grant handed to another process's ticket waits to be claimed."""
 
 WakeHandler = Callable[[Collection[str]], None]
-"""Called (from any thread) with ticket ids whose waiters should try again."""
+"""Called (from any thread) with ticket ids whose waiters should try again, and the ids
+of leases of the process that a reset or forced delete revoked."""
 
 _T = TypeVar("_T")
 
@@ -325,10 +326,15 @@ class Store(Protocol):
         """Enable or disable a limit; an inactive limit admits everyone and records nothing."""
 
     def reset_limit(self, name: str) -> int:
-        """Revoke every lease holding the limit and refill its bucket; return how many."""
+        """Revoke every lease holding the limit and refill its bucket; return how many.
+
+        Each revoked lease's process is woken with the lease's id among its wake-ups,
+        so the holder learns at once, not at its next renewal.
+        """
 
     def delete_limit(self, name: str, force: bool = False) -> None:
-        """Delete a limit; raise LimitBusy if leases hold it, unless ``force`` revokes them."""
+        """Delete a limit; raise LimitBusy if leases hold it, unless ``force`` revokes them
+        (their processes are woken with their ids, as by :meth:`reset_limit`)."""
 
     def inspect_limit(self, name: str) -> LimitStatus:
         """Return the limit with its live holders, waiters in order, next token time and
