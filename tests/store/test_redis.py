@@ -98,6 +98,7 @@ def test_the_password_comes_from_the_url_and_never_shows(own_redis: OwnRedis) ->
         ("redis://127.0.0.1:6379/0?pool_size=0", ["pool_size", "'0'", "1-100"]),
         ("redis://127.0.0.1:6379/0?pool_size=101", ["pool_size", "'101'"]),
         ("redis://127.0.0.1:6379/0?pool_size=four", ["pool_size", "'four'"]),
+        ("redis://127.0.0.1:6379/0?nosuch=1", ["unknown parameter 'nosuch'", "pool_size"]),
     ],
 )
 def test_a_bad_redis_url_is_a_config_error_naming_the_value(url: str, words: list[str]) -> None:
@@ -111,9 +112,11 @@ def test_pool_size_comes_from_the_url_and_stays_out_of_the_connection_url() -> N
     from sluice.store.redis.config import RedisConfig
 
     assert RedisConfig.parse("redis://127.0.0.1:6379/0").pool_size == 4
-    config = RedisConfig.parse("redis://127.0.0.1:6379/0?pool_size=12&prefix=p&health=1")
+    url = "redis://127.0.0.1:6379/0?pool_size=12&prefix=p&health_check_interval=1"
+    config = RedisConfig.parse(url)
     assert (config.pool_size, config.prefix) == (12, "p")
-    assert "pool_size" not in config.connect_url and "health=1" in config.connect_url
+    assert "pool_size" not in config.connect_url
+    assert "health_check_interval=1" in config.connect_url  # redis-py's own options pass
 
 
 def test_an_unreachable_server_is_store_unavailable_without_the_password() -> None:

@@ -6,7 +6,9 @@ script calls, :mod:`sluice.store.redis.store` runs them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import random
 import re
 from dataclasses import dataclass
@@ -116,6 +118,21 @@ class Scripts:
         return cls._sources[step]
 
 
+@functools.lru_cache(maxsize=4)
+def _connection_options(scheme: str) -> frozenset[str]:
+    """The query parameters redis-py takes for a connection of this URL scheme (those its
+    URL parser converts, and the connection class's own keyword arguments)."""
+    import redis.connection as connection
+
+    kind = connection.SSLConnection if scheme == "rediss" else connection.Connection
+    names = set(connection.URL_QUERY_ARGUMENT_PARSERS)
+    for klass in kind.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            names.update(inspect.signature(init).parameters)
+    return frozenset(names - {"self", "args", "kwargs", "host", "port", "password", "username"})
+
+
 @dataclass(frozen=True)
 class RedisConfig:
     """What a ``redis://`` URL says: where the server is and which keys are ours."""
@@ -160,8 +177,14 @@ class RedisConfig:
                 prefix = value
             elif name == "pool_size":
                 raw_size = value
-            else:
+            elif name in _connection_options(parts.scheme):
                 rest.append((name, value))
+            else:
+                raise ConfigError(
+                    f"unknown parameter {name!r} in Redis URL {masked!r}: Sluice's own are "
+                    "prefix and pool_size; the others must be redis-py connection options "
+                    "(e.g. socket_keepalive, health_check_interval, ssl_ca_certs)"
+                )
         if not raw_size.isdigit() or not 1 <= int(raw_size) <= 100:
             raise ConfigError(
                 f"invalid pool_size {raw_size!r} in Redis URL {masked!r}: use a whole number 1-100"
