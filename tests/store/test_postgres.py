@@ -26,7 +26,7 @@ from urllib.parse import quote
 import pytest
 
 from conformance._helpers import peak_units
-from conftest import PG_DSN, PG_HOW_TO_START, drop_pg_schema, require_server
+from conftest import PG_DSN, PG_HOW_TO_START, drop_pg_schema, require_module, require_server
 from sluice import Limits, aio
 from sluice.errors import AcquireTimeout, ConfigError, LeaseLost, StoreError, StoreUnavailable
 from sluice.limits.model import WAIT_BUCKETS, Limit, LimitTotals, wait_bucket
@@ -40,7 +40,7 @@ from sluice.store.base import (
     Withdrawal,
 )
 
-psycopg = pytest.importorskip("psycopg")
+psycopg = require_module("psycopg", "postgres")
 
 from sluice.store.postgres.config import SCHEMA_VERSION, migration_sql, parse_url  # noqa: E402
 from sluice.store.postgres.store import PostgresStore  # noqa: E402
@@ -459,7 +459,7 @@ def test_a_schema_1_store_is_migrated_in_place_and_counts_totals_from_zero(
         assert admin(f"SELECT value FROM {s}.meta WHERE key = 'schema_version'") == [
             (str(SCHEMA_VERSION),)
         ]
-        assert SCHEMA_VERSION == 5
+        assert SCHEMA_VERSION == 6
         assert status.limit == Limit("db", slots=1)
         assert [(h.lease_id, h.occupy, h.holder) for h in status.holders] == [("held", 1, "worker")]
         assert [(w.ticket_id, w.holder, w.count) for w in status.waiters] == [

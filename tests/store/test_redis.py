@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from conformance._helpers import Attempt, peak_units, wait_for_waiters, wait_until
-from conftest import REDIS_HOST, REDIS_PORT, REDIS_START, require_server
+from conftest import REDIS_HOST, REDIS_PORT, REDIS_START, require_module, require_server
 from sluice import Limits, aio
 from sluice.errors import (
     AcquireTimeout,
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from sluice.store.base import Exchange, Exchanged
     from sluice.store.redis.store import RedisStore
 
-redis = pytest.importorskip("redis", reason="the Redis store needs: pip install 'sluice[redis]'")
+redis = require_module("redis", "redis")
 
 pytestmark = pytest.mark.timeout(60)
 
