@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import inspect
 import logging
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from sluice import _loops, settings
 from sluice.flows.context import FlowRun, TaskRun
 from sluice.flows.engine import Executor, TaskSpec, drive
 from sluice.flows.futures import SluiceFuture
-from sluice.flows.jobs import Job, run_async_body, run_sync_body
+from sluice.flows.jobs import Job, Outcome, run_async_body, run_sync_body
 from sluice.flows.runners import GRANTED_WORKERS_MAX, TaskRunner
 from sluice.flows.states import State, StateName
 
@@ -55,6 +57,8 @@ class PoolExecutor:
         self._free: asyncio.Semaphore | None = None
         self._granted: asyncio.Semaphore | None = None
         self._checked: set[str] = set()
+        self._running: set[cf.Future[Outcome]] = set()
+        self._running_lock = threading.Lock()
 
     async def execute(self, job: Job) -> None:
         if self._free is None:
@@ -76,9 +80,21 @@ class PoolExecutor:
         loop = asyncio.get_running_loop()
         # The worker is free again when the body really ends, even after a timeout.
         job.outcome.add_done_callback(lambda _: _loops.post(loop, free.release))
+        with self._running_lock:
+            self._running.add(job.outcome)
+        job.outcome.add_done_callback(self._ended)
         if not self._runner.reports_running:
             job.task_run.set_state(State(StateName.RUNNING))
         self._runner.run(job)
+
+    def _ended(self, outcome: cf.Future[Outcome]) -> None:
+        with self._running_lock:
+            self._running.discard(outcome)
+
+    def bodies_running(self) -> list[cf.Future[Outcome]]:
+        """The outcomes of the bodies handed to the runner that have not ended yet."""
+        with self._running_lock:
+            return list(self._running)
 
     async def argument(self, future: SluiceFuture[Any]) -> Any:
         """What a body on the runner is given for a future among its arguments."""
@@ -175,6 +191,7 @@ class Dispatcher:
         self.url = url
         self.loop = asyncio.new_event_loop()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._cancelled: set[asyncio.Task[Any]] = set()
         self._limits: sluice.limits.aio.Limits | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
@@ -211,13 +228,27 @@ class Dispatcher:
         """Cancel every task run this dispatcher drives (they record Cancelled)."""
 
         def cancel() -> None:
+            later = False
             for task in list(self._tasks):
+                # Once each: a second cancel would interrupt the release of its lease.
+                if task in self._cancelled:
+                    continue
+                if _not_started(task):
+                    # Cancelled before its first step, it would never even record
+                    # Cancelled: it is cancelled after that step (already scheduled).
+                    later = True
+                    continue
+                self._cancelled.add(task)
+                task.add_done_callback(self._cancelled.discard)
                 task.cancel()
+            if later:
+                self.loop.call_soon(cancel)
 
         self.loop.call_soon_threadsafe(cancel)
 
-    def close(self) -> None:
-        """Close the limits client and stop the loop (after every task run ended)."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Close the limits client and stop the loop (after every task run ended, or
+        ``timeout`` seconds)."""
 
         async def finish() -> None:
             if self._tasks:
@@ -227,13 +258,18 @@ class Dispatcher:
 
         if self._thread.is_alive():
             try:
-                asyncio.run_coroutine_threadsafe(finish(), self.loop).result(30.0)
+                asyncio.run_coroutine_threadsafe(finish(), self.loop).result(timeout)
             except Exception as exc:
                 log.warning("sluice: dispatcher did not close cleanly: %r", exc)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5.0)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+def _not_started(task: asyncio.Task[Any]) -> bool:
+    coro = task.get_coro()
+    return inspect.iscoroutine(coro) and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED
 
 
 @dataclass
@@ -245,17 +281,33 @@ class Execution:
     dispatcher: Dispatcher
     executor: PoolExecutor
     futures: list[SluiceFuture[Any]] = field(default_factory=list)
+    cancelled_until: float | None = None
+    """Once the task runs were cancelled: the time (``time.monotonic()``) until which
+    closing waits for them; a body still running then is left to end in its worker."""
 
-    def cancel_all(self) -> None:
-        """Cancel every task run not yet ended (each releases its lease)."""
+    def cancel_all(self, grace: float) -> None:
+        """Cancel every task run not yet ended (each releases its lease); closing waits
+        for them at most ``grace`` seconds from the first cancel."""
+        if self.cancelled_until is None:
+            self.cancelled_until = time.monotonic() + grace
         self.dispatcher.cancel_all()
 
     def close(self) -> None:
         """Stop the dispatcher (after every task run ended) and the runner's workers."""
-        self.dispatcher.close()
-        self.runner.shutdown(wait=True)
+        if self.cancelled_until is None:
+            self.dispatcher.close()
+            self.runner.shutdown(wait=True)
+        else:
+            # Cancelled: the task runs had their grace; what still runs is not waited for.
+            left = self.cancelled_until - time.monotonic()
+            self.dispatcher.close(timeout=max(left, _CLOSE_MIN))
+            self.runner.shutdown(wait=not self.executor.bodies_running())
         with _lock:
             _executions.pop(self.run, None)
+
+
+_CLOSE_MIN = 1.0
+"""Seconds a cancelled run's dispatcher is given to close its store client, past the grace."""
 
 
 _executions: weakref.WeakKeyDictionary[FlowRun, Execution] = weakref.WeakKeyDictionary()

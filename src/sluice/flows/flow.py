@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures as cf
 import inspect
 import logging
+import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from sluice.flows.runners import TaskRunner, ThreadPoolTaskRunner
 from sluice.flows.states import State, StateName
 from sluice.flows.task import check_name, check_retries, check_timeout
 
-__all__ = ["Flow", "flow"]
+__all__ = ["CANCEL_GRACE_SECONDS", "Flow", "flow"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -49,6 +50,10 @@ class Flow(Generic[P, R]):
 
     Calling the flow runs it and returns its result (an ``async def`` flow returns
     a coroutine). The run waits for every task run it submitted before it ends.
+    Interrupted (Ctrl-C) or cancelled (its asyncio task), it cancels the task runs not
+    yet ended, each releasing its lease at once, and waits at most
+    :data:`CANCEL_GRACE_SECONDS` for them and their bodies to end; a body that does not
+    stop (a sync body in a call to C) is left to finish in its worker thread.
     """
 
     def __init__(
@@ -134,29 +139,34 @@ class Flow(Generic[P, R]):
         while True:
             run.set_state(State(StateName.RUNNING))
             try:
-                result: R = yield _Body()
-                yield _WaitAll()
-                run.set_state(State(StateName.COMPLETED))
-                return result
-            except TaskTimeoutError as exc:
-                yield _CancelAll()
-                self._fail(run, exc)
+                try:
+                    result: R = yield _Body()
+                    yield _WaitAll()
+                except TaskTimeoutError as exc:
+                    yield _CancelAll()
+                    self._fail(run, exc)
+                    raise
+                except Exception as exc:
+                    yield _WaitAll()
+                    if attempt < self.retries:
+                        attempt += 1
+                        self._retry(run, attempt, exc)
+                        yield _Sleep(self.retry_delay_seconds)
+                        continue
+                    self._fail(run, exc)
+                    raise
+            except (Exception, GeneratorExit):
                 raise
-            except Exception as exc:
-                yield _WaitAll()
-                if attempt < self.retries:
-                    attempt += 1
-                    self._retry(run, attempt, exc)
-                    yield _Sleep(self.retry_delay_seconds)
-                    continue
-                self._fail(run, exc)
+            except BaseException as exc:  # KeyboardInterrupt, SystemExit, cancelled: any step
+                try:
+                    yield _CancelAll()
+                finally:
+                    run.set_state(
+                        State(StateName.CANCELLED, message=f"interrupted by {type(exc).__name__}")
+                    )
                 raise
-            except BaseException as exc:  # KeyboardInterrupt, SystemExit, cancelled
-                yield _CancelAll()
-                run.set_state(
-                    State(StateName.CANCELLED, message=f"interrupted by {type(exc).__name__}")
-                )
-                raise
+            run.set_state(State(StateName.COMPLETED))
+            return result
 
     def _retry(self, run: FlowRun, attempt: int, exc: BaseException) -> None:
         run.set_state(
@@ -245,9 +255,13 @@ class Flow(Generic[P, R]):
 
     async def _do_async(self, step: _Step, execution: Execution, args: Any, kwargs: Any) -> Any:
         if isinstance(step, _Body):
+            started = time.monotonic()
             try:
                 return await asyncio.wait_for(self.fn(*args, **kwargs), self.timeout_seconds)  # type: ignore[arg-type]
             except asyncio.TimeoutError:
+                limit = self.timeout_seconds
+                if limit is None or time.monotonic() - started < limit:
+                    raise  # the body's own TimeoutError, not the flow's timeout
                 raise self._timed_out() from None
         if isinstance(step, _WaitAll):
             await _wait_all_async(execution)
@@ -283,11 +297,49 @@ class _Sleep:
 _Step = _Body | _WaitAll | _CancelAll | _Sleep
 
 
+CANCEL_GRACE_SECONDS = 5.0
+"""How long a cancelled flow run waits for its task runs and their bodies to end."""
+# Bodies that honour cancellation end within milliseconds; the grace bounds the wait for
+# those that do not (a sync body in C code) and for releases on a slow store.
+
+
 def _cancel_all(execution: Execution) -> None:
-    """Cancel every unfinished task run (each releases its lease) and wait for them."""
-    execution.cancel_all()
-    for future in list(execution.futures):
-        future.wait(30.0)
+    """Cancel every unfinished task run (each releases its lease) and wait for them
+    and their bodies to end, at most :data:`CANCEL_GRACE_SECONDS` in all."""
+    execution.cancel_all(CANCEL_GRACE_SECONDS)
+    until = execution.cancelled_until
+    assert until is not None
+    seen = 0
+    while True:
+        # Task runs submitted meanwhile (by bodies still running) are cancelled too.
+        futures = [f._future for f in execution.futures[seen:]]
+        seen += len(futures)
+        bodies = execution.executor.bodies_running()
+        if not _wait_done([*futures, *bodies], until) or seen == len(execution.futures):
+            return
+        execution.cancel_all(CANCEL_GRACE_SECONDS)
+
+
+def _wait_done(futures: list[cf.Future[Any]], until: float | None) -> bool:
+    """Wait until every future is done, or ``time.monotonic()`` passes ``until``; whether
+    they all are. (A future cancelled by ``asyncio.wrap_future`` counts as done, which
+    ``cf.wait`` would never see.)"""
+    pending = [f for f in futures if not f.done()]
+    if not pending:
+        return True
+    lock = threading.Lock()
+    left = [len(pending)]
+    done = threading.Event()
+
+    def one_done(_: cf.Future[Any]) -> None:
+        with lock:
+            left[0] -= 1
+            if left[0] == 0:
+                done.set()
+
+    for future in pending:
+        future.add_done_callback(one_done)
+    return done.wait(None if until is None else max(0.0, until - time.monotonic()))
 
 
 def _wait_all(execution: Execution) -> None:
@@ -296,7 +348,7 @@ def _wait_all(execution: Execution) -> None:
     while seen < len(execution.futures):
         batch = execution.futures[seen:]
         seen += len(batch)
-        cf.wait([f._future for f in batch])
+        _wait_done([f._future for f in batch], None)
 
 
 async def _wait_all_async(execution: Execution) -> None:
@@ -304,7 +356,7 @@ async def _wait_all_async(execution: Execution) -> None:
     while seen < len(execution.futures):
         batch = execution.futures[seen:]
         seen += len(batch)
-        await asyncio.wait([asyncio.wrap_future(f._future) for f in batch])
+        await asyncio.wait([f._followed() for f in batch])
 
 
 def _extra(run: FlowRun) -> dict[str, Any]:

@@ -85,7 +85,9 @@ class SluiceFuture(Generic[R]):
         return self._fetched().__await__()
 
     async def _fetched(self) -> R:
-        value = await asyncio.wrap_future(self._future)
+        # Shielded: a cancelled awaiter must not cancel the task run's future (wrap_future
+        # would), which the task run still settles and which cf.wait never sees as done.
+        value = await asyncio.shield(self._followed())
         if isinstance(value, RemoteResult):
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(None, value.fetch)
@@ -96,6 +98,13 @@ class SluiceFuture(Generic[R]):
 
     # ----------------------------------------------------------- for the engine
 
+    def _followed(self) -> asyncio.Future[R]:
+        """An asyncio future of the running loop that follows this one; its exception
+        is not logged as never retrieved when nobody awaits it any more."""
+        follower = asyncio.wrap_future(self._future)
+        follower.add_done_callback(_retrieve)
+        return follower
+
     def _set_result(self, value: R) -> None:
         if not self._future.done():
             self._future.set_result(value)
@@ -103,6 +112,11 @@ class SluiceFuture(Generic[R]):
     def _set_exception(self, exc: BaseException) -> None:
         if not self._future.done():
             self._future.set_exception(exc)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class DoneAndNotDone(NamedTuple):
