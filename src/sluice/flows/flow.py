@@ -20,7 +20,7 @@ from sluice.flows.dispatch import Execution, start_execution
 from sluice.flows.history import writer_for
 from sluice.flows.jobs import Deadline, Interrupted
 from sluice.flows.progress import Progress
-from sluice.flows.runners import TaskRunner, ThreadPoolTaskRunner
+from sluice.flows.runners import TaskRunner, ThreadPoolTaskRunner, exit_if_starting_worker
 from sluice.flows.states import State, StateName
 from sluice.flows.task import check_name, check_retries, check_timeout
 
@@ -91,6 +91,7 @@ class Flow(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the flow; return its result, or re-raise its exception."""
+        exit_if_starting_worker()  # never again in a worker importing an unguarded script
         if self.is_async:
             return self._run_async(args, kwargs)  # type: ignore[return-value]
         return self._run_sync(args, kwargs)

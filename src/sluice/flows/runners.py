@@ -16,6 +16,7 @@ import multiprocessing.connection
 import os
 import pickle
 import queue
+import sys
 import threading
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -30,6 +31,7 @@ __all__ = [
     "ProcessPoolTaskRunner",
     "TaskRunner",
     "ThreadPoolTaskRunner",
+    "exit_if_starting_worker",
 ]
 
 
@@ -149,8 +151,45 @@ class ThreadPoolTaskRunner(TaskRunner):
 # --------------------------------------------------------------------------- processes
 
 
+_WORKER_NAME = "sluice-worker"
+
+_UNGUARDED_EXIT = 86
+"""Exit code of a worker process whose main module, imported as the worker starts, ran a
+flow: the worker exits instead of running the flow again, and the parent says what to add."""
+
+
+def exit_if_starting_worker() -> None:
+    """In a worker process still importing the main module: exit, rather than run a flow
+    there again (a script without the ``if __name__ == "__main__":`` guard)."""
+    process = multiprocessing.current_process()
+    if process.name == _WORKER_NAME and getattr(process, "_inheriting", False):
+        raise SystemExit(_UNGUARDED_EXIT)
+
+
+def _start_failure(pid: int | None, code: int | None) -> Outcome:
+    """How a body ends whose worker process died before it could take one."""
+    main = getattr(sys.modules.get("__main__"), "__file__", None) or "the main module"
+    if code == _UNGUARDED_EXIT:
+        return Outcome(
+            "error",
+            InvalidRequest(
+                f"ProcessPoolTaskRunner's worker processes import the main module ({main}) "
+                "as they start, and it runs a flow when imported: put the code that runs "
+                'the flow under `if __name__ == "__main__":` (see "Safe importing of main '
+                'module" in the multiprocessing documentation)'
+            ),
+        )
+    return Outcome(
+        "crashed",
+        f"worker process {pid} exited (exit code {code}) as it started, before it could run "
+        f"the task: importing the main module ({main}) failed there, or it was killed (its "
+        "error output says why)",
+    )
+
+
 def _child_main(conn: multiprocessing.connection.Connection) -> None:
-    """A worker process: run each body sent, send back how it ended."""
+    """A worker process: say it started, then run each body sent, send back how it ended."""
+    conn.send(("ready", None))
     while True:
         try:
             message = conn.recv()
@@ -190,10 +229,12 @@ class _Worker:
         self._runner = runner
         self.conn, child = ctx.Pipe()
         self.process: BaseProcess = ctx.Process(
-            target=_child_main, args=(child,), name="sluice-worker", daemon=True
+            target=_child_main, args=(child,), name=_WORKER_NAME, daemon=True
         )
         self.process.start()
         child.close()
+        self.started = False
+        """Whether the process said it started (so it imported the main module)."""
         self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._serve, name="sluice-proc-feeder", daemon=True)
         self.thread.start()
@@ -233,9 +274,13 @@ class _Worker:
             self._runner._idle.put(self)
             return True
         try:
-            self.conn.send_bytes(payload)
-            ready = multiprocessing.connection.wait([self.conn, self.process.sentinel])
-            reply = self.conn.recv() if self.conn in ready else None
+            if not self.started:
+                self.started = self._reply() is not None
+            if self.started:
+                self.conn.send_bytes(payload)
+                reply = self._reply()
+            else:
+                reply = None
         except (EOFError, OSError):
             reply = None
         if reply is not None:
@@ -246,6 +291,10 @@ class _Worker:
         code = self.process.exitcode
         if job.stop_requested:
             job.finish(Outcome("interrupted"))
+        elif not self.started:
+            if code == _UNGUARDED_EXIT:
+                self._runner._unguarded = True  # every worker would do the same
+            job.finish(_start_failure(self.process.pid, code))
         else:
             job.finish(
                 Outcome(
@@ -258,6 +307,11 @@ class _Worker:
         self._runner._replace(self)
         return False
 
+    def _reply(self) -> Any:
+        """The process's next message, or None if it died first."""
+        ready = multiprocessing.connection.wait([self.conn, self.process.sentinel])
+        return self.conn.recv() if self.conn in ready else None
+
     def stop(self) -> None:
         self.inbox.put(None)
         with contextlib.suppress(OSError, ValueError):
@@ -267,7 +321,12 @@ class _Worker:
 class ProcessPoolTaskRunner(TaskRunner):
     """Bodies in ``max_workers`` worker processes (spawned, so functions, arguments and
     results must be picklable); a body that kills its worker is Crashed, and a timeout
-    kills the worker running it. Admission still happens in the flow's process."""
+    kills the worker running it. Admission still happens in the flow's process.
+
+    A worker imports the main module as it starts, so a script runs its flow under
+    ``if __name__ == "__main__":``; without that guard the workers exit at once instead
+    of running the flow again, and its task runs fail with an InvalidRequest saying so.
+    """
 
     def __init__(self, max_workers: int | None = None) -> None:
         self.max_workers = _check_workers(max_workers, os.cpu_count() or 1)
@@ -275,6 +334,8 @@ class ProcessPoolTaskRunner(TaskRunner):
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
+        self._unguarded = False
+        """Whether a worker showed that none can start (the script lacks the main guard)."""
 
     def duplicate(self) -> ProcessPoolTaskRunner:
         return ProcessPoolTaskRunner(self.max_workers)
@@ -288,10 +349,21 @@ class ProcessPoolTaskRunner(TaskRunner):
                 self._workers.remove(dead)
 
     def run(self, job: Job) -> None:
+        if self._unguarded:
+            job.finish(_start_failure(None, _UNGUARDED_EXIT))
+            return
         try:
             worker = self._idle.get_nowait()
         except queue.Empty:
-            worker = _Worker(self._ctx, self)
+            try:
+                worker = _Worker(self._ctx, self)
+            except Exception as exc:  # the body never starts: say so, free its worker slot
+                job.finish(
+                    Outcome(
+                        "crashed", f"could not start a worker process: {type(exc).__name__}: {exc}"
+                    )
+                )
+                return
             with self._lock:
                 self._workers.append(worker)
         worker.inbox.put(job)
