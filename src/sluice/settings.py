@@ -9,6 +9,9 @@ variable, configuration file, default.
 * flow runs kept in the history: ``SLUICE_HISTORY_KEEP``; ``1000``.
 * age past which flow runs are pruned: ``SLUICE_HISTORY_MAX_AGE`` (seconds); none.
 * progress bar while a flow runs on a terminal: ``SLUICE_PROGRESS``; ``1`` (``0``: never).
+* seconds between heartbeats of a process writing run history (runs of a process gone
+  end Crashed): ``SLUICE_HISTORY_HEARTBEAT``; ``5``.
+* run logs printed on the console while flows run: ``SLUICE_LOG_CONSOLE``; ``1`` (``0``: never).
 
 The configuration file is the nearest ``sluice.toml`` (its top level), or
 ``pyproject.toml`` with a ``[tool.sluice]`` table, in the current directory or one of
@@ -50,10 +53,12 @@ __all__ = [
     "ResolvedURL",
     "find_config",
     "history_enabled",
+    "history_heartbeat",
     "history_keep",
     "history_max_age",
     "home_dir",
     "load_config",
+    "log_console",
     "missing_policy",
     "progress_enabled",
     "resolve_url",
@@ -242,6 +247,27 @@ def history_max_age() -> float | None:
     if not value > 0:
         raise ConfigError(f"SLUICE_HISTORY_MAX_AGE must be seconds > 0, got {raw!r}")
     return value
+
+
+def history_heartbeat() -> float:
+    """Seconds between run-history heartbeats: ``SLUICE_HISTORY_HEARTBEAT`` (default 5)."""
+    raw = os.environ.get("SLUICE_HISTORY_HEARTBEAT", "").strip()
+    if not raw:
+        return 5.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.05 <= value <= 3600:
+        raise ConfigError(
+            f"SLUICE_HISTORY_HEARTBEAT must be seconds from 0.05 to 3600, got {raw!r}"
+        )
+    return value
+
+
+def log_console() -> bool:
+    """Whether run logs are printed on the console: ``SLUICE_LOG_CONSOLE`` (default 1)."""
+    return _flag("SLUICE_LOG_CONSOLE", True)
 
 
 def progress_enabled() -> bool:

@@ -38,7 +38,7 @@ def recorded(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
 def test_ls_lists_runs_as_json_and_as_a_table(recorded: str) -> None:
     ran = sluice("run", "ls", "--json", "--url", recorded)
     assert ran.exit_code == 0, ran.stderr
-    runs = ran.json()
+    runs = ran.json()["runs"]  # shaped like `limit ls --json`: {"limits": [...]}
     assert len(runs) == 1
     assert {"id", "flow", "state", "started_at", "ended_at"} <= set(runs[0])
     assert runs[0]["flow"] == "pipeline" and runs[0]["state"] == "Completed"
@@ -47,7 +47,7 @@ def test_ls_lists_runs_as_json_and_as_a_table(recorded: str) -> None:
 
 
 def test_show_gives_each_task_run_its_waited_and_ran_time(recorded: str) -> None:
-    run_id = sluice("run", "ls", "--json", "--url", recorded).json()[0]["id"]
+    run_id = sluice("run", "ls", "--json", "--url", recorded).json()["runs"][0]["id"]
     shown = sluice("run", "show", run_id, "--json", "--url", recorded).json()
     tasks = shown["task_runs"]
     assert sorted(t["state"] for t in tasks) == ["Completed", "Failed"]
@@ -58,7 +58,7 @@ def test_show_gives_each_task_run_its_waited_and_ran_time(recorded: str) -> None
 
 
 def test_why_names_the_limit(recorded: str) -> None:
-    run_id = sluice("run", "ls", "--json", "--url", recorded).json()[0]["id"]
+    run_id = sluice("run", "ls", "--json", "--url", recorded).json()["runs"][0]["id"]
     ran = sluice("run", "why", run_id, "--url", recorded)
     assert ran.exit_code == 0
     assert "waiting on limit 'gate'" in ran.stdout

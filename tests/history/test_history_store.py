@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 
 import pytest
 
 from sluice.errors import InvalidRequest, RunNotFound, SluiceError
 from sluice.store import open_history
-from sluice.store.history import FlowRunRecord, HistoryStore, StateRecord, TaskRunRecord
+from sluice.store.history import (
+    FlowRunRecord,
+    HistoryStore,
+    RunLogRecord,
+    StateRecord,
+    TaskRunRecord,
+)
 
 
 def _flow(
@@ -132,3 +140,41 @@ def test_prune_by_age(history: HistoryStore) -> None:
 
 def test_one_store_per_url_in_a_process(history_url: str, history: HistoryStore) -> None:
     assert open_history(history_url) is history
+
+
+def test_log_records_read_back_in_order_once_each(history: HistoryStore) -> None:
+    now = time.time()
+    history.write([_flow("flow-1", now, ended=None, state="Running")])
+    logs = [
+        RunLogRecord("flow-1", 2, "task-1", now + 2, logging.ERROR, "sluice.flows", "boom\nline 2"),
+        RunLogRecord("flow-1", 0, "flow-1", now, logging.INFO, "sluice.runs", "start"),
+        RunLogRecord("flow-1", 1, "task-1", now + 1, logging.WARNING, "sluice.runs", "héllo"),
+    ]
+    history.write(logs)
+    history.write([logs[1], RunLogRecord("flow-1", 1, "x", now, 10, "other", "taken seq")])
+    assert history.get_logs("flow-1") == [logs[1], logs[2], logs[0]]
+    with pytest.raises(RunNotFound):
+        history.get_logs("no-such-run")
+
+
+def test_tracebacks_read_back(history: HistoryStore) -> None:
+    now = time.time()
+    flow = dataclasses.replace(_flow("flow-1", now), state="Failed", traceback="Traceback ...\n")
+    task = TaskRunRecord("task-1", "flow-1", "t", "Failed", now, now, now, "ValueError: x")
+    task = dataclasses.replace(task, traceback="Traceback (most recent call last):\n  ...\n")
+    history.write([flow, task])
+    detail = history.get_flow_run("flow-1")
+    assert detail.run == flow
+    assert detail.task_runs[0].run == task
+
+
+def test_prune_deletes_the_logs_of_the_runs_it_deletes(history: HistoryStore) -> None:
+    now = time.time()
+    history.write([_flow("old", now - 10), _flow("new", now)])
+    history.write(
+        [RunLogRecord(r, 0, r, now, logging.INFO, "sluice.runs", r) for r in ("old", "new")]
+    )
+    assert history.prune(keep_runs=1) == 1
+    assert [r.message for r in history.get_logs("new")] == ["new"]
+    history.write([_flow("old", now - 10)])  # the same id again: its old logs are gone
+    assert history.get_logs("old") == []

@@ -459,7 +459,7 @@ def test_a_schema_1_store_is_migrated_in_place_and_counts_totals_from_zero(
         assert admin(f"SELECT value FROM {s}.meta WHERE key = 'schema_version'") == [
             (str(SCHEMA_VERSION),)
         ]
-        assert SCHEMA_VERSION == 5
+        assert SCHEMA_VERSION == 6
         assert status.limit == Limit("db", slots=1)
         assert [(h.lease_id, h.occupy, h.holder) for h in status.holders] == [("held", 1, "worker")]
         assert [(w.ticket_id, w.holder, w.count) for w in status.waiters] == [

@@ -44,9 +44,10 @@ def schema() -> Iterator[str]:
 
 def as_schema_3(schema: str) -> None:
     """Turn the schema's objects back into schema 3's, keeping every row (schema 5's
-    record of held units did not exist yet)."""
+    record of held units and schema 6's audit record did not exist yet)."""
     s = f'"{schema}"'
     admin(f"DROP TABLE {s}.held")
+    admin(f"DROP TABLE {s}.admin")
     admin(f"DROP INDEX {s}.leases_by_ticket")
     admin(f"CREATE INDEX leases_by_ticket ON {s}.leases (ticket_id) WHERE ticket_id <> ''")
     admin(f"DROP FUNCTION {s}._valid({s}.step_state, jsonb)")
@@ -84,8 +85,8 @@ def test_a_schema_3_store_is_upgraded_in_place_keeping_its_holder_and_waiter(
             status = arriving.inspect_limit("db")
         finally:
             arriving.close()
-        assert SCHEMA_VERSION == 5
-        assert admin(f"SELECT value FROM {s}.meta WHERE key = 'schema_version'") == [("5",)]
+        assert SCHEMA_VERSION == 6
+        assert admin(f"SELECT value FROM {s}.meta WHERE key = 'schema_version'") == [("6",)]
         [(index,)] = admin(
             "SELECT indexdef FROM pg_indexes WHERE schemaname = %s"
             " AND indexname = 'leases_by_ticket'",

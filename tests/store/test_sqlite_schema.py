@@ -75,7 +75,7 @@ def test_a_version_1_store_is_migrated_keeping_its_limits(tmp_path: Path) -> Non
         assert status.totals == LimitTotals()
         limits.acquire("db").release()
         assert limits.inspect("db").totals.grants == 1
-        assert limits._store.diagnose().schema_version == SCHEMA_VERSION == 4
+        assert limits._store.diagnose().schema_version == SCHEMA_VERSION == 5
     conn = sqlite3.connect(path)
     try:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(sluice_limits)")}

@@ -1,4 +1,5 @@
-"""``sluice limit ...``: create, list, inspect, watch, change, reset, delete and apply limits."""
+"""``sluice limit ...``: create, list, inspect, watch, change, reset, delete and apply limits,
+and show who changed them (``history``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 import click
@@ -24,6 +24,7 @@ from sluice.cli._params import DURATION, RATE, REMOVE, OrNone
 from sluice.cli._plan import ActionKind, Plan, apply_plan, make_plan, read_declared
 from sluice.errors import LimitNotFound
 from sluice.limits.model import LimitStatus
+from sluice.report.audit import history_text, read_history, record_json
 from sluice.report.limits import (
     changes_text,
     describe_limit,
@@ -33,8 +34,10 @@ from sluice.report.limits import (
     status_json,
     summary_json,
 )
+from sluice.report.times import clock
 from sluice.report.units import format_duration
 from sluice.settings import find_config, load_config
+from sluice.store.audit import ADMIN_KEEP
 
 __all__ = ["limit"]
 
@@ -141,7 +144,7 @@ def watch(name: str, interval: float, count: int | None, as_json: bool) -> None:
         try:
             while True:
                 status = limits.inspect(name)
-                stamp = datetime.now().strftime("%H:%M:%S")
+                stamp = clock(time.time())  # UTC, as every time shown
                 if as_json:
                     click.echo(json.dumps(status_json(status)))
                 elif terminal:
@@ -253,6 +256,30 @@ def delete(name: str, force: bool, yes: bool) -> None:
             _confirm(f"Delete limit {name!r} ({held} holder(s))?")
         limits.delete(name, force=force)
     click.echo(f"deleted limit {name!r}")
+
+
+@limit.command()
+@click.argument("name")
+@click.option(
+    "--count",
+    type=click.IntRange(1, ADMIN_KEEP),
+    default=20,
+    show_default=True,
+    help="How many of the newest records to show.",
+)
+@click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
+@url_option
+def history(name: str, count: int, as_json: bool) -> None:
+    """Show who changed limit NAME, what, and when: its update, enable, disable, reset and
+    delete actions, newest first (kept after the limit is deleted)."""
+    with open_limits(existing=True) as limits:
+        records = read_history(limits.url, name, count)
+        if not records:
+            limits.get(name)  # no limit and no record of one: not found (exit 3)
+    if as_json:
+        echo_json({"limit": name, "records": [record_json(r) for r in records]})
+    else:
+        click.echo(history_text(name, records))
 
 
 @limit.command()

@@ -4,25 +4,81 @@ A :class:`FlowRun` or :class:`TaskRun` keeps a run's states; every change is
 appended to the run history (when on) as a :class:`~sluice.history.StateRecord`
 plus a fresh snapshot of the run. The current flow run and task run live in
 context variables, set around a flow's body and around each task body.
+
+A failed run keeps its exception's traceback (:meth:`_Run.record_error`), and a
+flow run records the log records about it and its task runs
+(:meth:`FlowRun.add_log`, fed by :mod:`sluice.flows.logs`), within these bounds:
+each run (a flow run's own records, or one task run's) keeps its first
+:data:`LOG_RECORDS_PER_RUN` records and :data:`LOG_BYTES_PER_RUN` bytes of text; a
+flow run with all its task runs keeps at most :data:`LOG_RECORDS_PER_FLOW_RUN`
+records and :data:`LOG_BYTES_PER_FLOW_RUN` bytes. A run that reaches a bound gets
+one note saying so; a traceback keeps its first and last lines, at most
+:data:`TRACEBACK_BYTES` in all.
 """
 
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 import socket
 import threading
 import time
+import traceback
 import uuid
+import weakref
 from collections import Counter
 
 from sluice.flows.history import HistoryWriter
 from sluice.flows.states import State, StateName
-from sluice.store.history import FlowRunRecord, StateRecord, TaskRunRecord
+from sluice.store.history import FlowRunRecord, RunLogRecord, StateRecord, TaskRunRecord
 
-__all__ = ["FlowRun", "TaskRun", "current_flow_run", "current_task_run", "new_id"]
+__all__ = [
+    "LOG_BYTES_PER_FLOW_RUN",
+    "LOG_BYTES_PER_RUN",
+    "LOG_RECORDS_PER_FLOW_RUN",
+    "LOG_RECORDS_PER_RUN",
+    "TRACEBACK_BYTES",
+    "FlowRun",
+    "TaskRun",
+    "current_flow_run",
+    "current_task_run",
+    "flow_run_by_id",
+    "new_id",
+]
 
 _HOST = socket.gethostname()
+
+LOG_RECORDS_PER_RUN = 200
+"""Log records kept per run (a flow run's own, or one task run's): the first ones."""
+LOG_BYTES_PER_RUN = 64 * 1024
+"""Bytes of log text kept per run."""
+LOG_RECORDS_PER_FLOW_RUN = 10_000
+"""Log records kept per flow run, its task runs' included."""
+LOG_BYTES_PER_FLOW_RUN = 4 * 1024 * 1024
+"""Bytes of log text kept per flow run, its task runs' included."""
+TRACEBACK_BYTES = 32 * 1024
+"""Bytes of a traceback kept: its first quarter and its end."""
+
+
+def bounded_traceback(exc: BaseException) -> str:
+    """``exc`` with its traceback as ``traceback`` prints it, cut to TRACEBACK_BYTES."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return _cut(text, TRACEBACK_BYTES)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` within about ``limit`` bytes: its start and its end, the middle said cut."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    head, tail = limit // 4, limit - limit // 4
+    cut = len(data) - head - tail
+    return (
+        data[:head].decode("utf-8", "ignore")
+        + f"\n[... {cut} bytes cut ...]\n"
+        + data[-tail:].decode("utf-8", "ignore")
+    )
 
 
 def new_id() -> str:
@@ -41,7 +97,13 @@ class _Run:
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.states: list[State] = []
+        self.traceback = ""
+        """The traceback of the exception that failed the run (bounded), if any."""
         self._lock = threading.Lock()
+
+    def record_error(self, exc: BaseException) -> None:
+        """Keep the traceback of the exception that is failing the run."""
+        self.traceback = bounded_traceback(exc)
 
     @property
     def state(self) -> State:
@@ -103,6 +165,15 @@ class FlowRun(_Run):
         self.counts: Counter[str] = Counter()  # task runs per progress bucket
         self.waiting_on: Counter[str] = Counter()  # task runs waiting, per limit
         self.counts_lock = threading.Lock()
+        self._logs = _LogBudget()
+        _flow_runs[self.id] = self
+
+    def add_log(self, run_id: str, level: int, logger: str, message: str, at: float) -> None:
+        """Record a log record about this flow run or one of its task runs, within bounds."""
+        if self.writer is None:
+            return
+        for record in self._logs.admit(self.id, run_id, level, logger, message, at):
+            self.writer.put(record)
 
     @property
     def flow_run_id(self) -> str:
@@ -121,6 +192,7 @@ class FlowRun(_Run):
             self.parent.id if self.parent is not None else None,
             _HOST,
             os.getpid(),
+            self.traceback,
         )
 
 
@@ -177,6 +249,7 @@ class TaskRun(_Run):
             self.occupy,
             self.attempts,
             self.tags,
+            self.traceback,
         )
 
     def _changed(self, state: State) -> None:
@@ -194,6 +267,72 @@ class TaskRun(_Run):
             if limit is not None:
                 flow.waiting_on[limit] += 1
         self._bucket, self._limit = bucket, limit
+
+
+class _LogBudget:
+    """What one flow run may still record of its logs: counts per run and in all."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._records = 0
+        self._bytes = 0
+        self._per_run: dict[str, list[int]] = {}  # run id -> [records, bytes]
+        self._full: set[str] = set()  # runs (and "" for the flow run's total) told so
+
+    def admit(
+        self, flow_run_id: str, run_id: str, level: int, logger: str, message: str, at: float
+    ) -> list[RunLogRecord]:
+        """The records to write for one log record: it (maybe cut), a note, or nothing."""
+        size = len(message.encode("utf-8", "replace"))
+        with self._lock:
+            used = self._per_run.setdefault(run_id, [0, 0])
+            run_room = LOG_RECORDS_PER_RUN - used[0], LOG_BYTES_PER_RUN - used[1]
+            all_room = (
+                LOG_RECORDS_PER_FLOW_RUN - self._records,
+                LOG_BYTES_PER_FLOW_RUN - self._bytes,
+            )
+            if run_room[0] > 0 and run_room[1] > 0 and all_room[0] > 0 and all_room[1] > 0:
+                room = min(run_room[1], all_room[1])
+                if size > room:
+                    message = _cut(message, room)
+                    size = min(size, room)
+                used[0] += 1
+                used[1] += size
+                self._records += 1
+                self._bytes += size
+                return [self._record(flow_run_id, run_id, at, level, logger, message)]
+            whole = all_room[0] <= 0 or all_room[1] <= 0
+            key = "" if whole else run_id
+            if key in self._full:
+                return []
+            self._full.add(key)
+            if whole:
+                note = (
+                    "log bound reached: no more records of this flow run or its task runs are"
+                    f" stored (at most {LOG_RECORDS_PER_FLOW_RUN} records and"
+                    f" {LOG_BYTES_PER_FLOW_RUN // 1024} KiB per flow run)"
+                )
+            else:
+                note = (
+                    "log bound reached: no more records of this run are stored (its first"
+                    f" {LOG_RECORDS_PER_RUN} records and {LOG_BYTES_PER_RUN // 1024} KiB)"
+                )
+            return [self._record(flow_run_id, run_id, at, logging.WARNING, "sluice.runs", note)]
+
+    def _record(
+        self, flow_run_id: str, run_id: str, at: float, level: int, logger: str, message: str
+    ) -> RunLogRecord:
+        self._seq += 1
+        return RunLogRecord(flow_run_id, self._seq - 1, run_id, at, level, logger, message)
+
+
+_flow_runs: weakref.WeakValueDictionary[str, FlowRun] = weakref.WeakValueDictionary()
+
+
+def flow_run_by_id(run_id: str) -> FlowRun | None:
+    """The flow run of this process with this id, while something still holds it."""
+    return _flow_runs.get(run_id)
 
 
 _flow_run: contextvars.ContextVar[FlowRun | None] = contextvars.ContextVar(

@@ -36,7 +36,7 @@ from sluice.limits import WaitInfo
 
 __all__ = ["Executor", "TaskSpec", "drive"]
 
-log = logging.getLogger("sluice")
+log = logging.getLogger("sluice.flows")
 
 
 class TaskSpec(Protocol):
@@ -302,6 +302,9 @@ def _record_end(task: TaskSpec, run: TaskRun, outcome: Outcome, attempt: int) ->
         )
         return delay
     final = StateName.TIMED_OUT if isinstance(error, TaskTimeoutError) else StateName.FAILED
+    failed = final is StateName.FAILED
+    if failed:
+        run.record_error(error)  # its traceback, kept in the run history
     run.set_state(State(final, message=_describe(error)))
     log.error(
         "task run %s (%s) %s: %s",
@@ -309,6 +312,7 @@ def _record_end(task: TaskSpec, run: TaskRun, outcome: Outcome, attempt: int) ->
         run.id,
         final.value,
         _describe(error),
+        exc_info=error if failed else None,
         extra=_extra(run),
     )
     return None

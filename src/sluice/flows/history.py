@@ -6,6 +6,13 @@ the store's :class:`~sluice.history.HistoryStore`. A flow flushes the writer whe
 it ends, then asks it to prune the history to ``SLUICE_HISTORY_KEEP`` runs
 (and ``SLUICE_HISTORY_MAX_AGE``); every writer is flushed at interpreter exit.
 A failing write is logged and dropped: history never fails a flow.
+
+While the process has flow runs that have not ended, the writer also renews the
+store's heartbeat for them every ``SLUICE_HISTORY_HEARTBEAT`` seconds (before
+writing, when one is due), so readers can tell its runs from those of a process
+that is gone. If the heartbeat says readers already ended them as Crashed (the
+process was paused, or cut off from the store, for too long), the writer logs it
+and records nothing more about those runs.
 """
 
 from __future__ import annotations
@@ -21,11 +28,11 @@ from typing import Protocol
 from sluice import settings
 from sluice.errors import SluiceError
 from sluice.store import open_history
-from sluice.store.history import HistoryRecord, HistoryStore
+from sluice.store.history import MISSED_BEATS, FlowRunRecord, HistoryRecord, HistoryStore
 
 __all__ = ["HistoryWriter", "writer_for"]
 
-log = logging.getLogger("sluice")
+log = logging.getLogger("sluice.flows")
 
 _BATCH = 5000
 
@@ -60,6 +67,9 @@ class HistoryWriter:
         self._lock = threading.Lock()
         self._dirty: dict[str, _Snapshot] = {}
         self._dirty_lock = threading.Lock()
+        self._open: set[str] = set()  # flow runs written while not ended
+        self._lost: set[str] = set()  # flow runs readers ended as Crashed under us
+        self._beat_at = 0.0  # time.monotonic() of the last heartbeat
 
     def put(self, record: HistoryRecord) -> None:
         """Queue one record for the next batch."""
@@ -97,7 +107,15 @@ class HistoryWriter:
         while True:
             batch: list[HistoryRecord] = []
             markers: list[_Marker] = []
-            item = self._queue.get()
+            every = settings.history_heartbeat()
+            try:
+                if self._open:
+                    item = self._queue.get(timeout=max(self._beat_at + every - time.monotonic(), 0))
+                else:
+                    item = self._queue.get()
+            except queue.Empty:
+                self._beat(every)
+                continue
             until = time.monotonic() + _LINGER
             while True:
                 if isinstance(item, _Marker):
@@ -119,6 +137,11 @@ class HistoryWriter:
             with self._dirty_lock:
                 dirty, self._dirty = self._dirty, {}
             batch.extend(run.record() for run in dirty.values())
+            if self._open:
+                self._beat(every)
+            if self._lost:
+                batch = [r for r in batch if _flow_run_of(r) not in self._lost]
+            self._track(batch, every)
             if batch:
                 try:
                     self.store.write(batch)
@@ -129,11 +152,51 @@ class HistoryWriter:
             for marker in markers:
                 marker.done.set()
 
+    def _track(self, batch: list[HistoryRecord], every: float) -> None:
+        """Note the flow runs this batch opens and ends; beat first if it opens the first."""
+        now_open = set(self._open)
+        for record in batch:
+            if isinstance(record, FlowRunRecord):
+                if record.ended_at is None:
+                    now_open.add(record.id)
+                else:
+                    now_open.discard(record.id)
+        if now_open and not self._open:
+            self._beat(every)  # while none is open: an answer of False concerns no run
+        self._open = now_open
+
+    def _beat(self, every: float) -> None:
+        """Renew the heartbeat if one is due; learn whether our open runs were ended."""
+        if time.monotonic() - self._beat_at < every:
+            return
+        self._beat_at = time.monotonic()
+        try:
+            alive = self.store.heartbeat()
+        except Exception as exc:
+            log.warning("sluice: could not renew the run history's heartbeat: %s", exc)
+            return
+        if not alive and self._open:
+            log.warning(
+                "sluice: the run history on %s ended %d flow run(s) of this process as Crashed"
+                " (no heartbeat for %g s or more: the process was paused or cut off from the"
+                " store); what they do from now on is not recorded: %s",
+                self.store.url,
+                len(self._open),
+                every * MISSED_BEATS,
+                ", ".join(sorted(self._open)),
+            )
+            self._lost |= self._open
+            self._open.clear()
+
     def _prune(self) -> None:
         try:
             self.store.prune(settings.history_keep(), settings.history_max_age())
         except Exception as exc:
             log.warning("sluice: could not prune the run history: %s", exc)
+
+
+def _flow_run_of(record: HistoryRecord) -> str:
+    return record.id if isinstance(record, FlowRunRecord) else record.flow_run_id
 
 
 _writers: dict[str, HistoryWriter | None] = {}

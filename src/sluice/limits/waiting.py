@@ -5,6 +5,14 @@ name. :mod:`sluice.limits.aio` calls the twins; ``scripts/unasync.py`` turns it
 into :mod:`sluice.limits.sync`, which calls the sync ones. Both stand in the same
 :class:`~sluice.limits.line.Line` and differ only in how a caller waits for its
 signal: a held lock (threads) or an ``asyncio.Event`` (coroutines).
+
+Bounded waits when the store stalls: a waiter with a timeout never waits for a
+store step. It returns :class:`~sluice.errors.AcquireTimeout` within its timeout
+plus :data:`TIMEOUT_GRACE` whatever the store does (the line settles its part
+when the store answers again), and a sync caller with a timeout shorter than the
+store's step deadline never runs a round on its own thread. Calls without a
+timeout, and releases, are bounded by the store's per-step deadline
+(:mod:`sluice.store.deadline`): they raise StoreUnavailable past it.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import time
 from collections.abc import Callable
 
 from sluice import _loops
-from sluice.errors import AcquireTimeout, StoreError
+from sluice.errors import AcquireTimeout, StoreError, StoreUnavailable
 from sluice.limits import counters
 from sluice.limits.lease import LeaseState, raise_if_lost
 from sluice.limits.model import WaitInfo, validate_timeout
@@ -24,8 +32,10 @@ from sluice.limits.session import Session
 from sluice.limits.tickets import Release, Waiter
 from sluice.store import release_store
 from sluice.store.base import AcquireRequest, AsyncStore, Store, ThreadedAsyncStore
+from sluice.store.deadline import DEFAULT_STEP_TIMEOUT, overdue
 
 __all__ = [
+    "TIMEOUT_GRACE",
     "async_store_for",
     "close_store",
     "close_store_async",
@@ -36,6 +46,33 @@ __all__ = [
     "wait_for_grant",
     "wait_for_grant_async",
 ]
+
+
+TIMEOUT_GRACE = 0.5
+"""Seconds past its timeout that a waiter waits for the store's last answer (where it
+stands now, or that it left the line) before it gives up without it: an acquire with a
+timeout returns within ``timeout + TIMEOUT_GRACE`` even while the store stalls."""
+
+
+def step_timeout_of(store: Store) -> float:
+    """The store's per-step deadline (:mod:`sluice.store.deadline`)."""
+    return float(getattr(store, "step_timeout", DEFAULT_STEP_TIMEOUT))
+
+
+def _leads(store: Store, limit: float | None) -> bool:
+    """Whether a sync caller may run rounds on its own thread: a round can take up to
+    the store's step deadline, so only a caller who would wait that long anyway does."""
+    return limit is None or limit >= step_timeout_of(store)
+
+
+def _settle_within(store: Store, waiter: Waiter, limit: float | None) -> float:
+    """How long a waiter who gave up waits for the line to undo its part (a withdrawal,
+    or the release of a grant on its way): within its timeout's grace, and never past
+    the store's step deadline."""
+    bound = step_timeout_of(store) + TIMEOUT_GRACE
+    if limit is None:
+        return bound
+    return min(bound, max(waiter.started + limit + TIMEOUT_GRACE - time.monotonic(), 0.0))
 
 
 def async_store_for(store: Store, session: Session) -> AsyncStore:
@@ -63,29 +100,35 @@ def default_holder_async() -> str:
 def _left(waiter: Waiter, timeout: float | None, refresh: Callable[[], None]) -> float | None:
     """Seconds the waiter may still wait (None: until signalled); raise AcquireTimeout if none.
 
-    A waiter times out only once the store has answered it after its deadline
-    (``refresh`` asks for that answer): a single attempt (``timeout=0``) gets one
-    answer, and the error names the place in line the waiter really had.
+    A waiter times out once the store has answered it after its deadline
+    (``refresh`` asks for that answer, once): a single attempt (``timeout=0``) gets
+    one answer, and the error names the place in line the waiter really had. If the
+    store gives no answer within :data:`TIMEOUT_GRACE` past the deadline (it stalls),
+    the waiter times out without it, with the last place it was told (or none).
     """
     if timeout is None:
         return None
     deadline = waiter.started + timeout
-    left = deadline - time.monotonic()
+    now = time.monotonic()
+    left = deadline - now
     if left > 0:
         return left
     info = waiter.info
-    if info is None:
-        return None  # past its timeout, but not yet answered: wait for the answer
-    if waiter.answered_at < deadline:
-        refresh()  # one last look, for where it stands now
-        return None
-    counters.record_timeout(info.blocked_on)
+    last = deadline + TIMEOUT_GRACE - now
+    if last > 0 and (info is None or waiter.answered_at < deadline):
+        if info is not None and not waiter.asking:
+            waiter.asking = True
+            refresh()  # one last look, for where it stands now
+        return last
+    blocked_on = info.blocked_on if info is not None else None
+    if blocked_on is not None:
+        counters.record_timeout(blocked_on)
     raise AcquireTimeout(
         waiter.request.names,
         timeout,
-        time.monotonic() - waiter.started,
-        info.position,
-        info.blocked_on,
+        now - waiter.started,
+        info.position if info is not None else None,
+        blocked_on,
     )
 
 
@@ -117,13 +160,14 @@ def wait_for_grant(
     signal = threading.Lock()
     signal.acquire()
     waiter = Waiter(request, _releaser(signal))
-    session.line.arrive(waiter, lead=True)
+    lead = _leads(store, limit)
+    session.line.arrive(waiter, lead=lead)
     try:
         while waiter.grant is None:
             if waiter.error is not None:
                 raise waiter.error
             _news(waiter, on_wait)
-            left = _left(waiter, limit, lambda: session.line.refresh(waiter, True))
+            left = _left(waiter, limit, lambda: session.line.refresh(waiter, False))
             if waiter.grant is None and waiter.error is None and not waiter.told:
                 signal.acquire(timeout=-1 if left is None else left)
     except BaseException as exc:
@@ -131,11 +175,11 @@ def wait_for_grant(
         # done; a grant that landed meanwhile is given back.
         settled = threading.Lock()
         settled.acquire()
-        if session.line.give_up(waiter, _timed_out_on(waiter, exc), _releaser(settled), True):
-            settled.acquire()
+        if session.line.give_up(waiter, _timed_out_on(waiter, exc), _releaser(settled), lead):
+            settled.acquire(timeout=_settle_within(store, waiter, limit))
         elif waiter.state is not None:
             with contextlib.suppress(Exception):
-                release_lease(session, waiter.state)
+                release_lease(session, waiter.state, lead)
         raise
     return waiter
 
@@ -175,8 +219,9 @@ async def wait_for_grant_async(
             _loops.post(signal.loop, _wake, settled)
 
         if session.line.give_up(waiter, _timed_out_on(waiter, exc), settle, False):
+            within = _settle_within(astore.sync, waiter, limit)
             with contextlib.suppress(BaseException):  # a second cancel: the line goes on
-                await asyncio.shield(settled)
+                await asyncio.wait_for(asyncio.shield(settled), within)
         elif waiter.state is not None:
             with contextlib.suppress(BaseException):
                 await release_lease_async(session, waiter.state)
@@ -222,19 +267,23 @@ def _releaser(signal: threading.Lock) -> Callable[[], None]:
 # --------------------------------------------------------------------------- releasing
 
 
-def release_lease(session: Session, state: LeaseState) -> None:
+def release_lease(session: Session, state: LeaseState, lead: bool = True) -> None:
     """Give a lease's units back; raise LeaseLost if it had been lost.
 
     A lease already known lost (its renewals failed past its TTL) is reported
     as LeaseLost even when the store cannot be reached to release it: it has
-    expired there, and the store reclaims it.
+    expired there, and the store reclaims it. Raises StoreUnavailable if the
+    store does not confirm the release within its step deadline (plus
+    :data:`TIMEOUT_GRACE`); the release stays in line, and if it never gets
+    through, the lease expires in the store by itself.
     """
     session.keeper.untrack_lease(state.id)
     signal = threading.Lock()
     signal.acquire()
     release = Release(state.id, _releaser(signal))
-    session.line.release(release, lead=True)
-    signal.acquire()
+    session.line.release(release, lead=lead)
+    if not signal.acquire(timeout=step_timeout_of(session.store) + TIMEOUT_GRACE):
+        raise _unconfirmed(session, state)
     _finish_release(state, release)
 
 
@@ -249,8 +298,21 @@ async def release_lease_async(session: Session, state: LeaseState) -> None:
 
     release = Release(state.id, signal)
     session.line.release(release, lead=False)
-    await asyncio.shield(done)
+    within = step_timeout_of(session.store) + TIMEOUT_GRACE
+    try:
+        await asyncio.wait_for(asyncio.shield(done), within)
+    except asyncio.TimeoutError:
+        raise _unconfirmed(session, state) from None
     _finish_release(state, release)
+
+
+def _unconfirmed(session: Session, state: LeaseState) -> StoreUnavailable:
+    return overdue(
+        session.store.url,
+        step_timeout_of(session.store),
+        f"releasing lease {state.id}: the release is still sent when the store answers, "
+        "and the lease expires there by itself if it never is",
+    )
 
 
 def _finish_release(state: LeaseState, release: Release) -> None:

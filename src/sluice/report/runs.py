@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from typing import Any
 
 from sluice.flows.why import task_times
-from sluice.store.history import FlowRunDetail, FlowRunRecord
+from sluice.store.history import FlowRunDetail, FlowRunRecord, RunLogRecord
 
-__all__ = ["duration", "iso", "run_json", "task_run_json"]
+__all__ = [
+    "duration",
+    "iso",
+    "log_lines",
+    "logs_json",
+    "run_json",
+    "show_json",
+    "task_run_json",
+]
 
 
 def iso(moment: float | None) -> str | None:
@@ -64,6 +73,7 @@ def task_run_json(detail: FlowRunDetail) -> list[dict[str, Any]]:
                 "ended_at": iso(t.ended_at),
                 "waited": waited,
                 "ran": ran,
+                "traceback": t.traceback,
                 "states": [
                     {
                         "name": s.name,
@@ -76,4 +86,45 @@ def task_run_json(detail: FlowRunDetail) -> list[dict[str, Any]]:
                 ],
             }
         )
+    return out
+
+
+def show_json(detail: FlowRunDetail) -> dict[str, Any]:
+    """One flow run with its traceback and its task runs, as ``run show --json`` prints it."""
+    return {
+        **run_json(detail.run),
+        "traceback": detail.run.traceback,
+        "task_runs": task_run_json(detail),
+    }
+
+
+def logs_json(detail: FlowRunDetail, logs: list[RunLogRecord]) -> list[dict[str, Any]]:
+    """A flow run's log records in order, each naming its run, as ``run logs --json`` prints."""
+    tasks = {t.run.id: t.run.task for t in detail.task_runs}
+    return [
+        {
+            "seq": r.seq,
+            "timestamp": iso(r.timestamp),
+            "level": logging.getLevelName(r.level),
+            "levelno": r.level,
+            "logger": r.logger,
+            "flow_run_id": r.flow_run_id,
+            "flow": detail.run.flow,
+            "task_run_id": r.run_id if r.run_id != r.flow_run_id else None,
+            "task": tasks.get(r.run_id),
+            "message": r.message,
+        }
+        for r in logs
+    ]
+
+
+def log_lines(detail: FlowRunDetail, logs: list[RunLogRecord]) -> list[str]:
+    """A flow run's log records as text lines (a record of several lines stays indented)."""
+    out = []
+    for r in logs_json(detail, logs):
+        task_run = r["task_run_id"]
+        who = f"task run {r['task']!r} {task_run[:8]}" if task_run else "flow run"
+        first, *rest = str(r["message"]).splitlines() or [""]
+        out.append(f"{r['timestamp']} {r['level']:<8} {who}: {first}")
+        out.extend(f"    {line}" for line in rest)
     return out

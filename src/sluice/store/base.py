@@ -47,6 +47,10 @@ Rules every backend follows:
   ``created_at`` to the grant; 0 for a grant at once), timeouts reported
   through :class:`Withdrawal`, and the leases it reclaimed because they expired
   (claimed) or their process died (:class:`~sluice.limits.model.LimitTotals`).
+* **Audit.** The admin steps (update, enable, disable, reset, delete) leave an
+  :class:`~sluice.store.audit.AdminRecord` (who, what, when on the store's clock), in
+  the same transaction where the backend has one (SQLite, PostgreSQL), else right after
+  the step succeeded (Redis); see :mod:`sluice.store.audit`.
 * **Errors** are :mod:`sluice.errors` exceptions; driver errors are translated
   (``raise StoreError(...) from exc``).
 """
@@ -54,15 +58,17 @@ Rules every backend follows:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from sluice.errors import SluiceError
 from sluice.limits.model import Kind, Limit, LimitChanges, LimitStatus, MissingPolicy
+from sluice.store.audit import AdminRecord
 
 __all__ = [
     "CLAIM_WINDOW",
@@ -366,6 +372,14 @@ class Store(Protocol):
         """Every lease that held units of these limits at some time in [since, until]: the
         ended ones the store kept on record and those held now, by acquisition time."""
 
+    def record_admin(self, name: str, action: str, changes: Mapping[str, Any]) -> AdminRecord:
+        """Put an admin action on limit ``name`` on record, as done now (the store's clock)
+        by :func:`~sluice.store.audit.current_actor`; the admin steps record themselves."""
+
+    def admin_history(self, name: str, count: int = 100) -> list[AdminRecord]:
+        """The newest ``count`` (1 to :data:`~sluice.store.audit.ADMIN_KEEP`) admin records
+        of limit ``name``, newest first; a deleted limit's records stay."""
+
     def set_wake_handler(self, handler: WakeHandler) -> None:
         """Deliver this process's wake-ups (ticket ids) to ``handler``."""
 
@@ -417,7 +431,9 @@ class ThreadedAsyncStore:
 
     def _run(self, fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        # The caller's context goes along (who an admin step is recorded as, for one).
+        context = contextvars.copy_context()
+        return loop.run_in_executor(self._executor, functools.partial(context.run, fn, *args))
 
     async def now(self) -> float:
         return await self._run(self.sync.now)

@@ -11,6 +11,26 @@ Records are frozen dataclasses of plain fields (ids are ``str``, times are
 or JSON without knowing anything of flows. For one run, the records are
 written by one process (the one running the flow), in order.
 
+**Crashed runs.** Each process's history handle is an *owner*: the flow runs it
+writes that have not ended are its own. While it has such runs, its writer calls
+:meth:`HistoryStore.heartbeat` every ``SLUICE_HISTORY_HEARTBEAT`` seconds (default
+5). Every read (and :meth:`~HistoryStore.prune`) first ends the runs of owners that
+are gone: on SQLite, as soon as the owner's process no longer holds its lock file
+(the kernel drops it however the process dies); on Redis and PostgreSQL, once its
+heartbeat is :data:`MISSED_BEATS` intervals old by the store's clock. Such a flow run,
+its subflows and every task run of them not ended enter ``Crashed`` at the *time of
+death*: when the owner's first missed heartbeat was due (its last one plus its
+interval), or when a reader saw the process gone if that was earlier, never before
+the run's last recorded moment. The reader writes these final records itself (in one
+transaction that first checks the runs are still open), so later reads, listings and
+:meth:`~HistoryStore.prune` see ordinary ended runs. An owner that was only paused
+learns it was declared gone from its next heartbeat (``False``); what it does later
+about those runs is not recorded.
+
+**Logs.** :class:`RunLogRecord` holds what a run logged (its run logger, and the
+warnings and errors Sluice logged about it), numbered per flow run; the flow layer
+bounds how many a run keeps. A failed run keeps its traceback on its record.
+
 To add a backend: a module with a ``from_url(url) -> HistoryStore`` factory,
 one entry in the table of :mod:`sluice.history`, and one entry in the table of
 ``tests/history/conftest.py`` so the conformance tests run against it.
@@ -23,10 +43,12 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 __all__ = [
+    "MISSED_BEATS",
     "FlowRunDetail",
     "FlowRunRecord",
     "HistoryRecord",
     "HistoryStore",
+    "RunLogRecord",
     "StateRecord",
     "TaskRunDetail",
     "TaskRunRecord",
@@ -51,6 +73,8 @@ class FlowRunRecord:
     """The flow run that called this one, for a subflow."""
     host: str = ""
     pid: int = 0
+    traceback: str = ""
+    """For a failed run: the traceback of the exception that ended it (bounded)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +95,8 @@ class TaskRunRecord:
     attempts: int = 0
     """How many times the body was started (1 + retries taken)."""
     tags: tuple[str, ...] = ()
+    traceback: str = ""
+    """For a failed run: the traceback of the exception that ended it (bounded)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +117,26 @@ class StateRecord:
     """For a Waiting state on a limit: the 1-based queue position last reported."""
 
 
-HistoryRecord = FlowRunRecord | TaskRunRecord | StateRecord
+@dataclass(frozen=True)
+class RunLogRecord:
+    """One log record of a flow run or one of its task runs (``seq`` 0, 1, 2, ... per flow run)."""
+
+    flow_run_id: str
+    seq: int
+    run_id: str
+    """The flow run or task run it is about."""
+    timestamp: float
+    level: int
+    """The ``logging`` level number (20 INFO, 30 WARNING, 40 ERROR ...)."""
+    logger: str
+    message: str
+    """The formatted message, followed by the exception's traceback if it had one."""
+
+
+HistoryRecord = FlowRunRecord | TaskRunRecord | StateRecord | RunLogRecord
+
+MISSED_BEATS = 3
+"""Heartbeat intervals without a beat after which Redis and PostgreSQL call an owner gone."""
 
 
 @dataclass(frozen=True)
@@ -130,9 +175,18 @@ class HistoryStore(Protocol):
         Idempotent upserts: a :class:`FlowRunRecord` or :class:`TaskRunRecord`
         replaces any earlier record with the same ``id`` (the last one in the
         batch wins); a :class:`StateRecord` is keyed by ``(run_id, seq)`` and
-        writing it again changes nothing. Writing the same batch twice leaves
-        the store as writing it once. A record may arrive before the run it
-        refers to (no foreign keys are enforced).
+        writing it again changes nothing, as a :class:`RunLogRecord` keyed by
+        ``(flow_run_id, seq)``. Writing the same batch twice leaves the store as
+        writing it once. A record may arrive before the run it refers to (no
+        foreign keys are enforced). The flow runs written are this process's
+        (their owner's heartbeat is renewed in the same transaction).
+        """
+
+    def heartbeat(self) -> bool:
+        """Renew this process's heartbeat: its flow runs that have not ended are alive.
+
+        Returns False if readers had ended this process's runs as Crashed since its
+        last heartbeat (it was paused or cut off from the store for too long).
         """
 
     def list_flow_runs(self, limit: int = 20) -> list[FlowRunRecord]:
@@ -141,10 +195,14 @@ class HistoryStore(Protocol):
     def get_flow_run(self, run_id: str) -> FlowRunDetail:
         """One flow run with its states and task runs; raise RunNotFound naming the id."""
 
+    def get_logs(self, run_id: str) -> list[RunLogRecord]:
+        """A flow run's log records (its own and its task runs'), in ``seq`` order;
+        raise RunNotFound naming the id."""
+
     def prune(self, keep_runs: int, max_age_seconds: float | None = None) -> int:
         """Delete flow runs beyond the newest ``keep_runs``, and those created more than
-        ``max_age_seconds`` ago, with their task runs and states; return how many flow
-        runs were deleted. Runs that have not ended (``ended_at`` None) are kept."""
+        ``max_age_seconds`` ago, with their task runs, states and logs; return how many
+        flow runs were deleted. Runs that have not ended (``ended_at`` None) are kept."""
 
     def close(self) -> None:
         """Release connections and files; idempotent."""

@@ -1,22 +1,27 @@
 """The dashboard: a Starlette app with HTML pages, a JSON API under ``/api``, and ``/metrics``.
 
-Pages are small HTML shells; ``static/app.js`` fills them from the JSON API and
-refreshes them every sampling interval (a fetch; reading the shared sample,
-never the store directly). Admin actions are POSTs that need the token
-``sluice ui`` prints, sent in the ``X-Sluice-Token`` header (never a cookie,
-so another site cannot make a browser send it); without it they answer 403
-and change nothing.
+Pages are small HTML shells; ``static/*.js`` (``core.js`` the helpers, ``limits.js`` and
+``runs.js`` the pages, ``app.js`` the start) fill them from the JSON API and refresh them
+every sampling interval (a fetch; reading the shared sample and, at most once per
+interval, each limit's past: never the store per viewer). Admin actions are POSTs
+that need the token ``sluice ui`` prints, sent in the ``X-Sluice-Token`` header
+(never a cookie, so another site cannot make a browser send it); without it they
+answer 403 and change nothing. Each action leaves an audit record naming the token's
+holder (by its fingerprint, never the token) and the client's address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import html
 import json
+import os
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -46,9 +51,15 @@ from sluice.metrics import (
     build_registry,
     exposition,
 )
+from sluice.report.audit import record_json
 from sluice.report.limits import describe_limit
+from sluice.report.run_query import AmbiguousRunId, RunFilter
 from sluice.report.sampler import Sampler
+from sluice.report.times import parse_time
 from sluice.report.units import parse_rate
+from sluice.report.waits import head_of_line, wait_percentiles
+from sluice.store.audit import Actor, acting_as
+from sluice.ui.past import MAX_WINDOW, MIN_WINDOW, LimitPast
 from sluice.ui.views import RunIndex, limit_json, limits_json, run_detail_json
 
 __all__ = ["TOKEN_HEADER", "Dashboard", "create_app"]
@@ -71,6 +82,24 @@ class Dashboard:
     runs: RunIndex
     token: str | None
     """The admin token; None: read-only, every admin action is refused."""
+    past: LimitPast = field(init=False)
+    """Each limit's timeline and audit record, read from the store."""
+
+    def __post_init__(self) -> None:
+        self.past = LimitPast(self.limits.url, self.runs, self.sampler)
+
+    def actor(self, request: Request) -> Actor:
+        """Who an admin request is recorded as: the holder of this dashboard's token (named
+        by the token's fingerprint, never the token) and the client's address."""
+        fingerprint = hashlib.sha256((self.token or "").encode()).hexdigest()[:8]
+        client = request.client
+        address = None
+        if client is not None:
+            host = f"[{client.host}]" if ":" in client.host else client.host
+            address = f"{host}:{client.port}"
+        return Actor(
+            f"token holder {fingerprint}", socket.gethostname(), os.getpid(), "sluice ui", address
+        )
 
     def authorized(self, request: Request) -> bool:
         """Whether the request carries the admin token (compared in constant time)."""
@@ -101,6 +130,9 @@ def _page(
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)} · Sluice</title>
 <link rel="stylesheet" href="/static/app.css">
+<script src="/static/core.js" defer></script>
+<script src="/static/limits.js" defer></script>
+<script src="/static/runs.js" defer></script>
 <script src="/static/app.js" defer></script>
 </head>
 <body data-page="{page}"{attrs}>
@@ -148,6 +180,30 @@ def _json_error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+# --------------------------------------------------------------------------- runs
+
+
+def _run_filter(request: Request) -> RunFilter:
+    """The runs list's filter from the query: flow, state (repeated or comma-separated),
+    since and until (an ISO time or an age such as 2h), id (a prefix)."""
+    query = request.query_params
+    states = [s for raw in query.getlist("state") for s in raw.split(",") if s.strip()]
+    times: dict[str, float | None] = {}
+    for key in ("since", "until"):
+        raw = query.get(key, "").strip()
+        try:
+            times[key] = parse_time(raw) if raw else None
+        except ValueError as exc:
+            raise InvalidRequest(f"{key}: {exc}") from exc
+    return RunFilter(
+        query.get("flow") or None,
+        tuple(states),
+        times["since"],
+        times["until"],
+        query.get("id") or None,
+    )
+
+
 # --------------------------------------------------------------------------- admin
 
 
@@ -193,6 +249,14 @@ def _update(limits: Limits, name: str, data: dict[str, Any]) -> str:
     return f"updated limit {name!r}: {describe_limit(after)}"
 
 
+def _delete(limits: Limits, name: str, data: dict[str, Any]) -> str:
+    force = data.get("force", False)
+    if not isinstance(force, bool):
+        raise InvalidRequest(f'"force" must be true or false, got {force!r}')
+    limits.delete(name, force=force)
+    return f"deleted limit {name!r}"
+
+
 _ACTIONS: Final[dict[str, Callable[[Limits, str, dict[str, Any]], str]]] = {
     "enable": lambda limits, name, _: f"enabled limit {limits.enable(name).name!r}",
     "disable": lambda limits, name, _: (
@@ -202,6 +266,7 @@ _ACTIONS: Final[dict[str, Callable[[Limits, str, dict[str, Any]], str]]] = {
         f"reset limit {name!r}: released {limits.reset(name)} holder(s)"
     ),
     "update": _update,
+    "delete": lambda limits, name, data: _delete(limits, name, data),
 }
 
 
@@ -264,11 +329,16 @@ def create_app(
         return _page("runs", "Runs", "Flow runs", {})
 
     async def run_page(request: Request) -> Response:
-        run_id = request.path_params["run_id"]
+        given = request.path_params["run_id"]
         try:
+            run_id = await run_in_threadpool(d.runs.resolve, given)
             detail = await run_in_threadpool(d.runs.detail, run_id)
+        except AmbiguousRunId as exc:
+            return _not_found_page(str(exc))
         except RunNotFound:
-            return _not_found_page(f"No flow run with id {run_id!r} in the run history.")
+            return _not_found_page(f"No flow run with id {given!r} in the run history.")
+        if run_id != given:  # a prefix: the page's address names the run
+            return RedirectResponse(f"/runs/{run_id}", status_code=303)
         run = detail.run
         return _page("run", f"Run {run.flow}", f"Flow run {run.flow}", {"run": run_id})
 
@@ -295,8 +365,27 @@ def create_app(
         status = sample.status(name)
         if status is None:
             return _json_error(f"no limit named {name!r}", 404)
+        raw = request.query_params.get("window", str(int(d.sampler.keep_seconds)))
+        try:
+            window = float(raw)
+        except ValueError:
+            window = -1.0
+        if not MIN_WINDOW <= window <= MAX_WINDOW:
+            return _json_error(
+                f"window must be seconds from {MIN_WINDOW:g} to {MAX_WINDOW:g}, got {raw!r}", 400
+            )
         delivered = d.sampler.delivered_rate(name)
-        return JSONResponse(limit_json(status, d.sampler.history(name), sample, delivered))
+        data = limit_json(status, d.sampler.history(name), sample, delivered)
+        try:
+            timeline = await run_in_threadpool(d.past.timeline, status, window)
+            audit = await run_in_threadpool(d.past.audit, name, 20)
+        except SluiceError as exc:
+            return _error(exc)
+        data["head"] = head_of_line(status).to_json()
+        data["wait_percentiles"] = [p.to_json() for p in wait_percentiles(status.totals)]
+        data["timeline"] = timeline.to_json()
+        data["audit"] = [record_json(r) for r in audit]
+        return JSONResponse(data)
 
     async def api_runs(request: Request) -> Response:
         raw = request.query_params.get("limit", "50")
@@ -305,14 +394,20 @@ def create_app(
                 f"limit must be a whole number from 1 to {_MAX_RUNS}, got {raw!r}", 400
             )
         try:
-            return JSONResponse({"runs": await run_in_threadpool(d.runs.list_json, int(raw))})
+            where = _run_filter(request)
+            found = await run_in_threadpool(d.runs.list_json, int(raw), where)
         except SluiceError as exc:
             return _error(exc)
+        return JSONResponse({"runs": found})
 
     async def api_run(request: Request) -> Response:
         try:
-            detail = await run_in_threadpool(d.runs.detail, request.path_params["run_id"])
+            run_id = await run_in_threadpool(d.runs.resolve, request.path_params["run_id"])
+            detail = await run_in_threadpool(d.runs.detail, run_id)
             body = await run_in_threadpool(run_detail_json, detail, d.runs.url)
+        except AmbiguousRunId as exc:
+            candidates = [{"id": r.id, "flow": r.flow} for r in exc.candidates]
+            return JSONResponse({"error": str(exc), "candidates": candidates}, status_code=404)
         except SluiceError as exc:
             return _error(exc)
         return JSONResponse(body)
@@ -341,9 +436,15 @@ def create_app(
                 else f"admin actions need the token `sluice ui` printed, in {TOKEN_HEADER}"
             )
             return _json_error(reason, 403)
+        actor = d.actor(request)
+
+        def act(data: dict[str, Any]) -> str:
+            with acting_as(actor):  # the audit record names the token holder and address
+                return action(d.limits, data["limit"], data)
+
         try:
             data = await _body(request)
-            message = await run_in_threadpool(action, d.limits, data["limit"], data)
+            message = await run_in_threadpool(act, data)
         except SluiceError as exc:
             return _error(exc)
         await run_in_threadpool(d.sampler.sample, True)

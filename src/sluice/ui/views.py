@@ -19,6 +19,7 @@ from sluice.errors import RunNotFound
 from sluice.flows.why import explain, explain_recorded
 from sluice.limits.model import LimitStatus
 from sluice.report.limits import status_json, summary_json
+from sluice.report.run_query import RunFilter, find_runs, resolve_run_id
 from sluice.report.runs import run_json, task_run_json
 from sluice.report.sampler import Point, Sample
 from sluice.store.history import FlowRunDetail, FlowRunRecord, StateRecord
@@ -208,10 +209,16 @@ class RunIndex:
                 self._summaries[run.id] = summary
         return summary
 
-    def list_json(self, count: int) -> list[dict[str, Any]]:
-        """``GET /api/runs``: the newest runs as ``run ls --json`` has them, and their waits."""
+    def resolve(self, text: str) -> str:
+        """The id of the flow run whose id is ``text`` or starts with it (4+ hex digits);
+        RunNotFound if none, AmbiguousRunId (naming the candidates) if several."""
+        return resolve_run_id(text, url=self.url)
+
+    def list_json(self, count: int, where: RunFilter | None = None) -> list[dict[str, Any]]:
+        """``GET /api/runs``: the newest runs that pass ``where`` as ``run ls --json`` has
+        them, and their waits."""
         out = []
-        for run in runs.list(count, url=self.url):
+        for run in find_runs(count, where, url=self.url):
             try:
                 summary = self.summary(run)
             except RunNotFound:

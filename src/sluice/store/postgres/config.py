@@ -37,10 +37,11 @@ __all__ = [
     "translate",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """The schema this code needs; ``sql/migrate_<NNN>.sql`` for each version up to it
 (1: the tables; 2: the limits' totals; 3: the exchange protocol; 4: indexes that the
-exchange step's generic plans can use)."""
+exchange step's generic plans can use; 5: the record of held units; 6: the audit record
+of admin actions)."""
 
 DEFAULT_SCHEMA = "sluice"
 STEPS = (
@@ -58,6 +59,7 @@ STEPS = (
     "inspect_limit",
     "forget_process",
     "diagnose",
+    "admin",
 )
 """The files defining the step functions, installed (CREATE OR REPLACE) by each migration."""
 
@@ -87,6 +89,8 @@ class PgConfig:
     application_name: str
     prepared: bool = True
     """Whether steps use server-side prepared statements (off for PgBouncer < 1.21)."""
+    connect_timeout: float | None = None
+    """The URL's ``connect_timeout`` (libpq's), if it gives one."""
 
     @property
     def quoted_schema(self) -> str:
@@ -154,7 +158,15 @@ def parse_url(url: str) -> PgConfig:
         pool_size=int(raw_size),
         application_name=app[:_APP_NAME_MAX],
         prepared=prepared == "true",
+        connect_timeout=_seconds(dict(rest).get("connect_timeout")),
     )
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None  # libpq says what is wrong with it
 
 
 # --------------------------------------------------------------------------- SQL

@@ -15,13 +15,14 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from sluice.errors import StoreUnavailable
 from sluice.limits import gcra
 from sluice.limits.model import Holder, Limit, LimitChanges, LimitStatus, LimitTotals, Waiter, utc
+from sluice.store.audit import AdminRecord, current_actor
 from sluice.store.base import (
     AcquireRequest,
     Exchange,
@@ -33,6 +34,7 @@ from sluice.store.base import (
     StoreDiagnosis,
 )
 from sluice.store.plans import Plan, Sleep
+from sluice.store.postgres import audit
 from sluice.store.postgres.config import SCHEMA_VERSION, PgConfig, refusal
 
 __all__ = ["Call", "Engine", "wakes_in"]
@@ -233,7 +235,7 @@ class Engine:
         # meanwhile (else 40001, and the driver runs the plan again).
         old = yield self._step("get_limit", "%s::text", name)
         new = changes.apply(_limit(old))
-        data = yield self._step(
+        step = self._step(
             "update_limit",
             "%s::text, %s::jsonb, %s::integer, %s::float8, %s::integer, %s::float8,"
             " %s::boolean, %s::text",
@@ -246,22 +248,52 @@ class Engine:
             changes.touches_rate(),
             self.process_id,
         )
+        data = yield self._audited(step, name, "update", before=json.dumps(old))
         return _limit(data["limit"])
 
     def set_active(self, name: str, active: bool) -> Plan[Limit]:
-        data = yield self._step(
+        step = self._step(
             "set_active", "%s::text, %s::boolean, %s::text", name, active, self.process_id
         )
+        data = yield self._audited(step, name, "enable" if active else "disable")
         return _limit(data["limit"])
 
     def reset_limit(self, name: str) -> Plan[int]:
-        data = yield self._step("reset_limit", "%s::text, %s::text", name, self.process_id)
+        step = self._step("reset_limit", "%s::text, %s::text", name, self.process_id)
+        data = yield self._audited(step, name, "reset")
         return int(data["revoked"])
 
     def delete_limit(self, name: str, force: bool) -> Plan[None]:
-        yield self._step(
+        step = self._step(
             "delete_limit", "%s::text, %s::boolean, %s::text", name, force, self.process_id
         )
+        yield self._audited(step, name, "delete", extra={"force": force})
+
+    def _audited(
+        self,
+        step: Call[Any],
+        name: str,
+        action: str,
+        *,
+        before: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Call[Any]:
+        """The admin step's call, also recording the action in its transaction."""
+        q = self.config.quoted_schema
+        sql, params = audit.audited(
+            q, step.sql, step.params, name, action, before=before, extra=extra
+        )
+        return Call(sql, params)
+
+    def record_admin(self, name: str, action: str, changes: Mapping[str, Any]) -> Plan[AdminRecord]:
+        """Record an admin action done outside the store's steps."""
+        data = yield Call(*audit.record_call(self.config.quoted_schema, name, action, changes))
+        return AdminRecord(name, action, float(data["at"]), current_actor(), data["changes"])
+
+    def admin_history(self, name: str, count: int) -> Plan[list[AdminRecord]]:
+        """The newest ``count`` records of a limit, newest first."""
+        data = yield Call(*audit.history_call(self.config.quoted_schema, name, count))
+        return audit.records_of(data)
 
     def inspect_limit(self, name: str) -> Plan[LimitStatus]:
         data = yield self._step("inspect_limit", "%s::text, %s::text", name, self.process_id)

@@ -23,15 +23,25 @@ over psycopg connections, each call on a connection of its bounded pool: a
 process uses at most ``pool_size`` connections for steps, whoever calls (the
 line's rounds, the keeper's renewals, the async front door's worker threads),
 plus its one LISTEN connection. Driver errors become Sluice errors.
+
+Deadlines: a step (its resends and retries included) takes at most the step
+deadline (``SLUICE_STEP_TIMEOUT``), then raises StoreUnavailable. Connections are
+made with ``connect_timeout`` (:data:`CONNECT_TIMEOUT`, or what the URL says; libpq
+waits at least 2 s), run statements under ``statement_timeout`` (the deadline,
+server side; not set through a transaction pooler, ``prepared=false``), and a
+:class:`~sluice.store.postgres.watchdog.Watchdog` cuts the connection of a
+statement still running at its step's deadline: libpq has no read timeout, and a
+server that stops answering would otherwise hold a step forever.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import select
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 try:
@@ -45,7 +55,8 @@ except ImportError as exc:  # pragma: no cover - depends on the optional driver
 
 from sluice import _fork
 from sluice.errors import SluiceError, StoreError
-from sluice.limits.model import Limit, LimitChanges, LimitStatus
+from sluice.limits.model import Limit, LimitChanges, LimitStatus, validate_name
+from sluice.store.audit import AdminRecord, check_history_count
 from sluice.store.base import (
     Exchange,
     Exchanged,
@@ -54,6 +65,7 @@ from sluice.store.base import (
     StoreDiagnosis,
     WakeHandler,
 )
+from sluice.store.deadline import Deadline, overdue, step_timeout
 from sluice.store.plans import Plan, run_plan
 from sluice.store.postgres.config import (
     RETRY_SQLSTATES,
@@ -65,6 +77,7 @@ from sluice.store.postgres.config import (
 )
 from sluice.store.postgres.listener import Listener
 from sluice.store.postgres.plans import Call, Engine, wakes_in
+from sluice.store.postgres.watchdog import Watchdog
 
 __all__ = ["SAFETY_INTERVAL", "PostgresStore", "from_url"]
 
@@ -80,6 +93,13 @@ of a bug, cheaply for idle waiters.
 """
 
 _RETRIES = 20
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds a connection may take to be made, unless the URL's ``connect_timeout`` says
+otherwise (at most the time the step has left; libpq's least is 2 s)."""
+
+MIGRATION_TIMEOUT = 300.0
+"""Seconds creating or migrating the schema may take (it may rewrite tables)."""
 
 
 def _readable(fd: int) -> bool:
@@ -99,11 +119,15 @@ def _usable(conn: psycopg.Connection[Any]) -> bool:
     return not _readable(conn.pgconn.socket)
 
 
+class _Overdue(Exception):
+    """A step's deadline passed (what it was doing); becomes StoreUnavailable."""
+
+
 class _Pool:
     """At most ``size`` autocommit connections, each used by one step at a time; a caller
     finding none free waits for one."""
 
-    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], size: int) -> None:
+    def __init__(self, connect: Callable[[Deadline], psycopg.Connection[Any]], size: int) -> None:
         self._connect = connect
         self._size = size
         self._idle: list[psycopg.Connection[Any]] = []
@@ -112,8 +136,8 @@ class _Pool:
         self._closed = False
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        conn = self._take()
+    def connection(self, deadline: Deadline) -> Iterator[psycopg.Connection[Any]]:
+        conn = self._take(deadline)
         try:
             yield conn
         except BaseException:
@@ -124,7 +148,7 @@ class _Pool:
             raise
         self._give_back(conn, False)
 
-    def _take(self) -> psycopg.Connection[Any]:
+    def _take(self, deadline: Deadline) -> psycopg.Connection[Any]:
         with self._cond:
             while True:
                 while self._idle:
@@ -137,9 +161,11 @@ class _Pool:
                 if self._count < self._size:
                     self._count += 1
                     break
-                self._cond.wait()
+                if deadline.passed:
+                    raise _Overdue("waiting for a free connection of the pool")
+                self._cond.wait(deadline.left())
         try:
-            return self._connect()
+            return self._connect(deadline)
         except BaseException:
             with self._cond:
                 self._count -= 1
@@ -179,6 +205,9 @@ class PostgresStore:
     def __init__(self, url: str) -> None:
         self._config: PgConfig = parse_url(url)
         self.url = self._config.url
+        self.step_timeout = step_timeout()
+        """Seconds one step may take, its resends, retries and connections included."""
+        self._steps = threading.local()  # .deadline: the step this thread runs now
         self._closed = False
         self._handler: WakeHandler | None = None
         self._start()
@@ -188,6 +217,7 @@ class PostgresStore:
         # Also run in a forked child: a new identity, pool and listener.
         self._engine = Engine(self._config)
         self._pool = _Pool(self._connect, self._config.pool_size)
+        self._watchdog = Watchdog(self.step_timeout)
         self._lock = threading.Lock()
         self._schema_ready = False
         self._listener: Listener | None = None
@@ -205,18 +235,30 @@ class PostgresStore:
 
     # ------------------------------------------------------------- connections
 
-    def _connect(self, listener: bool = False) -> psycopg.Connection[Any]:
+    def _connect(
+        self, deadline: Deadline | None = None, listener: bool = False
+    ) -> psycopg.Connection[Any]:
         config = self._config
         name = config.application_name
         if listener:
             name = f"{name[: 63 - len(':listen')]}:listen"
+        within = CONNECT_TIMEOUT if deadline is None else min(CONNECT_TIMEOUT, deadline.left())
+        if deadline is not None and deadline.passed:
+            raise _Overdue("connecting")
+        options: dict[str, Any] = {}
+        if config.connect_timeout is None:
+            options["connect_timeout"] = max(2, math.ceil(within))
         try:
-            return psycopg.Connection.connect(
+            conn = psycopg.Connection.connect(
                 config.listen_conninfo if listener else config.conninfo,
                 autocommit=True,
                 application_name=name,
                 prepare_threshold=5 if config.prepared else None,
+                **options,
             )
+            if config.prepared and not listener:  # (a transaction pooler would leak a SET)
+                conn.execute(f"SET statement_timeout = {max(int(self.step_timeout * 1000), 1)}")
+            return conn
         except psycopg.Error as exc:
             raise translate(exc, self.url) from exc
 
@@ -236,35 +278,74 @@ class PostgresStore:
         return translate(exc, self.url)
 
     def _call(self, call: Call[Any]) -> Any:
-        """Run one call on a pooled connection (a connection that failed is not reused)."""
-        with self._pool.connection() as conn:
-            return self._execute(conn, call)
+        """Run one call on a pooled connection (a connection that failed is not reused),
+        within the deadline of the step this thread runs."""
+        deadline: Deadline = getattr(self._steps, "deadline", None) or Deadline(self.step_timeout)
+        try:
+            with (
+                self._pool.connection(deadline) as conn,
+                self._watchdog.watch(conn, deadline.at) as watch,
+            ):
+                try:
+                    return self._execute(conn, call)
+                except psycopg.Error as exc:
+                    if watch.fired:
+                        raise _Overdue("waiting for its answer") from exc
+                    raise
+        except _Overdue as exc:
+            raise overdue(self.url, deadline.seconds, str(exc)) from exc.__cause__
 
-    def _drive(self, make: Callable[[], Plan[T]]) -> T:
+    @contextlib.contextmanager
+    def _step(self, deadline: Deadline | None = None) -> Iterator[Deadline]:
+        """The deadline of the step this thread runs now (a new one, unless given)."""
+        step = deadline or Deadline(self.step_timeout)
+        self._steps.deadline = step
+        try:
+            yield step
+        finally:
+            self._steps.deadline = None
+
+    def _drive(self, make: Callable[[], Plan[T]], deadline: Deadline | None = None) -> T:
         """Run a plan, each call one transaction; retry it whole after a deadlock."""
         if self._closed:
             raise StoreError(f"store {self.url} is closed")
-        if not self._schema_ready:
-            self.ensure_schema()
-        for attempt in range(_RETRIES):
-            try:
-                return run_plan(make(), self._call, self._translate)
-            except psycopg.Error as exc:
-                if exc.sqlstate in RETRY_SQLSTATES and attempt < _RETRIES - 1:
-                    time.sleep(0.001 * (attempt + 1))
-                    continue
-                raise translate(exc, self.url) from exc
+        with self._step(deadline) as step:
+            if not self._schema_ready:
+                self.ensure_schema(step)
+            for attempt in range(_RETRIES):
+                try:
+                    return run_plan(make(), self._call, self._translate)
+                except psycopg.Error as exc:
+                    if exc.sqlstate in RETRY_SQLSTATES and attempt < _RETRIES - 1:
+                        time.sleep(0.001 * (attempt + 1))
+                        continue
+                    raise translate(exc, self.url) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def ensure_schema(self) -> None:
-        """Create or migrate the schema once per process, under an advisory lock."""
+    def ensure_schema(self, deadline: Deadline | None = None) -> None:
+        """Create or migrate the schema once per process, under an advisory lock (reading
+        its version within the step deadline; a migration may take MIGRATION_TIMEOUT)."""
+        step = deadline or Deadline(self.step_timeout)
         with self._lock:
             if self._schema_ready:
                 return
+            cut = False
             try:
-                with self._pool.connection() as conn:
-                    self._migrate(conn)
+                with self._pool.connection(step) as conn:
+                    with self._watchdog.watch(conn, step.at) as watch:
+                        try:
+                            current = self._version(conn) == SCHEMA_VERSION
+                        finally:
+                            cut = watch.fired
+                    if not current:
+                        migration = Deadline(MIGRATION_TIMEOUT)
+                        with self._watchdog.watch(conn, migration.at) as watch:
+                            self._migrate(conn)
+            except _Overdue as exc:
+                raise overdue(self.url, step.seconds, str(exc)) from exc
             except psycopg.Error as exc:
+                if cut:
+                    raise overdue(self.url, step.seconds, "reading the schema") from exc
                 raise translate(exc, self.url) from exc
             self._schema_ready = True
 
@@ -275,6 +356,7 @@ class PostgresStore:
         if version == SCHEMA_VERSION:
             return
         with conn.transaction():
+            conn.execute("SET LOCAL statement_timeout = 0")  # a migration may take long
             # Two processes starting at once: the second waits here, then finds it done.
             conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"sluice {q}",))
             # CREATE SCHEMA needs the CREATE privilege on the database even when the
@@ -304,8 +386,9 @@ class PostgresStore:
 
     # ------------------------------------------------------------- wake-ups
 
-    def _ensure_listening(self) -> None:
-        """Start this process's listener and wait until its LISTEN is in force."""
+    def _ensure_listening(self, within: float) -> None:
+        """Start this process's listener and wait (``within`` seconds, at most) until its
+        LISTEN is in force."""
         with self._lock:
             if self._listener is None:
                 self._listener = Listener(
@@ -316,7 +399,7 @@ class PostgresStore:
                     self.url,
                 )
             listener = self._listener
-        listener.start()
+        listener.start(within)
 
     def _listening(self) -> bool:
         return self._listener is not None and self._listener.listening
@@ -370,11 +453,20 @@ class PostgresStore:
     def held_spans(self, names: Sequence[str], since: float, until: float) -> list[HeldSpan]:
         return self._drive(lambda: self._engine.held_spans(names, since, until))
 
+    def record_admin(self, name: str, action: str, changes: Mapping[str, Any]) -> AdminRecord:
+        name = validate_name(name)
+        return self._drive(lambda: self._engine.record_admin(name, action, changes))
+
+    def admin_history(self, name: str, count: int = 100) -> list[AdminRecord]:
+        name, count = validate_name(name), check_history_count(count)
+        return self._drive(lambda: self._engine.admin_history(name, count))
+
     def exchange(self, batch: Exchange) -> Exchanged:
+        deadline = Deadline(self.step_timeout)
         if not self._listening():
-            self._ensure_listening()  # before a ticket exists that a wake-up could name
+            self._ensure_listening(deadline.left())  # before a ticket a wake-up could name
         payload = self._engine.payload(batch)  # once: a retry or resend repeats it
-        return self._drive(lambda: self._engine.exchange(batch, payload))
+        return self._drive(lambda: self._engine.exchange(batch, payload), deadline)
 
     def renew(self, lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> Renewal:
         return self._drive(lambda: self._engine.renew(lease_ids, ticket_ids))
@@ -382,7 +474,8 @@ class PostgresStore:
     def diagnose(self) -> StoreDiagnosis:
         """Read-only facts for ``sluice doctor``; never creates or migrates the schema."""
         try:
-            return run_plan(self._engine.diagnose(), self._call, self._translate)
+            with self._step():
+                return run_plan(self._engine.diagnose(), self._call, self._translate)
         except psycopg.Error as exc:
             raise translate(exc, self.url) from exc
 

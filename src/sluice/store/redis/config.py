@@ -26,6 +26,7 @@ from sluice.store import redact_url
 __all__ = [
     "ATTEMPTS",
     "CONFLICT_RETRIES",
+    "CONNECT_TIMEOUT",
     "LISTEN_POLL",
     "POOL_TIMEOUT",
     "SCHEMA_VERSION",
@@ -33,6 +34,7 @@ __all__ = [
     "PoolTimeout",
     "RedisConfig",
     "Scripts",
+    "StepOverdue",
     "backoff",
     "translate",
 ]
@@ -43,9 +45,15 @@ SCHEMA_VERSION = 2
 2: tickets wanting several grants, grants waiting to be claimed, stalled tickets
 (see ``scripts/_lib.lua``). Keys written by version 1 lack the new fields, which read
 as their defaults (a ticket wants one grant, a lease is claimed, nothing is stalled),
-so a deployment is used in place; the first step of this version records 2."""
+so a deployment is used in place; the first step of this version records 2.
+
+The audit lists ``P:admin:NAME`` (``scripts/admin_record.lua``: admin actions on limit
+NAME, newest first, the newest :data:`~sluice.store.audit.ADMIN_KEEP` kept) are new keys
+beside the others, which no step reads: the layout version stays 2, and a deployment
+used by an older Sluice simply has no audit record of the actions that version did."""
 
 STEPS = (
+    "admin_record",
     "create_limit",
     "delete_limit",
     "diagnose",
@@ -71,12 +79,16 @@ LISTEN_POLL = 5.0
 """Seconds the listener blocks per read (stopping it wakes it at once)."""
 
 POOL_TIMEOUT = 30.0
-"""Seconds a step waits for one of the process's ``pool_size`` connections to be free
-(as long as one command may take: the socket timeout)."""
+"""Seconds a step waits for one of the process's ``pool_size`` connections to be free,
+at most: in fact the store's step deadline (``SLUICE_STEP_TIMEOUT``), if shorter."""
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds a connection may take to be made, at most (the step deadline, if shorter)."""
 
 DEFAULT_POOL_SIZE = 4
 
-_STANDALONE = frozenset({"diagnose", "held_spans"})  # read-only: they run without _lib.lua
+# Run without _lib.lua: read-only, or (admin_record) touching no limit, lease or queue.
+_STANDALONE = frozenset({"admin_record", "diagnose", "held_spans"})
 _PREFIX = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _BACKOFF_CAP = 2.0  # seconds: the longest pause between reconnection attempts
 _CONNECTION = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -84,6 +96,10 @@ _CONNECTION = (RedisConnectionError, RedisTimeoutError, OSError)
 
 class PoolTimeout(RedisError):
     """Every connection of the process's pool stayed busy for :data:`POOL_TIMEOUT` seconds."""
+
+
+class StepOverdue(PoolTimeout):
+    """A step's deadline passed: it is not tried again (like a pool wait that timed out)."""
 
 
 def backoff(attempt: int) -> float:

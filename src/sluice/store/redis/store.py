@@ -12,10 +12,17 @@ process's :class:`~sluice.limits.line.Line`; the async front door runs the admin
 steps on worker threads.
 
 Connections: steps share a bounded pool of ``pool_size`` connections (URL
-parameter, default 4); a step waits for a free one (at most ``POOL_TIMEOUT``
-seconds, then StoreUnavailable) instead of opening more. The wake-up listener
-holds one more connection of its own, outside the pool, for as long as the
-store is open.
+parameter, default 4); a step waits for a free one instead of opening more. The
+wake-up listener holds one more connection of its own, outside the pool, for as
+long as the store is open.
+
+Deadlines: a step, its tries after a lost connection included, takes at most the
+step deadline (``SLUICE_STEP_TIMEOUT``, :mod:`sluice.store.deadline`), then
+raises StoreUnavailable: each connection's socket timeout is the deadline, a
+connection is made within ``CONNECT_TIMEOUT`` seconds (or the deadline, if
+shorter), a wait for a free pooled connection ends with the deadline, and no try
+starts once it passed. A server that stops answering (paused, or cut off) costs
+a step its deadline, never more.
 
 Wake-ups travel by pub/sub: each process subscribes once, on its own channel
 (:mod:`sluice.store.redis.listener`), and a script that hands a grant to another
@@ -41,7 +48,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis
@@ -52,7 +59,8 @@ from redis.retry import Retry
 
 from sluice import _fork
 from sluice.errors import StoreError, StoreUnavailable
-from sluice.limits.model import Limit, LimitChanges, LimitStatus
+from sluice.limits.model import Limit, LimitChanges, LimitStatus, validate_name
+from sluice.store.audit import AdminRecord, check_history_count
 from sluice.store.base import (
     Exchange,
     Exchanged,
@@ -61,13 +69,17 @@ from sluice.store.base import (
     StoreDiagnosis,
     WakeHandler,
 )
+from sluice.store.deadline import Deadline, step_timeout
 from sluice.store.plans import Plan, run_plan
+from sluice.store.redis import audit
 from sluice.store.redis.config import (
+    CONNECT_TIMEOUT,
     POOL_TIMEOUT,
     SCHEMA_VERSION,
     PoolTimeout,
     RedisConfig,
     Scripts,
+    StepOverdue,
     translate,
 )
 from sluice.store.redis.listener import Listener
@@ -80,23 +92,30 @@ T = TypeVar("T")
 _SUBSCRIBE_WAIT = 10.0  # seconds a first exchange that may queue waits for the subscription
 
 
-def _client_options(process_id: str) -> dict[str, Any]:
-    """What every connection is made with: no retries of its own, timeouts, a name."""
+def _client_options(process_id: str, deadline: float) -> dict[str, Any]:
+    """What every connection is made with: no retries of its own, timeouts (the step
+    deadline per command), a name."""
     return {
         "retry": Retry(NoBackoff(), 0),
-        "socket_connect_timeout": 5.0,
-        "socket_timeout": 30.0,
+        "socket_connect_timeout": min(CONNECT_TIMEOUT, deadline),
+        "socket_timeout": deadline,
         "socket_keepalive": True,
         "client_name": f"sluice:{process_id}",
     }
 
 
 class _Pool(redis.BlockingConnectionPool):
-    """A bounded pool: a step waits for a free connection, and says so if it waits too long."""
+    """A bounded pool: a step waits for a free connection, and says so if it waits too long.
+
+    A connection handed to a step reads with the time the step has left (``left``) as
+    its socket timeout, so no try outlasts the step's deadline.
+    """
+
+    left: Callable[[], float | None] = staticmethod(lambda: None)
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call, unused-ignore]
+            conn = super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call, unused-ignore]
         except RedisConnectionError as exc:
             if "No connection available" not in str(exc):
                 raise
@@ -105,6 +124,12 @@ class _Pool(redis.BlockingConnectionPool):
                 f"busy for {self.timeout:g} s; raise pool_size in the URL if many threads "
                 "run admin steps at once, or check the server's latency"
             ) from exc
+        sock = getattr(conn, "_sock", None)
+        if sock is not None:
+            left = self.left()
+            with contextlib.suppress(OSError):
+                sock.settimeout(conn.socket_timeout if left is None else max(left, 0.001))
+        return conn
 
 
 class RedisStore:
@@ -119,10 +144,13 @@ class RedisStore:
         """This process's identity and state in the deployment, and every operation as a plan."""
         self._meta = config.meta_key
         self._translate = functools.partial(translate, url=self.url)
+        self.step_timeout = step_timeout()
+        """Seconds one step may take, its tries and reconnections included."""
         self._closed = False
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
         self._listener: Listener | None = None
+        self._steps = threading.local()  # .deadline: the step this thread runs now
         _fork.track(self, RedisStore._after_fork)
 
     def _after_fork(self) -> None:
@@ -151,13 +179,22 @@ class RedisStore:
 
     def _connect(self, pool_size: int | None) -> redis.Redis:
         """A client: on the bounded step pool, or (None) on a connection of its own."""
-        options = _client_options(self.process_id)
+        options = _client_options(self.process_id, self.step_timeout)
         if pool_size is None:
             return redis.Redis.from_url(self.config.connect_url, **options)
         pool = _Pool.from_url(
-            self.config.connect_url, max_connections=pool_size, timeout=POOL_TIMEOUT, **options
+            self.config.connect_url,
+            max_connections=pool_size,
+            timeout=min(POOL_TIMEOUT, self.step_timeout),
+            **options,
         )
+        pool.left = self._left
         return redis.Redis(connection_pool=pool)
+
+    def _left(self) -> float | None:
+        """Seconds the step this thread runs has left (None: no step)."""
+        deadline: Deadline | None = getattr(self._steps, "deadline", None)
+        return None if deadline is None else deadline.left()
 
     @property
     def client(self) -> redis.Redis:
@@ -171,6 +208,12 @@ class RedisStore:
         return self._client
 
     def _execute(self, call: Script | Command) -> Any:
+        deadline: Deadline | None = getattr(self._steps, "deadline", None)
+        if deadline is not None and deadline.passed:  # no new try once the step's time is up
+            raise StepOverdue(
+                f"no answer within {deadline.seconds:g} s, the per-step deadline "
+                "(SLUICE_STEP_TIMEOUT); check that the server is running and reachable"
+            )
         client = self.client
         if isinstance(call, Command):
             return client.execute_command(call.name, *call.args)  # type: ignore[no-untyped-call, unused-ignore]
@@ -181,10 +224,16 @@ class RedisStore:
             client.script_load(Scripts.source(call.step))
             return client.evalsha(sha, 1, self._meta, *call.args)
 
-    def _drive(self, plan: Plan[T]) -> T:
+    def _drive(self, plan: Plan[T], deadline: Deadline | None = None) -> T:
+        """Run a plan as one step, within the step deadline (or ``deadline``)."""
         if self._closed:
             raise StoreError(f"store {self.url} is closed")
-        return run_plan(plan, self._execute, self._translate)
+        step = deadline or Deadline(self.step_timeout)
+        self._steps.deadline = step
+        try:
+            return run_plan(plan, self._execute, self._translate)
+        finally:
+            self._steps.deadline = None
 
     @property
     def listening(self) -> bool:
@@ -192,8 +241,9 @@ class RedisStore:
         listener = self._listener
         return listener is not None and listener.ready.is_set()
 
-    def listen(self) -> None:
-        """Subscribe to this process's wake-ups, before a step that may leave a ticket waiting."""
+    def listen(self, within: float | None = None) -> None:
+        """Subscribe to this process's wake-ups, before a step that may leave a ticket waiting
+        (waiting for the subscription at most ``within`` seconds, or the step deadline)."""
         if self._listener is None:
             with self._lock:
                 if self._listener is None:
@@ -205,9 +255,10 @@ class RedisStore:
                         self.engine.wake_all,
                         self.url,
                     )
-        if not self._listener.ready.wait(timeout=_SUBSCRIBE_WAIT):
+        wait = min(_SUBSCRIBE_WAIT, self.step_timeout if within is None else within)
+        if not self._listener.ready.wait(timeout=wait):
             raise StoreUnavailable(
-                f"Redis store {self.url}: could not subscribe to wake-ups within 10 s; "
+                f"Redis store {self.url}: could not subscribe to wake-ups within {wait:g} s; "
                 "check that the server is reachable"
             )
 
@@ -232,16 +283,23 @@ class RedisStore:
         return self._drive(self.engine.list_limits())
 
     def update_limit(self, name: str, changes: LimitChanges) -> Limit:
-        return self._drive(self.engine.update_limit(name, changes))
+        return self._drive(audit.update(self.engine, name, changes))
 
     def set_active(self, name: str, active: bool) -> Limit:
-        return self._drive(self.engine.set_active(name, active))
+        return self._drive(audit.set_active(self.engine, name, active))
 
     def reset_limit(self, name: str) -> int:
-        return self._drive(self.engine.reset_limit(name))
+        return self._drive(audit.reset(self.engine, name))
 
     def delete_limit(self, name: str, force: bool = False) -> None:
-        self._drive(self.engine.delete_limit(name, force))
+        self._drive(audit.delete(self.engine, name, force))
+
+    def record_admin(self, name: str, action: str, changes: Mapping[str, Any]) -> AdminRecord:
+        return self._drive(audit.record(validate_name(name), action, changes))
+
+    def admin_history(self, name: str, count: int = 100) -> list[AdminRecord]:
+        name, count = validate_name(name), check_history_count(count)
+        return self._drive(audit.history(self.config, name, count))
 
     def inspect_limit(self, name: str) -> LimitStatus:
         return self._drive(self.engine.inspect_limit(name))
@@ -254,9 +312,10 @@ class RedisStore:
         return self._drive(self.engine.diagnose())
 
     def exchange(self, batch: Exchange) -> Exchanged:
+        deadline = Deadline(self.step_timeout)
         if batch.asks or batch.requests:
-            self.listen()  # before a ticket can wait: no wake-up for it may be missed
-        return self._drive(self.engine.exchange(batch))
+            self.listen(deadline.left())  # before a ticket can wait: no wake-up may be missed
+        return self._drive(self.engine.exchange(batch), deadline)
 
     def renew(self, lease_ids: Sequence[str], ticket_ids: Sequence[str]) -> Renewal:
         return self._drive(self.engine.renew(lease_ids, ticket_ids))

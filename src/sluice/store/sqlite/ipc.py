@@ -3,7 +3,12 @@
 Beside ``<db>`` lives a directory ``<db>.sluice/`` holding:
 
 * ``write.lock`` — taken (``flock``) around every write transaction, so writers
-  queue in the kernel instead of in SQLite's sleep-and-retry busy handler;
+  queue in the kernel instead of in SQLite's sleep-and-retry busy handler; a
+  writer waits for it at most its step deadline (:meth:`FileLock.acquire`);
+* ``stalled`` — touched by a writer that has waited :data:`STALL_AFTER` seconds
+  or more for the write lock: the store is stalled (a paused process holds the
+  lock), and the next write step credits the leases and tickets whose holders
+  could not renew meanwhile (see :mod:`sluice.store.sqlite.stall`);
 * ``procs/<process-id>.lock`` — each registered process holds an exclusive
   ``flock`` on its own file for as long as it lives. The kernel drops it when
   the process dies, however it dies, so "can I take this lock?" answers "is it
@@ -39,10 +44,16 @@ from sluice import _fork
 
 __all__ = [
     "SAFETY_INTERVAL",
+    "STALL_AFTER",
     "FileLock",
     "ProcessInfo",
     "ProcessLink",
+    "clear_stall",
+    "last_commit",
+    "mark_stall",
     "prepare_files",
+    "process_gone",
+    "stall_marked",
     "write_lock_path",
 ]
 
@@ -54,6 +65,9 @@ _PAYLOAD = 8192  # bytes per wake-up datagram
 # are watched, so the safety re-check is rare; without pidfd it is how a waiter
 # notices a crashed holder, so it runs every second.
 SAFETY_INTERVAL = 30.0 if _HAS_PIDFD else 1.0
+
+STALL_AFTER = 0.25
+"""Seconds of waiting for the write lock after which a writer marks the store stalled."""
 
 
 @dataclass(frozen=True)
@@ -94,17 +108,22 @@ def _bindable(stored: str) -> str:
 
 
 class FileLock:
-    """An exclusive flock on a lock file of its own descriptor, as a context manager.
+    """An exclusive flock on a lock file of its own descriptor, as a context manager
+    (waiting without bound) or through :meth:`acquire` (waiting at most a timeout).
 
     Two FileLocks on one file exclude each other even in one process (flock locks
     belong to the open file, not the process).
     """
 
-    __slots__ = ("fd",)
+    __slots__ = ("_cond", "_state", "_thread", "_wanted", "fd")
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._cond = threading.Condition()
+        self._state = "idle"  # "waiting": the helper blocks in flock; "held": it got it for us
+        self._wanted = 0  # callers of acquire() waiting now
+        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_EX)
@@ -112,10 +131,131 @@ class FileLock:
     def __exit__(self, *exc: object) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
 
+    def acquire(self, timeout: float, on_slow: Callable[[], None] | None = None) -> bool:
+        """Take the lock within ``timeout`` seconds; False if another holder kept it.
+
+        Free, it is one non-blocking flock. Held elsewhere, a helper thread waits for
+        it in the kernel (woken when it frees, no polling) and hands it over, so the
+        caller can stop waiting: a lock the helper gets for a caller who left is let
+        go at once. ``on_slow`` is called once the caller has waited
+        :data:`STALL_AFTER` seconds. Release with :meth:`release`.
+        """
+        with self._cond:
+            if self._state == "idle":
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    self._block()
+            self._wanted += 1
+            try:
+                if on_slow is not None and timeout > STALL_AFTER:
+                    if self._cond.wait_for(self._handed, STALL_AFTER):
+                        return self._take()
+                    timeout -= STALL_AFTER
+                    on_slow()
+                if self._cond.wait_for(self._handed, timeout):
+                    return self._take()
+                return False
+            finally:
+                self._wanted -= 1
+
+    def release(self) -> None:
+        """Let the lock go (taken with :meth:`acquire`)."""
+        with self._cond:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            if self._wanted:
+                self._block()  # another caller of this process waits for it
+
+    def _handed(self) -> bool:
+        return self._state == "held"
+
+    def _take(self) -> bool:
+        self._state = "idle"
+        return True
+
+    def _block(self) -> None:
+        """Under the condition: have the helper wait for the lock in the kernel."""
+        self._state = "waiting"
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._wait_in_kernel, name="sluice-write-lock", daemon=True
+            )
+            self._thread.start()
+        self._cond.notify_all()
+
+    def _wait_in_kernel(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._state == "waiting")
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+            except OSError:
+                return  # closed
+            with self._cond:
+                if self._wanted:
+                    self._state = "held"
+                    self._cond.notify_all()
+                else:  # its caller gave up meanwhile
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)
+                    self._state = "idle"
+
     def close(self) -> None:
         """Close the descriptor (releasing the lock if held)."""
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+
+def _stall_path(db_path: str) -> Path:
+    return side_dir(db_path) / "stalled"
+
+
+def mark_stall(db_path: str) -> None:
+    """Say that a writer has waited :data:`STALL_AFTER` seconds for the write lock."""
+    with contextlib.suppress(OSError):
+        _stall_path(db_path).touch()
+
+
+def stall_marked(db_path: str) -> float | None:
+    """When a writer last said it waited long for the write lock (None: never since cleared)."""
+    try:
+        return os.stat(_stall_path(db_path)).st_mtime
+    except OSError:
+        return None
+
+
+def clear_stall(db_path: str) -> None:
+    """Forget the stall mark (under the write lock, once the stall is credited)."""
+    with contextlib.suppress(OSError):
+        os.unlink(_stall_path(db_path))
+
+
+def last_commit(db_path: str) -> float:
+    """When a transaction last wrote to the database: the write-ahead log's modification
+    time (the database file's, when there is no log)."""
+    for path in (db_path + "-wal", db_path):
+        with contextlib.suppress(OSError):
+            return os.stat(path).st_mtime
+    return 0.0
+
+
+def process_gone(db_path: str, process_id: str) -> bool:
+    """Whether a registered process of this host is gone, changing nothing (for reads)."""
+    try:
+        fd = os.open(side_dir(db_path) / "procs" / f"{process_id}.lock", os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    finally:
+        os.close(fd)
 
 
 class ProcessLink:

@@ -19,6 +19,7 @@ from collections.abc import Collection
 from contextlib import AbstractContextManager
 
 from sluice.store.base import StoreDiagnosis
+from sluice.store.deadline import Deadline
 from sluice.store.sqlite.history import SQLiteHistory
 from sluice.store.sqlite.ipc import ProcessInfo
 from sluice.store.sqlite.schema import SCHEMA_VERSION, read_diagnosis
@@ -39,12 +40,27 @@ class MemoryStore(SQLiteStore):
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
 
-    def _write_lock(self) -> AbstractContextManager[object]:
-        return contextlib.nullcontext()
+    def _begin(self, conn: sqlite3.Connection, deadline: Deadline) -> None:
+        conn.execute("BEGIN IMMEDIATE")  # its threads queue on the store's mutex first
+
+    def _end_write(self) -> None:
+        pass
+
+    def _credit(self, tx: Tx, waited: float) -> bool:
+        return False  # no other process can stall it
+
+    def _credited(self) -> None:
+        pass
+
+    def _stall_began(self) -> float | None:
+        return None
+
+    def _gone_now(self, process_id: str, host: str) -> bool:
+        return False
 
     def _reader(self) -> tuple[threading.Lock, sqlite3.Connection]:
-        with self._mutex:
-            return self._mutex, self._connection()  # one private database, one connection
+        with self._mutex:  # one private database, one connection
+            return self._mutex, self._connection(Deadline(self.step_timeout))
 
     def _register(self, tx: Tx) -> ProcessInfo:
         info = ProcessInfo(uuid.uuid4().hex[:20], os.getpid(), socket.gethostname())

@@ -15,9 +15,16 @@ from importlib import resources
 from sluice.errors import StoreError, StoreUnavailable
 from sluice.store.base import StoreDiagnosis
 
-__all__ = ["SCHEMA_VERSION", "check_creatable", "create_schema", "diagnose_file", "read_diagnosis"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "check_creatable",
+    "create_schema",
+    "diagnose_file",
+    "read_diagnosis",
+    "read_version",
+]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _MIGRATE_1_TO_2 = (
     *(
         f"ALTER TABLE sluice_limits ADD COLUMN {column}"
@@ -56,6 +63,15 @@ _MIGRATE_3_TO_4 = (
 )
 """Schema version 3 to 4: the record of who held each limit's units, and when (empty:
 leases that ended before the upgrade were not recorded)."""
+_MIGRATE_4_TO_5 = (
+    "CREATE TABLE IF NOT EXISTS sluice_admin (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " limit_name TEXT NOT NULL, action TEXT NOT NULL, at REAL NOT NULL, who TEXT NOT NULL,"
+    " changes TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS sluice_admin_by_limit ON sluice_admin (limit_name, id)",
+    "UPDATE sluice_meta SET value = '5' WHERE key = 'schema_version'",
+)
+"""Schema version 4 to 5: the audit record of admin actions (empty: actions before the
+upgrade were not recorded)."""
 
 
 def create_schema(conn: sqlite3.Connection, url: str) -> None:
@@ -74,8 +90,10 @@ def create_schema(conn: sqlite3.Connection, url: str) -> None:
             )
         if version is not None and int(version[0]) == SCHEMA_VERSION:
             return
-        if version is not None and int(version[0]) in (1, 2, 3):
-            steps = (_MIGRATE_1_TO_2, _MIGRATE_2_TO_3, _MIGRATE_3_TO_4)[int(version[0]) - 1 :]
+        if version is not None and int(version[0]) in (1, 2, 3, 4):
+            steps = (_MIGRATE_1_TO_2, _MIGRATE_2_TO_3, _MIGRATE_3_TO_4, _MIGRATE_4_TO_5)[
+                int(version[0]) - 1 :
+            ]
             for migration in steps:
                 for statement in migration:
                     conn.execute(statement)
@@ -85,6 +103,23 @@ def create_schema(conn: sqlite3.Connection, url: str) -> None:
     for statement in code.split(";"):
         if statement.strip():
             conn.execute(statement)
+
+
+def read_version(path: str) -> int | None:
+    """The schema version a database file records (None: no file, or no Sluice schema),
+    read in a WAL read transaction: it never waits for a writer."""
+    if not os.path.exists(path):
+        return None
+    try:
+        conn = sqlite3.connect(path, timeout=1.0)
+    except sqlite3.Error:
+        return None
+    try:
+        return read_diagnosis(conn, 0.0)[0]
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
 
 
 def diagnose_file(url: str, path: str) -> StoreDiagnosis:

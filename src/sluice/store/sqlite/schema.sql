@@ -98,6 +98,20 @@ CREATE TABLE IF NOT EXISTS sluice_held (
 );
 CREATE INDEX IF NOT EXISTS sluice_held_by_limit ON sluice_held (limit_id, released_at);
 
+-- The audit record of admin actions (update, enable, disable, reset, delete), written
+-- in the action's own transaction; kept by limit name, so it outlives a deleted limit.
+-- who and changes are JSON (sluice/store/audit.py); the newest ADMIN_KEEP rows per
+-- name are kept (sluice/store/sqlite/audit.py).
+CREATE TABLE IF NOT EXISTS sluice_admin (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    limit_name  TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    at          REAL NOT NULL,
+    who         TEXT NOT NULL,
+    changes     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sluice_admin_by_limit ON sluice_admin (limit_name, id);
+
 -- Waiting requests; seq is the store-wide arrival order (never reused). A ticket
 -- stands for `wanted` more grants of the same request. arrivals lists when they
 -- arrived, oldest first, as "time:count,time:count" (empty: all at created_at),
@@ -135,5 +149,5 @@ CREATE TABLE IF NOT EXISTS sluice_queue (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sluice_queue_by_ticket ON sluice_queue (ticket_id);
 
-INSERT OR REPLACE INTO sluice_meta (key, value) VALUES ('schema_version', '4');
+INSERT OR REPLACE INTO sluice_meta (key, value) VALUES ('schema_version', '5');
 INSERT OR IGNORE INTO sluice_meta (key, value) VALUES ('fence', '0');

@@ -11,6 +11,11 @@ an exclusive OS lock on ``<db>.sluice/write.lock`` (threads of one process
 queue on a mutex before that), so writers block in the kernel and are woken
 when the lock frees, with no sleeping and no retry loop.
 
+Stalls: every step is bounded by the store's step deadline (``SLUICE_STEP_TIMEOUT``),
+reads (``get``, ``list``, ``inspect``) are WAL read transactions that take no write
+lock and write nothing, and a stall of the write lock (a process paused inside a
+transaction) costs no live holder its lease: see :mod:`sluice.store.sqlite.stall`.
+
 The decision logic (grant, queue, hand-off, reclaim) lives in
 :mod:`sluice.store.sqlite.engine`, shared with the in-process memory store;
 cross-process machinery (process liveness, wake-up sockets, exit watches) in
@@ -24,8 +29,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from contextlib import contextmanager
 
 from sluice import _fork
 from sluice.errors import (
@@ -35,8 +39,8 @@ from sluice.errors import (
     StoreError,
     StoreUnavailable,
 )
-from sluice.limits import gcra
-from sluice.limits.model import Holder, Limit, LimitChanges, LimitStatus, Waiter, utc
+from sluice.limits.model import Limit, LimitChanges
+from sluice.store.audit import definition, limit_changes
 from sluice.store.base import (
     Exchange,
     Exchanged,
@@ -45,17 +49,19 @@ from sluice.store.base import (
     StoreDiagnosis,
     WakeHandler,
 )
+from sluice.store.deadline import Deadline, overdue, step_timeout
+from sluice.store.sqlite import audit, stall
 from sluice.store.sqlite import ipc as sqlite_ipc
 from sluice.store.sqlite.exchange import Exchanger
 from sluice.store.sqlite.ipc import ProcessInfo
+from sluice.store.sqlite.reads import Reads
 from sluice.store.sqlite.schema import SCHEMA_VERSION, create_schema, diagnose_file
-from sluice.store.sqlite.totals import read_totals
 from sluice.store.sqlite.tx import LIMIT_COLUMNS, LimitRow, Tx, chunks, marks
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "from_url"]
 
 
-class SQLiteStore(Exchanger):
+class SQLiteStore(Reads, Exchanger, audit.AdminLog):
     """Limits, leases and FIFO queues in SQLite tables; one transaction per operation."""
 
     safety_interval = sqlite_ipc.SAFETY_INTERVAL
@@ -73,6 +79,8 @@ class SQLiteStore(Exchanger):
         self._process: ProcessInfo | None = None
         self._host = socket.gethostname()
         self._addresses: dict[str, str] = {}  # process id -> wake-up socket address
+        self.step_timeout = step_timeout()
+        """Seconds one step may take, waiting for the write lock included."""
         _fork.track(self, SQLiteStore._after_fork)
 
     # ------------------------------------------------------------- hooks
@@ -81,7 +89,7 @@ class SQLiteStore(Exchanger):
     def _connect(self) -> sqlite3.Connection:
         sqlite_ipc.prepare_files(self.path)
         conn = sqlite3.connect(
-            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            self.path, timeout=stall.BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )
         # Small pages: each step writes a few short rows, and WAL frames are whole pages.
         # (Takes effect only when the file is created.)
@@ -91,21 +99,28 @@ class SQLiteStore(Exchanger):
         self._ipc = sqlite_ipc.ProcessLink(self.path, self._wake_local)
         return conn
 
-    def _write_lock(self) -> AbstractContextManager[object]:
-        return self._ipc.write_lock()
+    def _begin(self, conn: sqlite3.Connection, deadline: Deadline) -> None:
+        """Take the write lock and begin a write transaction within the deadline."""
+        stall.begin_write(conn, self._ipc.write_lock(), self.path, deadline, self.url)
 
-    def _reader(self) -> tuple[threading.Lock, sqlite3.Connection]:
-        """A second connection, for reads that must not queue behind this process's writer
-        (WAL readers never wait for writers)."""
-        if self._read_conn is None:
-            with self._mutex:
-                self._connection()  # the file and schema exist first
-            with self._read_mutex:
-                if self._read_conn is None:
-                    self._read_conn = sqlite3.connect(
-                        self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-                    )
-        return self._read_mutex, self._read_conn
+    def _end_write(self) -> None:
+        """Let the write lock go, once the transaction is over."""
+        self._ipc.write_lock().release()
+
+    def _credit(self, tx: Tx, waited: float) -> bool:
+        """Credit a stall under way (see :mod:`~sluice.store.sqlite.stall`); True if its
+        mark goes once this step commits."""
+        return stall.credit_stall(tx, self.path, waited)
+
+    def _credited(self) -> None:
+        stall.stall_credited(self.path)
+
+    def _stall_began(self) -> float | None:
+        return stall.stall_began(self.path)
+
+    def _gone_now(self, process_id: str, host: str) -> bool:
+        """Whether a process is known gone, for a read (changes nothing)."""
+        return host == self._host and sqlite_ipc.process_gone(self.path, process_id)
 
     def _register(self, tx: Tx) -> ProcessInfo:
         info, wake_addr = self._ipc.start()
@@ -173,7 +188,7 @@ class SQLiteStore(Exchanger):
         self._read_conn = None
         self._process = None
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self, deadline: Deadline) -> sqlite3.Connection:
         if self._closed:
             raise StoreError(f"store {self.url} is closed")
         if self._conn is None:
@@ -185,39 +200,51 @@ class SQLiteStore(Exchanger):
                     f"({exc.filename or self.path}); check the path and its permissions"
                 ) from exc
             self._conn = conn
-            with self._write_lock():
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    create_schema(conn, self.url)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+            self._begin(conn, deadline)
+            try:
+                create_schema(conn, self.url)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._end_write()
         return self._conn
 
     @contextmanager
     def _tx(self) -> Iterator[Tx]:
+        """One write step: the write lock and a transaction, within the step deadline."""
         targets: list[tuple[str, list[str]]] = []
         local: list[str] = []
+        deadline = Deadline(self.step_timeout)
+        credited = False
         try:
-            with self._mutex:
-                conn = self._connection()
-                with self._write_lock():
-                    conn.execute("BEGIN IMMEDIATE")
+            if not self._mutex.acquire(timeout=deadline.left()):
+                raise overdue(self.url, deadline.seconds, "waiting for this process's steps")
+            try:
+                conn = self._connection(deadline)
+                self._begin(conn, deadline)
+                try:
                     tx = Tx(conn, time.time())
-                    try:
-                        yield tx
-                        if tx.touched or tx.moved:
-                            self._hand_off(tx)
-                        if tx.wake_tickets:
-                            targets, local = self._wake_targets(tx)
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        if conn.in_transaction:  # SQLite may have rolled back already
-                            conn.execute("ROLLBACK")
-                        raise
+                    credited = self._credit(tx, deadline.seconds - deadline.left())
+                    yield tx
+                    if tx.touched or tx.moved:
+                        self._hand_off(tx)
+                    if tx.wake_tickets:
+                        targets, local = self._wake_targets(tx)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:  # SQLite may have rolled back already
+                        conn.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._end_write()
+            finally:
+                self._mutex.release()
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store {self.url} failed: {exc}") from exc
+        if credited:
+            self._credited()
         if targets:
             self._send(targets)
         if local:
@@ -287,19 +314,11 @@ class SQLiteStore(Exchanger):
         rows = self._read(f"SELECT {LIMIT_COLUMNS} FROM sluice_limits ORDER BY name")
         return [LimitRow(*r).to_limit() for r in rows]
 
-    def _read(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
-        """Rows of one query, read without taking the write lock."""
-        try:
-            lock, conn = self._reader()
-            with lock:
-                return conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite store {self.url} failed: {exc}") from exc
-
     def update_limit(self, name: str, changes: LimitChanges) -> Limit:
         with self._tx() as tx:
             row = self._limit_row(tx, name)
-            new = changes.apply(row.to_limit())
+            old = row.to_limit()
+            new = changes.apply(old)
             tx.run(
                 "UPDATE sluice_limits SET slots = ?, rate = ?, burst = ?, lease_ttl = ?,"
                 " tat = CASE WHEN ? THEN 0 ELSE tat END, updated_at = ? WHERE id = ?",
@@ -315,6 +334,7 @@ class SQLiteStore(Exchanger):
             )
             tx.touched.add(row.id)
             tx.moved.add(row.id)  # its head may now be served, or wait for another token
+            audit.record(tx, row.name, "update", limit_changes(old, new))
         return new
 
     def set_active(self, name: str, active: bool) -> Limit:
@@ -328,7 +348,10 @@ class SQLiteStore(Exchanger):
                 self._join_waiters(tx, row.id, row.name)
             tx.touched.add(row.id)
             tx.moved.add(row.id)
-            return row._replace(active=int(active)).to_limit()
+            after = row._replace(active=int(active)).to_limit()
+            action = "enable" if active else "disable"
+            audit.record(tx, row.name, action, limit_changes(row.to_limit(), after))
+            return after
 
     def reset_limit(self, name: str) -> int:
         with self._tx() as tx:
@@ -341,6 +364,7 @@ class SQLiteStore(Exchanger):
             )
             tx.touched.add(row.id)
             tx.moved.add(row.id)
+            audit.record(tx, row.name, "reset", {"revoked": len(leases)})
             return len(leases)
 
     def delete_limit(self, name: str, force: bool = False) -> None:
@@ -363,6 +387,9 @@ class SQLiteStore(Exchanger):
                 tx.wake_tickets[ticket_id] = process_id
                 self._drop_ticket(tx, ticket_id)
             tx.run("DELETE FROM sluice_limits WHERE id = ?", (row.id,))
+            audit.record(
+                tx, row.name, "delete", {"force": force, "limit": definition(row.to_limit())}
+            )
 
     def _tell_revoked(self, tx: Tx, limit_id: int) -> None:
         """Wake the process of each lease holding the limit with the lease's id: revoked by
@@ -373,53 +400,6 @@ class SQLiteStore(Exchanger):
             (limit_id,),
         ):
             tx.wake_tickets[str(lease_id)] = str(process_id)
-
-    def inspect_limit(self, name: str) -> LimitStatus:
-        with self._tx() as tx:
-            row = self._limit_row(tx, name)
-            self._reclaim(tx, [row.id])
-            holders = [
-                Holder(str(r[0]), int(r[1]), str(r[2]), str(r[3]), int(r[4]), utc(r[5]), utc(r[6]))
-                for r in tx.all(
-                    "SELECT l.id, h.units, l.holder, l.host, l.pid, l.acquired_at, l.expires_at"
-                    " FROM sluice_holdings h JOIN sluice_leases l ON l.id = h.lease_id"
-                    " WHERE h.limit_id = ? ORDER BY l.acquired_at, l.id",
-                    (row.id,),
-                )
-            ]
-            waiters = []
-            position = 1
-            for r in tx.all(
-                "SELECT t.id, q.occupy, t.holder, t.host, t.pid, t.created_at, t.wanted"
-                " FROM sluice_queue q JOIN sluice_tickets t ON t.id = q.ticket_id"
-                " WHERE q.limit_id = ? ORDER BY q.seq",
-                (row.id,),
-            ):
-                waiters.append(
-                    Waiter(
-                        str(r[0]),
-                        int(r[1]),
-                        str(r[2]),
-                        str(r[3]),
-                        int(r[4]),
-                        utc(r[5]),
-                        position,
-                        int(r[6]),
-                    )
-                )
-                position += int(r[6])
-            token_in = None
-            if row.rate is not None and row.burst is not None:
-                token_in = gcra.next_token_in(row.tat, tx.now, row.rate, row.burst)
-            return LimitStatus(
-                limit=row.to_limit(),
-                in_use=sum(h.occupy for h in holders),
-                holders=holders,
-                waiters=waiters,
-                next_token_in=token_in,
-                taken_at=utc(tx.now),
-                totals=read_totals(tx, row.id),
-            )
 
     # ------------------------------------------------------------- the hot path
 
