@@ -74,3 +74,25 @@ def test_an_unknown_run_exits_3_with_one_line(db_url: str) -> None:
         assert ran.exit_code == 3
         assert "no flow run with id 'nope'" in ran.error
     assert sluice("run", "ls", "--url", db_url).stdout.strip() == "no flow runs recorded"
+
+
+def test_ls_finds_the_runs_of_a_flow_that_used_no_limit(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The flow's process creates the store as it records its first run: a store that
+    # only has run history is not refused as one that does not exist.
+    monkeypatch.setenv("SLUICE_URL", db_url)
+    monkeypatch.setenv("SLUICE_PROGRESS", "0")
+
+    @task
+    def plain() -> int:
+        return 1
+
+    @flow
+    def unlimited() -> int:
+        return plain.submit().result()
+
+    assert unlimited() == 1
+    ran = sluice("run", "ls", "--json", "--url", db_url)
+    assert ran.exit_code == 0, ran.stderr
+    assert [(r["flow"], r["state"]) for r in ran.json()["runs"]] == [("unlimited", "Completed")]

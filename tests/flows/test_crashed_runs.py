@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from cli._run import sluice
+from cli._run import sluice, sluice_process
 from conformance._helpers import stays, wait_until
 from conformance._procs import SPAWN, child, expect
-from sluice import runs
+from sluice import flow, runs, runtime
 from sluice.store.history import MISSED_BEATS
 
 from . import _crash_procs
@@ -43,14 +43,14 @@ def test_a_killed_flow_and_its_running_task_runs_end_crashed(
             return states.get(first) == states.get(second) == "Running"
 
         wait_until(both_recorded_running, 10, "the stuck task runs recorded Running")
-        assert sluice("run", "ls", "--json", "--url", url).json()[0]["state"] == "Running"
+        assert sluice("run", "ls", "--json", "--url", url).json()["runs"][0]["state"] == "Running"
         killed_at = time.time()
         os.kill(proc.pid, signal.SIGKILL)
         proc.join(10)
 
     def listed_crashed() -> dict[str, Any] | None:
-        runs = sluice("run", "ls", "--json", "--url", url).json()
-        return runs[0] if runs[0]["state"] == "Crashed" else None
+        newest = sluice("run", "ls", "--json", "--url", url).json()["runs"][0]
+        return newest if newest["state"] == "Crashed" else None
 
     listed = wait_until(listed_crashed, MISSED_BEATS * EVERY + 10, "run ls to show Crashed")
     seen_at = time.time()
@@ -83,3 +83,16 @@ def test_a_killed_flow_and_its_running_task_runs_end_crashed(
         3 * EVERY,
         "run why's wall time",
     )
+
+
+def test_a_flow_run_is_in_the_store_running_before_its_body_starts(process_url: str) -> None:
+    # Read by another process, so nothing of this one (its writer) is flushed for it.
+    @flow(name="watched")
+    def watched() -> Any:
+        run_id = runtime.flow_run.id
+        assert run_id is not None
+        return sluice_process("run", "show", run_id, "--json", "--url", process_url).json()
+
+    seen = watched()
+    assert seen["flow"] == "watched" and seen["state"] == "Running"
+    assert seen["ended_at"] is None and seen["pid"] == os.getpid()

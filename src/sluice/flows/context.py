@@ -38,6 +38,7 @@ __all__ = [
     "LOG_BYTES_PER_RUN",
     "LOG_RECORDS_PER_FLOW_RUN",
     "LOG_RECORDS_PER_RUN",
+    "START_WRITE_TIMEOUT",
     "TRACEBACK_BYTES",
     "FlowRun",
     "TaskRun",
@@ -59,6 +60,8 @@ LOG_BYTES_PER_FLOW_RUN = 4 * 1024 * 1024
 """Bytes of log text kept per flow run, its task runs' included."""
 TRACEBACK_BYTES = 32 * 1024
 """Bytes of a traceback kept: its first quarter and its end."""
+START_WRITE_TIMEOUT = 10.0
+"""Seconds a flow run waits, as it starts running, for its record to be written."""
 
 
 def bounded_traceback(exc: BaseException) -> str:
@@ -167,6 +170,18 @@ class FlowRun(_Run):
         self.counts_lock = threading.Lock()
         self._logs = _LogBudget()
         _flow_runs[self.id] = self
+
+    def set_state(self, state: State) -> State:
+        """Enter a state and record it; the first Running state is written before this returns.
+
+        So a flow run is in the store, Running, before its body starts: if its process
+        dies at any later moment, readers find the run and end it as Crashed.
+        """
+        starts = self.started_at is None and state.name is StateName.RUNNING
+        state = super().set_state(state)
+        if starts and self.writer is not None:
+            self.writer.flush(START_WRITE_TIMEOUT)
+        return state
 
     def add_log(self, run_id: str, level: int, logger: str, message: str, at: float) -> None:
         """Record a log record about this flow run or one of its task runs, within bounds."""

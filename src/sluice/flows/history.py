@@ -2,10 +2,15 @@
 
 State changes only append records to a queue; a daemon thread writes them in
 batches (what accumulates within 25 ms of a batch's first record) through
-the store's :class:`~sluice.history.HistoryStore`. A flow flushes the writer when
+the store's :class:`~sluice.history.HistoryStore`. A flow run waits for its first
+Running record to be written before its body starts (so a process killed later
+leaves a run that readers end as Crashed). A flow flushes the writer when
 it ends, then asks it to prune the history to ``SLUICE_HISTORY_KEEP`` runs
 (and ``SLUICE_HISTORY_MAX_AGE``); every writer is flushed at interpreter exit.
-A failing write is logged and dropped: history never fails a flow.
+A failing write is logged and dropped: history never fails a flow. Before its first
+write, the writer creates the store if it does not exist yet (as any command that
+writes does), so readers such as ``sluice run ls`` find it even when no task of the
+flow used a limit.
 
 While the process has flow runs that have not ended, the writer also renews the
 store's heartbeat for them every ``SLUICE_HISTORY_HEARTBEAT`` seconds (before
@@ -27,7 +32,7 @@ from typing import Protocol
 
 from sluice import settings
 from sluice.errors import SluiceError
-from sluice.store import open_history
+from sluice.store import acquire_store, open_history, release_store
 from sluice.store.history import MISSED_BEATS, FlowRunRecord, HistoryRecord, HistoryStore
 
 __all__ = ["HistoryWriter", "writer_for"]
@@ -60,8 +65,9 @@ class _Snapshot(Protocol):
 class HistoryWriter:
     """Batches records to one history store on a daemon thread."""
 
-    def __init__(self, store: HistoryStore) -> None:
+    def __init__(self, store: HistoryStore, url: str | None = None) -> None:
         self.store = store
+        self._url = url  # the store to create before the first write, if any
         self._queue: queue.SimpleQueue[HistoryRecord | _Marker] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -143,6 +149,9 @@ class HistoryWriter:
                 batch = [r for r in batch if _flow_run_of(r) not in self._lost]
             self._track(batch, every)
             if batch:
+                if self._url is not None:
+                    _create_store(self._url)
+                    self._url = None
                 try:
                     self.store.write(batch)
                 except Exception as exc:  # history must never take a flow down
@@ -195,6 +204,18 @@ class HistoryWriter:
             log.warning("sluice: could not prune the run history: %s", exc)
 
 
+def _create_store(url: str) -> None:
+    """Create the store at ``url`` unless it exists (a read that creates its schema)."""
+    try:
+        store = acquire_store(url)
+        try:
+            store.list_limits()
+        finally:
+            release_store(store)
+    except Exception as exc:  # the writes that follow say what is wrong, if anything
+        log.debug("sluice: could not open the store for the run history: %s", exc)
+
+
 def _flow_run_of(record: HistoryRecord) -> str:
     return record.id if isinstance(record, FlowRunRecord) else record.flow_run_id
 
@@ -211,7 +232,7 @@ def writer_for(url: str) -> HistoryWriter | None:
         if url in _writers:
             return _writers[url]
         try:
-            writer: HistoryWriter | None = HistoryWriter(open_history(url))
+            writer: HistoryWriter | None = HistoryWriter(open_history(url), url)
         except SluiceError as exc:
             log.warning("sluice: flows run without history: %s", exc)
             writer = None
