@@ -1,4 +1,5 @@
-"""A small flow for the dashboard tests: task runs that wait on a limit, retry and fail."""
+"""Flows for the dashboard tests: a small one whose task runs wait on a limit, retry and
+fail; one of 1,200 task runs."""
 
 from __future__ import annotations
 
@@ -23,3 +24,39 @@ def step(i: int) -> int:
 def pipeline() -> None:
     """TASK_RUNS task runs on a one-slot limit: each but the first waits on it."""
     wait([step.submit(i) for i in range(TASK_RUNS)])
+
+
+MANY_LIMIT = "ui-many"
+MANY_TASK_RUNS = 1200
+MANY_TASKS = ("fetch_page", "parse_page", "store_page")
+
+
+@task(limits=[MANY_LIMIT])
+def fetch_page(i: int) -> int:
+    """Holds a slot of MANY_LIMIT a little."""
+    simulate_work(0.002)
+    return i
+
+
+@task(limits=[MANY_LIMIT])
+def parse_page(i: int) -> int:
+    """Holds a slot of MANY_LIMIT briefly."""
+    return i
+
+
+@task
+def store_page(i: int) -> int:
+    """Takes no limit."""
+    return i
+
+
+@flow(task_runner=ThreadPoolTaskRunner(max_workers=16))
+def many() -> None:
+    """MANY_TASK_RUNS task runs of three tasks, two of them queued on MANY_LIMIT."""
+    wait(
+        [
+            task_.submit(i)
+            for i in range(MANY_TASK_RUNS // len(MANY_TASKS))
+            for task_ in (fetch_page, parse_page, store_page)
+        ]
+    )

@@ -83,6 +83,22 @@ def _shot(driver: Chrome, name: str) -> Path:
     return path
 
 
+def _full_shot(driver: Chrome, name: str) -> Path:
+    """A screenshot of the whole page, beyond the window's height (Chromium's DevTools)."""
+    import base64
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"captureBeyondViewport": True, "clip": clip}
+    )
+    path.write_bytes(base64.b64decode(shot["data"]))
+    print(f"screenshot: {path}")
+    return path
+
+
 def _attribute(element: WebElement, name: str) -> str:
     value = element.get_attribute(name)
     assert value is not None, f"no {name} attribute on {element}"
@@ -201,5 +217,121 @@ def test_limits_page_shows_a_holder_come_and_go_and_a_run_has_one_bar_per_task_r
         if holder is not None and holder.returncode is None:
             holder.kill()
             holder.communicate()
+        server.terminate()
+        server.communicate(timeout=10)
+
+
+def _fits(driver: Chrome, what: str) -> None:
+    """Asserts the page does not scroll sideways: nothing wider than the window."""
+    wide, inner = driver.execute_script(
+        "return [document.scrollingElement.scrollWidth, window.innerWidth]"
+    )
+    assert wide <= inner, f"{what} scrolls sideways: {wide}px wide in a {inner}px window"
+
+
+def _box(driver: Chrome, css: str) -> dict[str, float]:
+    """The viewport rectangle of the first element ``css`` selects."""
+    box = driver.execute_script(
+        "const e = document.querySelector(arguments[0]);"
+        "if (!e) return null; const r = e.getBoundingClientRect();"
+        "return {top: r.top, bottom: r.bottom, width: r.width, inner: window.innerHeight};",
+        css,
+    )
+    assert box is not None, f"nothing matches {css!r}"
+    return dict(box)
+
+
+@pytest.mark.slow
+def test_a_run_of_1200_task_runs_groups_its_gantt_and_fits_a_phone(
+    browser: Chrome, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url = f"sqlite:///{tmp_path / 'many.db'}"
+    monkeypatch.setenv("SLUICE_URL", url)
+    monkeypatch.setenv("SLUICE_PROGRESS", "0")
+    with Limits(url) as limits:
+        limits.create(_flows.MANY_LIMIT, slots=3)
+    _flows.many()
+    (listed,) = sluice.runs.list(1)
+    run_id = listed.id
+    assert len(sluice.runs.get(run_id).task_runs) == _flows.MANY_TASK_RUNS
+
+    server, base = _start(["ui", "--port", "0", "--interval", "250ms", "--url", url], tmp_path)
+    driver = browser
+    wait = WebDriverWait(driver, 30)
+
+    def groups() -> list[WebElement]:
+        return driver.find_elements(By.CSS_SELECTOR, "svg.gantt g.gantt-group")
+
+    try:
+        driver.get(f"{base}runs/{run_id}")
+        shown = wait.until(lambda _: groups() or False)
+        # One row per task, with its count: not 1,200 rows of 26 px.
+        assert {_attribute(g, "data-task"): int(_attribute(g, "data-count")) for g in shown} == {
+            name: _flows.MANY_TASK_RUNS // 3 for name in _flows.MANY_TASKS
+        }
+        assert not driver.find_elements(By.CSS_SELECTOR, "g.gantt-bar")
+        assert driver.find_elements(By.CSS_SELECTOR, "g.gantt-group rect.density")
+        labels = " ".join(_attribute(g, "aria-label") for g in shown)
+        assert "fetch_page: 400 task runs (400 Completed)" in labels
+        # The why comes first: its headline and table start in the first viewport.
+        for css in ("#why-headline", "#why-causes table"):
+            box = _box(driver, css)
+            assert 0 <= box["top"] < box["inner"], f"{css} is below the fold: {box}"
+        assert "bounded" in driver.find_element(By.ID, "why-headline").text
+        _shot(driver, "run-page-1200-task-runs")
+
+        # One row per task run on demand: the box scrolls and keeps its time axis in view.
+        driver.find_element(By.CSS_SELECTOR, ".gantt-tools button").click()
+        bars = wait.until(lambda _: driver.find_elements(By.CSS_SELECTOR, "g.gantt-bar") or False)
+        assert len(bars) == _flows.MANY_TASK_RUNS
+        driver.execute_script(
+            "const box = document.querySelector('.gantt-scroll');"
+            "box.scrollIntoView(); box.scrollTop = box.scrollHeight / 2;"
+        )
+        scroller, axis = _box(driver, ".gantt-scroll"), _box(driver, ".gantt-axis-wrap")
+        assert driver.execute_script("return document.querySelector('.gantt-scroll').scrollTop") > 0
+        assert abs(axis["top"] - scroller["top"]) <= 2, (axis, scroller)
+
+        # Charts redraw for the width they get: a phone's 400 px, without reloading.
+        driver.find_element(By.CSS_SELECTOR, ".gantt-tools button").click()
+        wait.until(lambda _: groups() or False)
+        wide = float(_attribute(groups()[0].find_element(By.XPATH, ".."), "width"))
+        driver.set_window_size(400, 850)
+        wait.until(
+            lambda _: (
+                float(
+                    driver.execute_script(
+                        "const s = document.querySelector('svg.gantt');"
+                        "return s ? s.getAttribute('width') : 9999;"
+                    )
+                )
+                <= 400
+            )
+        )
+        assert wide > 400
+        _fits(driver, "the run page at 400 px (resized)")
+
+        driver.get(f"{base}runs/{run_id}")
+        wait.until(lambda _: groups() or False)
+        _fits(driver, "the run page at 400 px")
+        box = _box(driver, "#why-headline")
+        assert 0 <= box["top"] < box["inner"], f"the why is below the fold on a phone: {box}"
+        _shot(driver, "run-page-phone-400")
+        driver.execute_script("document.getElementById('gantt-heading').scrollIntoView()")
+        _shot(driver, "run-page-phone-400-gantt")
+
+        driver.get(f"{base}limits/{_flows.MANY_LIMIT}")
+        wait.until(lambda _: driver.find_elements(By.CSS_SELECTOR, "svg.timeline") or False)
+        assert driver.find_element(By.ID, "wait-percentiles").text.startswith("p50 ")
+        assert driver.find_element(By.ID, "head-of-line").text == "Head of line: nobody waits."
+        _fits(driver, "the limit page at 400 px")
+        timeline = _box(driver, "svg.timeline")
+        assert timeline["width"] <= 400
+        _shot(driver, "limit-page-phone-400")
+        _full_shot(driver, "limit-page-phone-400-full")
+    finally:
         server.terminate()
         server.communicate(timeout=10)

@@ -4,8 +4,9 @@ What the chart shows survives a restart of ``sluice ui``: units in use come from
 store's record of held units, slots from the audit record, flow task runs' waits from
 the run history (see :mod:`sluice.report.timeline`); only the waiters outside flows
 come from this dashboard's own samples. Each limit's past is read at most once per
-sampling interval, however many pages show it, so the load on the store does not grow
-with viewers.
+sample (once per sampling interval), however many pages show it, so the load on the store
+does not grow with viewers; an admin action takes a new sample, so the page's next read
+shows its record.
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ class LimitPast:
             release_store(store)
 
     def _fresh(self, taken: float) -> bool:
+        """Whether what was read at ``taken`` is still current: read since the newest sample,
+        within the interval."""
+        sampled = self.sampler.last_success()
+        if sampled is not None and taken < sampled:
+            return False
         return time.time() - taken < self.sampler.interval
 
     def audit(self, name: str, count: int = ADMIN_KEEP) -> list[AdminRecord]:
@@ -63,10 +69,11 @@ class LimitPast:
             cached = self._audits.get(name)
         if cached is not None and self._fresh(cached[0]):
             return cached[1][:count]
+        taken = time.time()  # before the read: a change made during it reads as not seen
         with self._store() as store:
             records = store.admin_history(name, ADMIN_KEEP)
         with self._lock:
-            self._audits[name] = (time.time(), records)
+            self._audits[name] = (taken, records)
         return records[:count]
 
     def timeline(self, status: LimitStatus, window: float) -> Timeline:
