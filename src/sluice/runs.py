@@ -1,4 +1,5 @@
-"""Reading the run history: ``sluice.runs.list()``, ``get(run_id)``, ``why(run_id)``.
+"""Reading the run history: ``sluice.runs.list()``, ``get(run_id)``, ``logs(run_id)``,
+``why(run_id)``.
 
 Each reads the history kept in a store (``url``, else ``SLUICE_URL``, else the
 default SQLite file), after flushing what this process has yet to write there.
@@ -13,9 +14,19 @@ from sluice.errors import InvalidRequest
 from sluice.flows.history import writer_for
 from sluice.flows.why import Cause, WhyReport, explain_recorded
 from sluice.store import open_history
-from sluice.store.history import FlowRunDetail, FlowRunRecord, HistoryStore
+from sluice.store.history import FlowRunDetail, FlowRunRecord, HistoryStore, RunLogRecord
 
-__all__ = ["Cause", "FlowRunDetail", "FlowRunRecord", "WhyReport", "get", "list", "why"]
+__all__ = [
+    "Cause",
+    "FlowRunDetail",
+    "FlowRunRecord",
+    "RunLogRecord",
+    "WhyReport",
+    "get",
+    "list",
+    "logs",
+    "why",
+]
 
 
 def _history(url: str | None) -> HistoryStore:
@@ -36,6 +47,12 @@ def list(limit: int = 20, *, url: str | None = None) -> builtins.list[FlowRunRec
 def get(run_id: str, *, url: str | None = None) -> FlowRunDetail:
     """One flow run with its states and task runs (with theirs); RunNotFound if unknown."""
     return _history(url).get_flow_run(run_id)
+
+
+def logs(run_id: str, *, url: str | None = None) -> builtins.list[RunLogRecord]:
+    """What a flow run and its task runs logged, in order (bounded per run, see
+    ``sluice.flows.context``); RunNotFound if unknown."""
+    return _history(url).get_logs(run_id)
 
 
 def why(run_id: str, *, url: str | None = None) -> WhyReport:

@@ -29,7 +29,7 @@ from sluice.report.runs import (
 )
 from sluice.report.times import parse_time, shown
 from sluice.runs import get as get_run
-from sluice.store import open_history
+from sluice.runs import logs as get_logs
 from sluice.store.history import FlowRunDetail
 
 __all__ = ["run"]
@@ -192,11 +192,11 @@ def logs(run_id: str, as_json: bool) -> None:
     records and Sluice's warnings and errors about them, with tracebacks."""
     detail = _detail(run_id)
     try:
-        records = open_history(resolved_url().url).get_logs(detail.run.id)
+        records = get_logs(detail.run.id, url=resolved_url().url)
     except RunNotFound:  # pruned in between
         records = []
     if as_json:
-        echo_json(logs_json(detail, records))
+        echo_json({"logs": logs_json(detail, records)})
         return
     if not records:
         click.echo(f"flow run {detail.run.id} ({detail.run.flow}): no log records")

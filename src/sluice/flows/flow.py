@@ -29,7 +29,7 @@ __all__ = ["CANCEL_GRACE_SECONDS", "Flow", "flow"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
-log = logging.getLogger("sluice")
+log = logging.getLogger("sluice.flows")
 
 
 def _check_runner(runner: object) -> TaskRunner:
@@ -180,6 +180,8 @@ class Flow(Generic[P, R]):
 
     def _fail(self, run: FlowRun, exc: BaseException) -> None:
         final = StateName.TIMED_OUT if isinstance(exc, TaskTimeoutError) else StateName.FAILED
+        if final is StateName.FAILED:
+            run.record_error(exc)  # its traceback, kept in the run history
         run.set_state(State(final, message=f"{type(exc).__name__}: {exc}"))
 
     def _timed_out(self) -> TaskTimeoutError:

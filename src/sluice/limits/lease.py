@@ -15,7 +15,7 @@ from sluice.store.base import AcquireRequest, Granted
 
 __all__ = ["LOST", "REVOKED", "LeaseState", "LeaseView", "LostCallback", "raise_if_lost"]
 
-log = logging.getLogger("sluice")
+log = logging.getLogger("sluice.limits")
 
 LostCallback = Callable[[LeaseLost], object]
 """Told, once, that a lease was lost (see :meth:`LeaseView.on_lost`); what it returns is ignored."""

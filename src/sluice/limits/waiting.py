@@ -13,12 +13,16 @@ when the store answers again), and a sync caller with a timeout shorter than the
 store's step deadline never runs a round on its own thread. Calls without a
 timeout, and releases, are bounded by the store's per-step deadline
 (:mod:`sluice.store.deadline`): they raise StoreUnavailable past it.
+
+Each request, each new place in line, each grant, each give-up and each release is
+logged at DEBUG on ``sluice.limits``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +51,8 @@ __all__ = [
     "wait_for_grant_async",
 ]
 
+
+log = logging.getLogger("sluice.limits")
 
 TIMEOUT_GRACE = 0.5
 """Seconds past its timeout that a waiter waits for the store's last answer (where it
@@ -137,6 +143,13 @@ def _news(waiter: Waiter, on_wait: Callable[[WaitInfo], None] | None) -> None:
     if waiter.told:
         waiter.told = False
         info = waiter.wait_info()
+        if info is not None:
+            log.debug(
+                "sluice: %s waits on %s at position %s",
+                waiter.request.holder,
+                info.blocked_on or "its ticket",
+                info.position,
+            )
         if on_wait is not None and info is not None:
             on_wait(info)
 
@@ -161,6 +174,7 @@ def wait_for_grant(
     signal.acquire()
     waiter = Waiter(request, _releaser(signal))
     lead = _leads(store, limit)
+    _asks(request)
     session.line.arrive(waiter, lead=lead)
     try:
         while waiter.grant is None:
@@ -180,7 +194,9 @@ def wait_for_grant(
         elif waiter.state is not None:
             with contextlib.suppress(Exception):
                 release_lease(session, waiter.state, lead)
+        _gave_up(waiter, exc)
         raise
+    _granted(waiter)
     return waiter
 
 
@@ -195,6 +211,7 @@ async def wait_for_grant_async(
     limit = validate_timeout(timeout)
     signal = _LoopSignal(asyncio.get_running_loop())
     waiter = Waiter(request, signal)
+    _asks(request)
     session.line.arrive(waiter, lead=False)
     try:
         while waiter.grant is None:
@@ -225,8 +242,53 @@ async def wait_for_grant_async(
         elif waiter.state is not None:
             with contextlib.suppress(BaseException):
                 await release_lease_async(session, waiter.state)
+        _gave_up(waiter, exc)
         raise
+    _granted(waiter)
     return waiter
+
+
+def _asks(request: AcquireRequest) -> None:
+    log.debug(
+        "sluice: %s asks for %d unit(s) of %s (%s)",
+        request.holder,
+        request.occupy,
+        ", ".join(request.names),
+        request.kind.value,
+    )
+
+
+def _granted(waiter: Waiter) -> None:
+    state = waiter.state
+    log.debug(
+        "sluice: %s granted %d unit(s) of %s after %.3f s%s",
+        waiter.request.holder,
+        waiter.request.occupy,
+        ", ".join(waiter.request.names),
+        time.monotonic() - waiter.started,
+        f", lease {state.id}" if state is not None else "",
+    )
+
+
+def _gave_up(waiter: Waiter, exc: BaseException) -> None:
+    log.debug(
+        "sluice: %s left the line of %s after %.3f s: %s",
+        waiter.request.holder,
+        ", ".join(waiter.request.names),
+        time.monotonic() - waiter.started,
+        type(exc).__name__,
+    )
+
+
+def _released(state: LeaseState, found: bool) -> None:
+    log.debug(
+        "sluice: %s released lease %s (%d unit(s) of %s)%s",
+        state.holder,
+        state.id,
+        state.occupy,
+        ", ".join(state.names),
+        "" if found and not state.lost else "; it had been lost",
+    )
 
 
 class _LoopSignal:
@@ -322,6 +384,7 @@ def _finish_release(state: LeaseState, release: Release) -> None:
         found = False
     else:
         found = bool(release.found)
+    _released(state, found)
     raise_if_lost(state, found)
 
 

@@ -34,7 +34,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sluice import __version__
+from sluice import __version__, runs
 from sluice.errors import (
     InvalidRequest,
     LimitBusy,
@@ -54,6 +54,7 @@ from sluice.metrics import (
 from sluice.report.audit import record_json
 from sluice.report.limits import describe_limit
 from sluice.report.run_query import AmbiguousRunId, RunFilter
+from sluice.report.runs import logs_json
 from sluice.report.sampler import Sampler
 from sluice.report.times import parse_time
 from sluice.report.units import parse_rate
@@ -174,6 +175,11 @@ def _error(exc: SluiceError) -> JSONResponse:
     elif isinstance(exc, StoreUnavailable):
         status = 503
     return JSONResponse({"error": str(exc)}, status_code=status)
+
+
+def _ambiguous(exc: AmbiguousRunId) -> JSONResponse:
+    candidates = [{"id": r.id, "flow": r.flow} for r in exc.candidates]
+    return JSONResponse({"error": str(exc), "candidates": candidates}, status_code=404)
 
 
 def _json_error(message: str, status: int) -> JSONResponse:
@@ -406,10 +412,21 @@ def create_app(
             detail = await run_in_threadpool(d.runs.detail, run_id)
             body = await run_in_threadpool(run_detail_json, detail, d.runs.url)
         except AmbiguousRunId as exc:
-            candidates = [{"id": r.id, "flow": r.flow} for r in exc.candidates]
-            return JSONResponse({"error": str(exc), "candidates": candidates}, status_code=404)
+            return _ambiguous(exc)
         except SluiceError as exc:
             return _error(exc)
+        return JSONResponse(body)
+
+    async def api_run_logs(request: Request) -> Response:
+        try:
+            run_id = await run_in_threadpool(d.runs.resolve, request.path_params["run_id"])
+            detail = await run_in_threadpool(d.runs.detail, run_id)
+            records = await run_in_threadpool(lambda: runs.logs(run_id, url=d.runs.url))
+        except AmbiguousRunId as exc:
+            return _ambiguous(exc)
+        except SluiceError as exc:
+            return _error(exc)
+        body = {"id": run_id, "traceback": detail.run.traceback, "logs": logs_json(detail, records)}
         return JSONResponse(body)
 
     async def api_session(request: Request) -> Response:
@@ -474,6 +491,7 @@ def create_app(
         Route("/api/limits/{name:path}", api_limit),
         Route("/api/runs", api_runs),
         Route("/api/runs/{run_id}", api_run),
+        Route("/api/runs/{run_id}/logs", api_run_logs),
         Route("/api/admin/{action}", api_admin, methods=["POST"]),
         Route("/metrics", metrics),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),

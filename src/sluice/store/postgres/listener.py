@@ -34,7 +34,7 @@ from sluice.errors import StoreUnavailable
 
 __all__ = ["PING_INTERVAL", "Listener"]
 
-log = logging.getLogger("sluice")
+log = logging.getLogger("sluice.store.postgres")
 
 PING_INTERVAL = 10.0
 """Seconds of silence after which the listener checks its connection with a query."""

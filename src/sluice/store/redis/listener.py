@@ -23,7 +23,7 @@ from sluice.store.redis.config import LISTEN_POLL, backoff
 
 __all__ = ["Listener"]
 
-log = logging.getLogger("sluice")
+log = logging.getLogger("sluice.store.redis")
 
 
 class Listener:

@@ -57,7 +57,7 @@ __all__ = [
     "write_lock_path",
 ]
 
-log = logging.getLogger("sluice")
+log = logging.getLogger("sluice.store.sqlite")
 _HAS_PIDFD = hasattr(os, "pidfd_open") and sys.platform.startswith("linux")
 _PAYLOAD = 8192  # bytes per wake-up datagram
 
