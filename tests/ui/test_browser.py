@@ -332,6 +332,25 @@ def test_a_run_of_1200_task_runs_groups_its_gantt_and_fits_a_phone(
         assert timeline["width"] <= 400
         _shot(driver, "limit-page-phone-400")
         _full_shot(driver, "limit-page-phone-400-full")
+
+        # The runs list's filters: kept in the address, answered from the store.
+        driver.set_window_size(1280, 800)
+        driver.get(f"{base}runs")
+        wait.until(lambda _: driver.find_elements(By.CSS_SELECTOR, "#content tbody tr"))
+        driver.find_element(By.ID, "filter-flow").send_keys("nope")
+        driver.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
+        wait.until(lambda _: "No flow runs match" in driver.find_element(By.ID, "content").text)
+        assert driver.current_url.endswith("/runs?flow=nope")
+        driver.get(f"{base}runs?flow=many&state=Completed&id={run_id[:6]}")
+        rows = wait.until(
+            lambda _: driver.find_elements(By.CSS_SELECTOR, "#content tbody tr") or False
+        )
+        assert len(rows) == 1 and run_id[:8] in rows[0].text
+        assert driver.find_element(By.ID, "filter-state").get_attribute("value") == "Completed"
+        # selenium leaves Chromium's get_log unannotated
+        browser_log = driver.get_log("browser")  # type: ignore[no-untyped-call]
+        logs = [e for e in browser_log if "favicon" not in e["message"]]
+        assert not [e for e in logs if e["level"] == "SEVERE"], logs
     finally:
         server.terminate()
         server.communicate(timeout=10)
