@@ -49,6 +49,8 @@ def _sweep(intervals: Iterable[Interval], since: float, width: float, bins: int)
         index = min(int((at - since) / width), bins - 1)
         for i in range(current, index):  # the level held through the slices in between
             most[i] = max(most[i], level)
+        if at > since + index * width:  # and into this slice, up to this moment
+            most[index] = max(most[index], level)
         current = index
         level += delta
         most[index] = max(most[index], level)
