@@ -66,6 +66,8 @@ class Replay:
     """Holds whose process was paused during them for longer than the lease TTL."""
     store_errors: Counter[str]
     """The StoreErrors workers saw (acquiring or releasing), by message."""
+    error_times: list[float]
+    """When each of them was reported."""
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
@@ -93,6 +95,7 @@ def replay(
     holds: dict[str, Hold] = {}
     counts: Counter[str] = Counter()
     store_errors: Counter[str] = Counter()
+    error_times: list[float] = []
     violations: list[str] = []
     for worker, worker_events in events.items():
         for event in worker_events:
@@ -100,6 +103,7 @@ def replay(
             counts[kind] += 1
             if "error" in event and kind != "error":
                 store_errors[f"{kind}: {event['error']}"] += 1
+                error_times.append(event["t"])
             if kind == "enter":
                 holds[event["lease"]] = Hold(
                     worker,
@@ -168,4 +172,6 @@ def replay(
                 index += 1
             if highest is not None and later.fence <= highest.fence:
                 violations.append(f"fence of {later} is not above that of earlier {highest}")
-    return Replay(list(holds.values()), counts, violations, peaks, paused_past_ttl, store_errors)
+    return Replay(
+        list(holds.values()), counts, violations, peaks, paused_past_ttl, store_errors, error_times
+    )

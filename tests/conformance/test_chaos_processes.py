@@ -1,7 +1,10 @@
 """Chaos across processes (issue 14): on every store several worker processes hammer
 two limits ("a", 2 slots; "b", 3 slots; each worker thread takes "a", "b" or both),
 while a controller SIGKILLs workers (and starts replacements), pauses a holder
-(SIGSTOP) for longer than the lease TTL and resumes it, and restarts the store:
+(SIGSTOP) for longer than the lease TTL and resumes it, cuts every connection to the
+store server (CLIENT KILL; pg_terminate_backend), freezes the store for a second
+(SIGSTOP of the server; for SQLite, of a worker at any moment, perhaps inside a write
+transaction), and restarts the store:
 
 - Redis: the test's own redis-server, SIGKILLed and started again on its AOF
   (``appendonly yes``, ``appendfsync always``: a restart *with* its data);
@@ -55,10 +58,13 @@ PAUSE = LEASE_TTL + 1.5
 WORKERS = 4
 THREADS = 3
 CHAOS_SECONDS = 24.0
-SCHEDULE = ("pause", "kill", "restart")
+FREEZE = 1.0
+"""How long the store is frozen: shorter than the lease TTL, so no live holder may lose its
+lease (a freeze past the TTL: see "What each store guarantees under faults" in README.md)."""
+SCHEDULE = ("pause", "kill", "cut", "freeze", "restart")
 """The controller's faults, one every STEP seconds, in this order, round and round (a paused
 holder is resumed, PAUSE later, before the next restart)."""
-STEP = 2.6
+STEP = 2.4
 PROBE = "chaos-probe"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -86,6 +92,14 @@ class Server:
     def stop(self) -> None:
         raise NotImplementedError
 
+    def cut(self) -> int:
+        """Close every client connection from the server's side; return how many."""
+        raise NotImplementedError
+
+    def pids(self) -> list[int]:
+        """The server's processes, to freeze with SIGSTOP (the parent first)."""
+        raise NotImplementedError
+
 
 class RedisServer(Server):
     def __init__(self, directory: Path) -> None:
@@ -109,6 +123,17 @@ class RedisServer(Server):
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
         self.proc = None
+
+    def cut(self) -> int:
+        redis = require_module("redis", "redis")
+        with redis.Redis("127.0.0.1", self.port) as client:
+            cut: int = client.client_kill_filter(_type="normal", skipme=True)
+            cut += client.client_kill_filter(_type="pubsub", skipme=True)
+            return cut
+
+    def pids(self) -> list[int]:
+        assert self.proc is not None
+        return [self.proc.pid]
 
 
 class PostgresServer(Server):
@@ -177,6 +202,19 @@ class PostgresServer(Server):
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def cut(self) -> int:
+        with self.psycopg.connect(self.dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            ).fetchall()
+            return len(rows)
+
+    def pids(self) -> list[int]:
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        return [self.proc.pid, *(int(pid) for pid in children.split())]
+
 
 @contextlib.contextmanager
 def store_under_test(store_id: str, tmp_path: Path) -> Iterator[tuple[str, Server | None]]:
@@ -229,9 +267,18 @@ class Chaos:
     workers: dict[int, Worker] = field(default_factory=dict)
     controlled: dict[int, Controlled] = field(default_factory=dict)
     counts: dict[str, int] = field(
-        default_factory=lambda: {"kills": 0, "pauses": 0, "paused holders": 0, "restarts": 0}
+        default_factory=lambda: {
+            "kills": 0,
+            "pauses": 0,
+            "paused holders": 0,
+            "connections cut": 0,
+            "freezes": 0,
+            "restarts": 0,
+        }
     )
     resumes: list[tuple[float, int]] = field(default_factory=list)
+    log: list[tuple[float, str]] = field(default_factory=list)
+    """(when it began, which) of every fault, in order."""
     restart_seconds: list[float] = field(default_factory=list)
 
     @property
@@ -314,6 +361,34 @@ class Chaos:
             pauses = self.controlled[index].pauses
             pauses[-1] = (pauses[-1][0], time.monotonic())
 
+    def cut_connections(self) -> None:
+        """Close every connection to the store server (SQLite has none: nothing to do)."""
+        if self.server is not None:
+            self.counts["connections cut"] += self.server.cut()
+
+    def freeze_store(self) -> None:
+        """SIGSTOP the store server for FREEZE seconds; SQLite: a worker, at any moment."""
+        if self.server is not None:
+            parent = self.server.pids()[0]
+            os.kill(parent, signal.SIGSTOP)  # first: it starts no process while stopped
+            pids = [parent, *self.server.pids()[1:]]
+        else:
+            candidates = self.live()
+            if not candidates:
+                return
+            worker = self.rng.choice(candidates)
+            pids = [worker.proc.pid]
+            frozen = time.monotonic()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        simulate_work(FREEZE)  # the length of the stall, shorter than the lease TTL
+        for pid in reversed(pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        if self.server is None:
+            self.controlled[worker.index].pauses.append((frozen, time.monotonic()))
+        self.counts["freezes"] += 1
+
     def restart_store(self) -> None:
         began = time.monotonic()
         if self.server is not None:
@@ -340,12 +415,16 @@ class Chaos:
         faults: dict[str, Callable[[], None]] = {
             "kill": self.kill_one,
             "pause": self.pause_a_holder,
+            "cut": self.cut_connections,
+            "freeze": self.freeze_store,
             "restart": self.restart_store,
         }
         began = time.monotonic()
         for step in range(int(seconds / STEP)):
             self.pace_until(began + STEP * (step + 1))
-            faults[SCHEDULE[step % len(SCHEDULE)]]()
+            fault = SCHEDULE[step % len(SCHEDULE)]
+            self.log.append((time.monotonic(), fault))
+            faults[fault]()
         self.pace_until(max((at for at, _ in self.resumes), default=0.0))
 
     def pace_until(self, moment: float) -> None:
@@ -371,6 +450,16 @@ class Chaos:
                     os.kill(worker.proc.pid, signal.SIGCONT)
                 worker.proc.kill()
                 worker.proc.join(10)
+
+
+def _after(log: list[tuple[float, str]], times: list[float]) -> dict[str, int]:
+    """How many of ``times`` fell after each kind of fault (the latest one before it)."""
+    after: dict[str, int] = {}
+    for at in times:
+        before = [fault for began, fault in log if began <= at]
+        kind = before[-1] if before else "no fault"
+        after[kind] = after.get(kind, 0) + 1
+    return after
 
 
 def _stores() -> list[str]:
@@ -449,6 +538,7 @@ def test_processes_killed_paused_and_a_restarted_store_never_over_admit(
         f" releases: ok {result.counts['released-ok']}, LeaseLost"
         f" {result.counts['released-lost']}, store error {result.counts['released-store-error']};"
         f" peaks {result.peaks}; store errors seen: {dict(result.store_errors)}"
+        f" after: {_after(chaos.log, result.error_times)}"
     )
 
     assert not result.violations, "\n".join(result.violations)
