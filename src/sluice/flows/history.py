@@ -149,9 +149,8 @@ class HistoryWriter:
                 batch = [r for r in batch if _flow_run_of(r) not in self._lost]
             self._track(batch, every)
             if batch:
-                if self._url is not None:
-                    _create_store(self._url)
-                    self._url = None
+                if self._url is not None and _create_store(self._url):
+                    self._url = None  # else tried again before the next write
                 try:
                     self.store.write(batch)
                 except Exception as exc:  # history must never take a flow down
@@ -204,16 +203,19 @@ class HistoryWriter:
             log.warning("sluice: could not prune the run history: %s", exc)
 
 
-def _create_store(url: str) -> None:
-    """Create the store at ``url`` unless it exists (a read that creates its schema)."""
+def _create_store(url: str) -> bool:
+    """Create the store at ``url`` unless it exists (a read that creates its schema);
+    whether it exists now."""
     try:
         store = acquire_store(url)
         try:
             store.list_limits()
         finally:
             release_store(store)
-    except Exception as exc:  # the writes that follow say what is wrong, if anything
+    except Exception as exc:  # the write that follows says what is wrong, if anything
         log.debug("sluice: could not open the store for the run history: %s", exc)
+        return False
+    return True
 
 
 def _flow_run_of(record: HistoryRecord) -> str:
