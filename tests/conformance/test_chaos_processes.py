@@ -34,6 +34,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,11 +45,12 @@ import pytest
 
 from conftest import require_module, selected_store_ids, skip_or_fail
 from sluice import Limits
+from sluice.errors import SluiceError
 
 from . import _chaos_workers
 from ._chaos_check import Controlled, Replay, read_events, replay
 from ._helpers import simulate_work, wait_for_idle, wait_until
-from ._procs import SPAWN, stop_between_store_steps
+from ._procs import SPAWN
 
 SLOTS = {"a": 2, "b": 3}
 LEASE_TTL = 3.0
@@ -66,7 +68,30 @@ SCHEDULE = ("pause", "kill", "cut", "freeze", "restart")
 holder is resumed, PAUSE later, before the next restart)."""
 STEP = 2.4
 PROBE = "chaos-probe"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _pg_bin() -> Path | None:
+    """Where initdb and postgres are: SLUICE_TEST_PG_BIN, else the newest Debian-style
+    /usr/lib/postgresql/N/bin, else the directory of an initdb on PATH."""
+    if os.environ.get("SLUICE_TEST_PG_BIN"):
+        return Path(os.environ["SLUICE_TEST_PG_BIN"])
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda path: int(path.parent.parent.name) if path.parent.parent.name.isdigit() else 0,
+    )
+    if versions:
+        return versions[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _as_postgres() -> tuple[int | None, int | None]:
+    """(user, group) to run PostgreSQL as: ``postgres`` when we are root (it refuses to run
+    as root), else None, None (as we are)."""
+    if os.geteuid() != 0:
+        return None, None
+    user = pwd.getpwnam("postgres")
+    return user.pw_uid, user.pw_gid
 
 
 def _free_port() -> int:
@@ -79,6 +104,29 @@ def _free_port() -> int:
 def _listening(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _stop_between_store_steps(proc: Any, limits: Limits) -> float:
+    """SIGSTOP ``proc`` outside a store step (``_procs.stop_between_store_steps``, whose
+    probe thread lets an AcquireTimeout escape when a stopped SQLite writer holds the
+    lock); return ``time.monotonic()`` just before the stop that held."""
+    for _ in range(10):
+        stopped_at = time.monotonic()
+        os.kill(proc.pid, signal.SIGSTOP)
+        done = threading.Event()
+
+        def write(done: threading.Event = done) -> None:
+            with contextlib.suppress(SluiceError):
+                limits.acquire(PROBE, timeout=0).release()
+                done.set()
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        if done.wait(1.0):
+            return stopped_at
+        os.kill(proc.pid, signal.SIGCONT)
+        writer.join(10)
+    raise AssertionError("could not stop the worker outside a store step in 10 tries")
 
 
 class Server:
@@ -137,29 +185,31 @@ class RedisServer(Server):
 
 
 class PostgresServer(Server):
-    """A PostgreSQL cluster in a temporary directory owned by ``postgres`` (we run as root)."""
+    """A PostgreSQL cluster of the test's own in a temporary directory, run by the user
+    running the tests, or by ``postgres`` if that is root (then it owns the directory)."""
 
-    def __init__(self) -> None:
+    def __init__(self, bin_dir: Path) -> None:
         self.psycopg = require_module("psycopg", "postgres")
-        user = pwd.getpwnam("postgres")
-        self.ids = (user.pw_uid, user.pw_gid)
+        self.bin = bin_dir
+        self.user, self.group = _as_postgres()
         self.root = Path(tempfile.mkdtemp(prefix="sluice-chaos-pg-"))
-        os.chown(self.root, *self.ids)
+        if self.user is not None and self.group is not None:
+            os.chown(self.root, self.user, self.group)
         self.port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self.url = f"{self.dsn}?schema=sluice_chaos"
-        initdb = [str(PG_BIN / "initdb"), "-D", str(self.root / "data"), "-A", "trust"]
+        initdb = [str(self.bin / "initdb"), "-D", str(self.root / "data"), "-A", "trust"]
         subprocess.run(
             [*initdb, "-U", "postgres", "--no-sync", "-E", "UTF8"],
-            user=self.ids[0],
-            group=self.ids[1],
             check=True,
             capture_output=True,
+            user=self.user,
+            group=self.group,
         )
 
     def start(self) -> None:
-        args = [str(PG_BIN / "postgres"), "-D", str(self.root / "data"), "-p", str(self.port)]
+        args = [str(self.bin / "postgres"), "-D", str(self.root / "data"), "-p", str(self.port)]
         for setting in (
             "listen_addresses=127.0.0.1",
             f"unix_socket_directories={self.root}",
@@ -169,11 +219,7 @@ class PostgresServer(Server):
             args += ["-c", setting]
         with open(self.root / "log", "ab") as log:
             self.proc = subprocess.Popen(
-                args,
-                user=self.ids[0],
-                group=self.ids[1],
-                stdout=log,
-                stderr=log,
+                args, stdout=log, stderr=log, user=self.user, group=self.group
             )
         wait_until(self._accepts, 30.0, f"PostgreSQL on port {self.port}")
 
@@ -232,13 +278,17 @@ def store_under_test(store_id: str, tmp_path: Path) -> Iterator[tuple[str, Serve
         finally:
             redis.stop()
     else:
-        if not (PG_BIN / "initdb").exists():
-            skip_or_fail(f"no PostgreSQL 15 binaries in {PG_BIN} (apt install postgresql-15)")
+        bin_dir = _pg_bin()
+        if bin_dir is None or not (bin_dir / "initdb").exists():
+            skip_or_fail(
+                "no PostgreSQL server binaries (initdb, postgres) for the test's own cluster:"
+                " apt install postgresql, or set SLUICE_TEST_PG_BIN"
+            )
         try:
-            pwd.getpwnam("postgres")
+            _as_postgres()
         except KeyError:
-            skip_or_fail("no 'postgres' user to run the test's own PostgreSQL cluster")
-        postgres = PostgresServer()
+            skip_or_fail("running as root, and no 'postgres' user to run PostgreSQL as")
+        postgres = PostgresServer(bin_dir)
         try:
             postgres.start()
             yield postgres.url, postgres
@@ -271,6 +321,7 @@ class Chaos:
             "kills": 0,
             "pauses": 0,
             "paused holders": 0,
+            "pause tries": 0,
             "connections cut": 0,
             "freezes": 0,
             "restarts": 0,
@@ -334,19 +385,25 @@ class Chaos:
             self.kill(self.rng.choice(candidates))
         self.start_worker()
 
-    def pause_a_holder(self, tries: int = 10) -> None:
-        """SIGSTOP a worker that is inside a hold (between store steps); resume it later."""
-        for attempt in range(tries):
+    def pause_a_holder(self, within: float = 5.0) -> None:
+        """SIGSTOP a worker that is inside a hold (between store steps); resume it later.
+        If none is caught inside one ``within`` seconds, pause one anyway."""
+        give_up = time.monotonic() + within
+        while True:
             candidates = self.live()
-            holders = [w for w in candidates if self.holding(w)] or candidates
-            if not holders:
+            if not candidates:
                 return
-            worker = self.rng.choice(holders)
-            stopped = stop_between_store_steps(worker.proc, self.limits, PROBE)
+            holders = [w for w in candidates if self.holding(w)]
+            if not holders and time.monotonic() < give_up:
+                simulate_work(0.02)  # the controller's pace while no worker holds anything
+                continue
+            worker = self.rng.choice(holders or candidates)
+            self.counts["pause tries"] += 1
+            stopped = _stop_between_store_steps(worker.proc, self.limits)
             caught = self.holding(worker)  # its events file is still while it is stopped
-            if caught or attempt == tries - 1:
+            if caught or time.monotonic() >= give_up:
                 break
-            os.kill(worker.proc.pid, signal.SIGCONT)  # it left its hold meanwhile: another
+            os.kill(worker.proc.pid, signal.SIGCONT)  # it left its hold meanwhile: again
         self.controlled[worker.index].pauses.append((stopped, float("inf")))
         self.resumes.append((stopped + PAUSE, worker.index))
         self.counts["pauses"] += 1
@@ -398,10 +455,11 @@ class Chaos:
             self.limits.close()
             for worker in list(self.workers.values()):
                 os.kill(worker.proc.pid, signal.SIGKILL)
-            killed_at = time.monotonic()
+                # Its own time: the store sees it die at once and may grant its units to
+                # a worker not killed yet.
+                self.controlled[worker.index].killed_at = time.monotonic()
             for worker in list(self.workers.values()):
                 worker.proc.join(10)
-                self.controlled[worker.index].killed_at = killed_at
                 del self.workers[worker.index]
             self.resumes = []
             self.limits = Limits(self.url)
