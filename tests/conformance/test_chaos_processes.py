@@ -8,9 +8,9 @@ transaction), and restarts the store:
 
 - Redis: the test's own redis-server, SIGKILLed and started again on its AOF
   (``appendonly yes``, ``appendfsync always``: a restart *with* its data);
-- PostgreSQL: the test's own cluster (initdb in a temporary directory, run as the
-  ``postgres`` user), stopped in immediate mode (SIGQUIT: no checkpoint, as a crash)
-  and started again, recovering from its WAL;
+- PostgreSQL: the test's own cluster (initdb in a temporary directory; run as the
+  ``postgres`` user when the tests run as root), stopped in immediate mode (SIGQUIT: no
+  checkpoint, as a crash) and started again, recovering from its WAL;
 - SQLite: the store is the file and the processes that have it open, so a restart
   is every one of them killed at once (the controller closes its own client first),
   then new workers.
