@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sluice import Limits
+from sluice.errors import AcquireTimeout, StoreUnavailable
 
 from . import _workers
 
@@ -63,7 +64,10 @@ def stop_between_store_steps(proc: Any, limits: Limits, probe: str) -> float:
         done = threading.Event()
 
         def write(done: threading.Event = done) -> None:
-            limits.acquire(probe, timeout=0).release()
+            try:
+                limits.acquire(probe, timeout=0).release()
+            except (AcquireTimeout, StoreUnavailable):
+                return  # the stopped child holds the write lock: stop it again
             done.set()
 
         writer = threading.Thread(target=write, daemon=True)
