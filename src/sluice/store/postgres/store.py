@@ -78,6 +78,7 @@ from sluice.store.postgres.config import (
 from sluice.store.postgres.listener import Listener
 from sluice.store.postgres.plans import Call, Engine, wakes_in
 from sluice.store.postgres.watchdog import Watchdog
+from sluice.store.postgres.watchdog import within as within_deadline
 
 __all__ = ["SAFETY_INTERVAL", "PostgresStore", "from_url"]
 
@@ -117,6 +118,10 @@ def _usable(conn: psycopg.Connection[Any]) -> bool:
     if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         return False
     return not _readable(conn.pgconn.socket)
+
+
+def _close(conn: psycopg.Connection[Any]) -> None:
+    conn.close()
 
 
 class _Overdue(Exception):
@@ -248,7 +253,8 @@ class PostgresStore:
         options: dict[str, Any] = {}
         if config.connect_timeout is None:
             options["connect_timeout"] = max(2, math.ceil(within))
-        try:
+
+        def make() -> psycopg.Connection[Any]:
             conn = psycopg.Connection.connect(
                 config.listen_conninfo if listener else config.conninfo,
                 autocommit=True,
@@ -259,8 +265,17 @@ class PostgresStore:
             if config.prepared and not listener:  # (a transaction pooler would leak a SET)
                 conn.execute(f"SET statement_timeout = {max(int(self.step_timeout * 1000), 1)}")
             return conn
+
+        try:
+            if deadline is None:
+                return make()
+            # psycopg waits 2 s at least per address: the step waits no longer than it may.
+            made = within_deadline(make, deadline.left(), _close)
         except psycopg.Error as exc:
             raise translate(exc, self.url) from exc
+        if made is None:
+            raise _Overdue("connecting")
+        return made
 
     def _execute(self, conn: psycopg.Connection[Any], call: Call[Any]) -> Any:
         row = conn.execute(call.sql, call.params).fetchone()

@@ -8,6 +8,10 @@ deadline passes: it shuts the socket down (on a duplicate of its descriptor, so
 libpq's own stays valid), the blocked read fails at once, and the step raises
 StoreUnavailable. Watching costs a lock and a set insertion per statement: the
 thread sleeps until the earliest deadline and is only woken for an earlier one.
+
+Connecting is bounded by :func:`within` instead: psycopg waits at least 2 s per
+address it tries, whatever ``connect_timeout`` says (libpq's rule), and a name
+such as ``localhost`` may have two.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
-__all__ = ["Watch", "Watchdog"]
+__all__ = ["Watch", "Watchdog", "within"]
+
+T = TypeVar("T")
 
 
 class Watch:
@@ -82,3 +88,47 @@ def _cut(conn: Any) -> None:
         fd = os.dup(conn.pgconn.socket)
         with socket.socket(fileno=fd) as sock:
             sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Attempt(Generic[T]):
+    """One call run by :func:`within`: its outcome, or that its caller left."""
+
+    def __init__(self, make: Callable[[], T], close: Callable[[T], None]) -> None:
+        self.make = make
+        self.close = close
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+        self.left = False
+
+    def run(self) -> None:
+        try:
+            result = self.make()
+        except BaseException as exc:  # handed to the caller
+            with self.lock:
+                self.error = exc
+                self.done.set()
+            return
+        with self.lock:
+            if not self.left:
+                self.result = result
+                self.done.set()
+                return
+        with contextlib.suppress(Exception):  # too late: nobody takes it
+            self.close(result)
+
+
+def within(make: Callable[[], T], seconds: float, close: Callable[[T], None]) -> T | None:
+    """``make()`` run on a helper thread, waited for at most ``seconds``: its result (or its
+    error, raised), or None if it took longer (what it makes later is closed)."""
+    attempt = _Attempt(make, close)
+    threading.Thread(target=attempt.run, name="sluice-pg-connect", daemon=True).start()
+    attempt.done.wait(seconds)
+    with attempt.lock:
+        if not attempt.done.is_set():
+            attempt.left = True
+            return None
+    if attempt.error is not None:
+        raise attempt.error
+    return attempt.result
