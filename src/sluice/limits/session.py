@@ -125,6 +125,8 @@ class Keeper:
         except StoreError as exc:
             log.warning("sluice: could not renew leases on %s: %s", self._store.url, exc)
             now = time.time()
+            if _credits_stall(self._store):
+                return  # no lease is lost to a stall of the store itself: it is credited
             for state in leases.values():
                 if now >= state.expires_at and not state.released:
                     state.mark_lost("renewals failed past its TTL")
@@ -138,6 +140,13 @@ class Keeper:
         if renewal.lost_tickets:
             # The ticket lapsed (e.g. a long pause); its waiter re-queues at its old place.
             self._wake(renewal.lost_tickets)
+
+
+def _credits_stall(store: Store) -> bool:
+    """Whether the store is stalled for every process and will credit the stall to the
+    leases live when it began (SQLite: :mod:`sluice.store.sqlite.stall`)."""
+    stalled = getattr(store, "stalled", None)
+    return bool(stalled()) if callable(stalled) else False
 
 
 class Session:

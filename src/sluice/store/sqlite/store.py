@@ -122,6 +122,12 @@ class SQLiteStore(Reads, Exchanger, audit.AdminLog):
         """Whether a process is known gone, for a read (changes nothing)."""
         return host == self._host and sqlite_ipc.process_gone(self.path, process_id)
 
+    def stalled(self) -> bool:
+        """Whether the write lock is stalled for every process (a writer marked it after
+        the last commit): the next write step credits the stall to every live lease, so
+        a renewal that failed meanwhile costs its lease nothing."""
+        return self._stall_began() is not None
+
     def _register(self, tx: Tx) -> ProcessInfo:
         info, wake_addr = self._ipc.start()
         tx.run(
