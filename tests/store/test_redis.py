@@ -10,9 +10,7 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -36,6 +34,8 @@ from sluice.errors import (
 )
 from sluice.limits.model import Limit
 from sluice.store import acquire_store, release_store
+
+from ._servers import OwnRedis
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -731,12 +731,6 @@ def test_a_deployment_written_by_schema_1_is_used_in_place(prefix: str) -> None:
 # --------------------------------------------------------------------------- restarts
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _unread_bytes(port: int) -> int:
     """Bytes waiting, unread, in the receive queues of the server's sockets on ``port``
     (Linux /proc/net/tcp): a request that reached a frozen server."""
@@ -752,56 +746,6 @@ def _unread_bytes(port: int) -> int:
             if local_port == port:
                 total += int(fields[4].split(":")[1], 16)
     return total
-
-
-class OwnRedis:
-    """A redis-server of this test's own, on a free loopback port; stopped by its PID."""
-
-    def __init__(self, directory: Path, persistent: bool) -> None:
-        self.port = _free_port()
-        self.directory = directory
-        self.persistent = persistent
-        self.extra: tuple[str, ...] = ()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def restart_with(self, *extra: str) -> None:
-        """Start again with extra server options (e.g. ``--requirepass``)."""
-        self.kill()
-        self.extra = extra
-        self.start()
-
-    def start(self) -> None:
-        args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
-        args += list(self.extra)
-        args += ["--dir", str(self.directory)]
-        if self.persistent:
-            args += ["--appendonly", "yes", "--appendfsync", "always"]
-        else:
-            args += ["--appendonly", "no"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on port {self.port} did not start")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self.proc = None
-
-    def pause(self) -> None:
-        """Freeze the server (SIGSTOP): connections stay open, nothing is answered."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
 
 
 @pytest.fixture
