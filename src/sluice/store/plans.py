@@ -12,10 +12,10 @@ A driver translates a failure of its database driver into a Sluice error with
 the backend's one ``translate`` function and throws it into the plan at the
 ``yield`` that asked for the call, chained ``from`` the driver's exception (a
 Sluice error raised by the backend's own code, such as its connection pool, goes
-into the plan as it is). A plan may catch it (to try again after a :class:`Sleep`); otherwise it leaves the
-plan and the driver. So decisions, retries and their parsing exist once per
-backend, and :func:`run_plan` and :func:`run_plan_async` are the only loops that
-differ between sync and async.
+into the plan as it is). A plan may catch it (to try again after a
+:class:`Sleep`); otherwise it leaves the plan and the driver. So decisions,
+retries and their parsing exist once per backend, and :func:`run_plan` and
+:func:`run_plan_async` are the only loops that differ between sync and async.
 """
 
 from __future__ import annotations
