@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -68,8 +69,12 @@ def _run(tmp_path: Path, mode: str, **env: str) -> str:
 
 @pytest.mark.timeout(120)
 def test_run_logs_are_printed_at_info_naming_the_runs(tmp_path: Path) -> None:
+    before = datetime.now(timezone.utc)
     err = _run(tmp_path, "plain").splitlines()
-    assert any(line.endswith("| INFO    | flow run 'etl' - starting") for line in err)
+    starting = next(line for line in err if line.endswith("| INFO    | flow run 'etl' - starting"))
+    # The time is UTC, ISO with a Z, like every time Sluice shows.
+    printed = datetime.strptime(starting.split(" | ")[0], "%Y-%m-%dT%H:%M:%S.%fZ")
+    assert abs(printed.replace(tzinfo=timezone.utc) - before) < timedelta(minutes=2)
     assert any(
         line.endswith("| INFO    | task run 'extract' of flow run 'etl' - fetched 20 rows")
         for line in err

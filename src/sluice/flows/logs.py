@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -44,8 +45,9 @@ __all__ = ["CONSOLE_FORMAT", "RUN_LOGGER", "RunFormatter", "RunLoggerAdapter", "
 RUN_LOGGER = "sluice.runs"
 """The logger of run loggers."""
 
-CONSOLE_FORMAT = "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(run)s - %(message)s"
-"""How the console prints a record (``%(run)s`` names the flow run and task run)."""
+CONSOLE_FORMAT = "%(asctime)s.%(msecs)03dZ | %(levelname)-7s | %(run)s - %(message)s"
+"""How the console prints a record (``%(run)s`` names the flow run and task run); its time
+is UTC, as everywhere Sluice shows a time."""
 
 _FIELDS = ("flow_run_id", "flow_run_name", "task_run_id", "task_run_name")
 
@@ -161,7 +163,9 @@ class _Console(logging.StreamHandler, _Own):  # type: ignore[type-arg]
 
     def __init__(self) -> None:
         super().__init__()
-        self.setFormatter(RunFormatter(CONSOLE_FORMAT, "%H:%M:%S"))
+        formatter = RunFormatter(CONSOLE_FORMAT, "%Y-%m-%dT%H:%M:%S")
+        formatter.converter = time.gmtime
+        self.setFormatter(formatter)
 
     @property
     def stream(self) -> TextIO:
