@@ -1,4 +1,5 @@
-"""A loopback TCP proxy in front of the test PostgreSQL server that can lose a reply.
+"""A loopback TCP proxy in front of the test PostgreSQL server that can lose a reply,
+or refuse connections for a while.
 
 Armed, it swallows the next bytes the server sends on any connection through it:
 the reply of a statement the server has already committed (PostgreSQL sends a
@@ -29,12 +30,30 @@ class ReplyDropper:
         self._sockets: list[socket.socket] = []
         self.dropped = 0
         """How many replies were lost so far."""
+        self.refusing = False
+        self.refused = 0
+        """How many connections were closed at once while refusing."""
         threading.Thread(target=self._accept, daemon=True).start()
 
     def arm(self, hook: Callable[[], None]) -> None:
         """Lose the next reply; call ``hook`` before the client's side is closed."""
         with self._lock:
             self._hook = hook
+
+    def refuse(self) -> None:
+        """Cut every connection, and close new ones at once (as a server that is down),
+        until :meth:`serve`."""
+        with self._lock:
+            self.refusing = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def serve(self) -> None:
+        """Forward new connections again."""
+        with self._lock:
+            self.refusing = False
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -51,6 +70,12 @@ class ReplyDropper:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            with self._lock:
+                refusing = self.refusing
+            if refusing:
+                client.close()
+                self.refused += 1
+                continue
             server = socket.create_connection(self._upstream)
             with self._lock:
                 self._sockets += [client, server]

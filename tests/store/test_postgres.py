@@ -614,6 +614,41 @@ def test_the_claim_window_is_the_clients(url: str, schema: str) -> None:
     assert admin(f'SELECT "{schema}"._claim_window()') == [(CLAIM_WINDOW,)]
 
 
+def test_a_release_while_the_server_refuses_connections_is_tried_again(schema: str) -> None:
+    """A release that finds the server down for a moment (its connection cut, a new one
+    refused) is tried again and frees its slot, instead of failing at once and leaving
+    the slot held until its lease expires."""
+    require_server("127.0.0.1", 5432, PG_HOW_TO_START)
+    proxy = ReplyDropper(("127.0.0.1", 5432))
+    through = (
+        f"postgresql://postgres@127.0.0.1:{proxy.port}/test?schema={schema}"
+        f"&listen_url={quote(PG_DSN, safe='')}"
+    )
+    try:
+        with Limits(through) as limits, Limits(f"{PG_DSN}?schema={schema}") as other:
+            limits.create("db", slots=1, lease_ttl=60)
+            lease = limits.acquire("db")
+            proxy.refuse()
+            outcome: list[BaseException | None] = []
+
+            def release() -> None:
+                try:
+                    lease.release()
+                    outcome.append(None)
+                except BaseException as exc:
+                    outcome.append(exc)
+
+            releasing = threading.Thread(target=release)
+            releasing.start()
+            wait_until(lambda: proxy.refused >= 1 or bool(outcome), 10, "a refused connection")
+            proxy.serve()
+            releasing.join(30)
+            assert outcome == [None], f"the release failed: {outcome!r}"
+            assert other.inspect("db").in_use == 0
+    finally:
+        proxy.close()
+
+
 def test_a_lost_reply_is_asked_for_again_and_nothing_is_granted_twice(schema: str) -> None:
     """The server commits an exchange and its reply never arrives (a proxy loses it and
     the server connection is terminated): the store sends the same batch again, marked
