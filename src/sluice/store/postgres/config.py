@@ -31,6 +31,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "STEPS",
     "PgConfig",
+    "StepOverdue",
     "migration_sql",
     "parse_url",
     "refusal",
@@ -44,6 +45,13 @@ exchange step's generic plans can use; 5: the record of held units; 6: the audit
 of admin actions)."""
 
 DEFAULT_SCHEMA = "sluice"
+
+
+class StepOverdue(Exception):
+    """A step's deadline passed (what it was doing): the cause of its StoreUnavailable,
+    which a plan does not try again (a resend could only run past the deadline)."""
+
+
 STEPS = (
     "engine",
     "exchange",

@@ -35,7 +35,7 @@ from sluice.store.base import (
 )
 from sluice.store.plans import Plan, Sleep
 from sluice.store.postgres import audit
-from sluice.store.postgres.config import SCHEMA_VERSION, PgConfig, refusal
+from sluice.store.postgres.config import SCHEMA_VERSION, PgConfig, StepOverdue, refusal
 
 __all__ = ["Call", "Engine", "wakes_in"]
 
@@ -378,9 +378,9 @@ class Engine:
             try:
                 data = yield Call(sql, (json.dumps(payload, separators=(",", ":")),))
                 break
-            except StoreUnavailable:
-                if delay is None:
-                    raise
+            except StoreUnavailable as exc:
+                if delay is None or isinstance(exc.__cause__, StepOverdue):
+                    raise  # (past the step's deadline: a resend would run past it too)
                 payload["resend"] = True
                 if delay:
                     yield Sleep(delay)

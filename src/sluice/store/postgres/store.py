@@ -71,6 +71,7 @@ from sluice.store.postgres.config import (
     RETRY_SQLSTATES,
     SCHEMA_VERSION,
     PgConfig,
+    StepOverdue,
     migration_sql,
     parse_url,
     translate,
@@ -124,10 +125,6 @@ def _close(conn: psycopg.Connection[Any]) -> None:
     conn.close()
 
 
-class _Overdue(Exception):
-    """A step's deadline passed (what it was doing); becomes StoreUnavailable."""
-
-
 class _Pool:
     """At most ``size`` autocommit connections, each used by one step at a time; a caller
     finding none free waits for one."""
@@ -167,7 +164,7 @@ class _Pool:
                     self._count += 1
                     break
                 if deadline.passed:
-                    raise _Overdue("waiting for a free connection of the pool")
+                    raise StepOverdue("waiting for a free connection of the pool")
                 self._cond.wait(deadline.left())
         try:
             return self._connect(deadline)
@@ -249,7 +246,7 @@ class PostgresStore:
             name = f"{name[: 63 - len(':listen')]}:listen"
         within = CONNECT_TIMEOUT if deadline is None else min(CONNECT_TIMEOUT, deadline.left())
         if deadline is not None and deadline.passed:
-            raise _Overdue("connecting")
+            raise StepOverdue("connecting")
         options: dict[str, Any] = {}
         if config.connect_timeout is None:
             options["connect_timeout"] = max(2, math.ceil(within))
@@ -274,7 +271,7 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise translate(exc, self.url) from exc
         if made is None:
-            raise _Overdue("connecting")
+            raise StepOverdue("connecting")
         return made
 
     def _execute(self, conn: psycopg.Connection[Any], call: Call[Any]) -> Any:
@@ -305,10 +302,10 @@ class PostgresStore:
                     return self._execute(conn, call)
                 except psycopg.Error as exc:
                     if watch.fired:
-                        raise _Overdue("waiting for its answer") from exc
+                        raise StepOverdue("waiting for its answer") from exc
                     raise
-        except _Overdue as exc:
-            raise overdue(self.url, deadline.seconds, str(exc)) from exc.__cause__
+        except StepOverdue as exc:
+            raise overdue(self.url, deadline.seconds, str(exc)) from exc
 
     @contextlib.contextmanager
     def _step(self, deadline: Deadline | None = None) -> Iterator[Deadline]:
@@ -356,7 +353,7 @@ class PostgresStore:
                         migration = Deadline(MIGRATION_TIMEOUT)
                         with self._watchdog.watch(conn, migration.at) as watch:
                             self._migrate(conn)
-            except _Overdue as exc:
+            except StepOverdue as exc:
                 raise overdue(self.url, step.seconds, str(exc)) from exc
             except psycopg.Error as exc:
                 if cut:
