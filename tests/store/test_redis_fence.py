@@ -20,7 +20,7 @@ from conftest import require_module, require_server
 from sluice import Limits
 from sluice.errors import LeaseLost
 
-from .test_redis import OwnRedis
+from ._servers import OwnRedis
 
 redis = require_module("redis", "redis")
 
