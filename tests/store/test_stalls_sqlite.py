@@ -208,6 +208,8 @@ def test_a_stall_longer_than_the_lease_ttl_takes_no_live_holders_lease(tmp_path:
                 3.0,  # the stall: three lease TTLs
                 "the holder keeps its lease, the waiter stays out, during the stall",
             )
+            # doctor does not count the live holder's lease as expired either
+            assert limits._store.diagnose().expired_leases == 0
         # The paused process is gone: the store takes writes again.
         stays(
             lambda: not waiter.done.is_set() and not held.lost,

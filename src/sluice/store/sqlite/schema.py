@@ -14,6 +14,7 @@ from importlib import resources
 
 from sluice.errors import StoreError, StoreUnavailable
 from sluice.store.base import StoreDiagnosis
+from sluice.store.sqlite.stall import stall_began
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -143,7 +144,9 @@ def diagnose_file(url: str, path: str) -> StoreDiagnosis:
     try:
         conn.execute("PRAGMA query_only=1")
         mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).upper()
-        version, expired = read_diagnosis(conn, time.time())
+        # A lease live when a stall under way began is not expired: the stall is credited.
+        began = stall_began(path)
+        version, expired = read_diagnosis(conn, time.time() if began is None else began)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read SQLite store {url}: {exc}") from exc
     finally:
