@@ -12,7 +12,9 @@ plus :data:`TIMEOUT_GRACE` whatever the store does (the line settles its part
 when the store answers again), and a sync caller with a timeout shorter than the
 store's step deadline never runs a round on its own thread. Calls without a
 timeout, and releases, are bounded by the store's per-step deadline
-(:mod:`sluice.store.deadline`): they raise StoreUnavailable past it.
+(:mod:`sluice.store.deadline`): they raise StoreUnavailable past it (a call without
+a timeout within two deadlines plus :data:`TIMEOUT_GRACE`: a round already under
+way, then its own; a release within one plus the grace).
 
 Each request, each new place in line, each grant, each give-up and each release is
 logged at DEBUG on ``sluice.limits``.
