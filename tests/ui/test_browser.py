@@ -1,4 +1,5 @@
-"""The dashboard in a real headless Chromium: a holder comes and goes; a run's Gantt bars.
+"""The dashboard in a real headless Chromium: a holder comes and goes; a run's Gantt bars;
+a run's logs and tracebacks as it runs and fails.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them);
 elsewhere the test skips saying how to install them, except under CI=true,
@@ -8,9 +9,11 @@ where a missing browser fails. Screenshots go to ``test-artifacts/``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,8 +21,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 import sluice.runs
+from conformance._helpers import wait_until
 from conftest import cross_process_only, require_module, skip_or_fail
-from sluice import Limits
+from sluice import Limits, flow, get_run_logger, task
+from sluice.flows.context import LOG_RECORDS_PER_RUN
 
 from . import _flows
 from .test_cli import _start
@@ -354,3 +359,164 @@ def test_a_run_of_1200_task_runs_groups_its_gantt_and_fits_a_phone(
     finally:
         server.terminate()
         server.communicate(timeout=10)
+
+
+CHATTY_LINES = LOG_RECORDS_PER_RUN + 50  # beyond the records a run keeps
+SCRIPT_LINE = "page 7: <script>window.injected = true</script> <b>not bold</b>"
+_go_on = threading.Event()
+
+
+@task
+def chatty() -> None:
+    """Logs more lines than its run keeps."""
+    for i in range(CHATTY_LINES):
+        get_run_logger().info("line %d of the chatty task", i)
+
+
+@task
+def fetch_logged() -> None:
+    """Logs a line holding markup, waits for the test, then fails."""
+    get_run_logger().info(SCRIPT_LINE)
+    _go_on.wait(60)
+    raise RuntimeError("the page is gone")
+
+
+def _deep(depth: int, call: Callable[[], None]) -> None:
+    """``call()`` from ``depth`` frames down: a traceback through here is long."""
+    if depth:
+        _deep(depth - 1, call)
+    else:
+        call()
+
+
+@flow(name="logged-crawler")
+def logged_crawler() -> None:
+    chatty.submit().result()
+    _deep(12, fetch_logged.submit().result)
+
+
+@pytest.mark.slow
+def test_a_run_page_shows_its_logs_as_they_come_and_its_tracebacks_as_text(
+    browser: Chrome, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url = f"sqlite:///{tmp_path / 'logs.db'}"
+    monkeypatch.setenv("SLUICE_URL", url)
+    monkeypatch.setenv("SLUICE_PROGRESS", "0")
+    failures: list[BaseException] = []
+
+    def run_flow() -> None:
+        try:
+            logged_crawler()
+        except RuntimeError as exc:
+            failures.append(exc)
+
+    _go_on.clear()
+    runner = threading.Thread(target=run_flow, name="logged-crawler")
+    runner.start()
+    server: subprocess.Popen[str] | None = None
+    try:
+        (listed,) = wait_until(lambda: sluice.runs.list(1), 15, "the flow run in the history")
+        run_id = listed.id
+        server, base = _start(["ui", "--port", "0", "--interval", "250ms", "--url", url], tmp_path)
+        driver = browser
+        wait = WebDriverWait(driver, 20)
+
+        def messages() -> list[str]:
+            # Read in one script: the rows are appended to while the run runs.
+            return list(
+                driver.execute_script(
+                    "return [...document.querySelectorAll('.log-table tbody td.log-text')]"
+                    ".map((td) => td.textContent);"
+                )
+            )
+
+        # While the run runs: the records so far, the markup as text, no traceback yet.
+        driver.get(f"{base}runs/{run_id}")
+        wait.until(lambda _: SCRIPT_LINE in messages())
+        assert "Running" in driver.find_element(By.ID, "updated").text
+        assert not driver.find_elements(By.CSS_SELECTOR, ".traceback")
+        row = driver.find_element(By.CSS_SELECTOR, ".log-table tbody tr:last-child")
+        cells = row.find_elements(By.TAG_NAME, "td")
+        assert [c.text for c in cells[1:]] == [
+            "INFO",
+            "fetch_logged " + _task_id(run_id)[:8],
+            SCRIPT_LINE,
+        ]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", cells[0].text), cells[0].text
+        assert driver.execute_script("return window.injected") is None
+        assert not driver.find_elements(By.CSS_SELECTOR, "#content script, #content b")
+        # The chatty task's first lines, as many as a run keeps, and the note of its bound.
+        shown = messages()
+        chatty_lines = [m for m in shown if m.startswith("line ")]
+        assert chatty_lines == [f"line {i} of the chatty task" for i in range(LOG_RECORDS_PER_RUN)]
+        assert any(m.startswith("log bound reached") for m in shown)
+        box = driver.execute_script(
+            "const b = document.querySelector('.logs-scroll');"
+            "return [b.scrollHeight, b.clientHeight, b.scrollTop];"
+        )
+        assert box[0] > box[1] > 0, f"the records do not scroll in their box: {box}"
+        assert box[2] > 0, f"a running run's box does not show its newest records: {box}"
+        _fits(driver, "the run page with 200 log records")
+
+        # It fails: the page refreshes to its traceback and the records of the failure.
+        _go_on.set()
+        runner.join(30)
+        assert failures and "the page is gone" in str(failures[0])
+        wait.until(lambda _: "Ended" in driver.find_element(By.ID, "updated").text)
+        # The flow logs its end just after writing it: the page looks once more.
+        wait.until(lambda _: any(m.startswith("flow run logged-crawler") for m in messages()))
+        api_logs = sluice.runs.logs(run_id)
+        assert len(messages()) == len(api_logs)
+        shown = messages()
+        assert shown.index(SCRIPT_LINE) < next(
+            i for i, m in enumerate(shown) if m.startswith("task run fetch_logged")
+        )
+        follows = driver.execute_script(
+            "const b = document.querySelector('.logs-scroll');"
+            "return b.scrollHeight - b.scrollTop - b.clientHeight;"
+        )
+        assert follows < 4, f"the box did not follow the records to its end: {follows}px left"
+        task_run = _task_id(run_id)
+        block = driver.find_element(By.CSS_SELECTOR, f'.traceback[data-traceback="{task_run}"]')
+        assert "(Failed)" in block.find_element(By.TAG_NAME, "h3").text
+        text = block.find_element(By.CSS_SELECTOR, "pre.traceback-text").text
+        assert text.startswith("Traceback (most recent call last):"), text
+        assert text.splitlines()[-1] == "RuntimeError: the page is gone"
+        assert 'raise RuntimeError("the page is gone")' in text
+        # The flow run's traceback (through _deep) is long: it starts collapsed to its end.
+        flow_block = driver.find_element(By.CSS_SELECTOR, f'.traceback[data-traceback="{run_id}"]')
+        summary = flow_block.find_element(By.TAG_NAME, "summary")
+        assert summary.text.startswith("RuntimeError: the page is gone"), summary.text
+        pre = flow_block.find_element(By.CSS_SELECTOR, "pre.traceback-text")
+        assert not pre.is_displayed()
+        summary.click()
+        assert pre.is_displayed() and "Traceback (most recent call last):" in pre.text
+        driver.execute_script("document.getElementById('logs-heading').scrollIntoView()")
+        _shot(driver, "run-page-logs")
+        _full_shot(driver, "run-page-logs-full")
+
+        driver.set_window_size(400, 850)
+        driver.get(f"{base}runs/{run_id}")
+        wait.until(lambda _: len(messages()) == len(api_logs))
+        _fits(driver, "the run page's logs at 400 px")
+        driver.execute_script("document.getElementById('logs-heading').scrollIntoView()")
+        _shot(driver, "run-page-logs-phone-400")
+        # selenium leaves Chromium's get_log unannotated
+        browser_log = driver.get_log("browser")  # type: ignore[no-untyped-call]
+        logs = [e for e in browser_log if "favicon" not in e["message"]]
+        assert not [e for e in logs if e["level"] == "SEVERE"], logs
+    finally:
+        _go_on.set()
+        runner.join(30)
+        if server is not None:
+            server.terminate()
+            server.communicate(timeout=10)
+
+
+def _task_id(run_id: str) -> str:
+    """The id of the flow run's fetch_logged task run."""
+    detail = sluice.runs.get(run_id)
+    return next(t.run.id for t in detail.task_runs if t.run.task == "fetch_logged")

@@ -160,10 +160,11 @@ window.Sluice = (function () {
   }
 
   // Replace a node's children, keeping keyboard focus on the element with the same key.
+  // A null or undefined child is left out (replaceChildren would show it as "null").
   function replaceKeepingFocus(parent, ...children) {
     const focused = document.activeElement;
     const key = focused && parent.contains(focused) ? focused.getAttribute("data-key") : null;
-    parent.replaceChildren(...children.flat());
+    parent.replaceChildren(...children.flat().filter((child) => child !== null && child !== undefined));
     if (key) {
       const again = parent.querySelector('[data-key="' + CSS.escape(key) + '"]');
       if (again) again.focus();

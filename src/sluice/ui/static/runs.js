@@ -1,6 +1,7 @@
 // Sluice dashboard: the runs list (filters by flow, state, time and id prefix) and a run's
 // page (why it took this long first, then a Gantt chart that groups task runs by task when
-// there are many, with its time axis kept in view, then every task run).
+// there are many, with its time axis kept in view, then its tracebacks and log records,
+// then every task run).
 "use strict";
 
 window.SluiceRuns = (function () {
@@ -357,6 +358,131 @@ window.SluiceRuns = (function () {
     return nodes;
   }
 
+  // ------------------------------------------------------------------ run page: logs
+
+  const LONG_LINES = 15; // a message or traceback of more lines starts collapsed
+  const TRACEBACKS = 20; // task runs' tracebacks shown above the records
+
+  function textLines(text) {
+    return String(text).replace(/\s+$/, "").split("\n");
+  }
+
+  // Text of several lines, preformatted; a long one behind a summary line to open it.
+  // Every piece of text goes in through textContent (el's "text"), never as markup.
+  function textBlock(text, summary, cls, key, open) {
+    const lines = textLines(text);
+    const pre = el("pre", { class: cls, text: lines.join("\n") });
+    if (lines.length <= LONG_LINES) return pre;
+    return el("details", { class: "long-text", open: open.has(key) },
+      el("summary", { "data-key": key }, el("span", { class: "summary-line", text: summary }),
+        el("span", { class: "hint", text: " · " + plural(lines.length, "line") })),
+      pre);
+  }
+
+  function lastLine(text) {
+    const lines = textLines(text).filter((line) => line.trim());
+    return lines.length ? lines[lines.length - 1].trim() : "";
+  }
+
+  // The tracebacks of the flow run and of its task runs that failed, [key, title, text]
+  // (the first TRACEBACKS task runs'), and how many more task runs have one.
+  function tracebacks(run, logs) {
+    const found = [];
+    if (logs.traceback) found.push(["tb:" + run.id, "Traceback of the flow run (" + run.state + ")", logs.traceback]);
+    const failed = run.task_runs.filter((t) => t.traceback);
+    for (const t of failed.slice(0, TRACEBACKS)) {
+      found.push(["tb:" + t.id, "Traceback of task run " + t.task + " " + t.id.slice(0, 8) + " (" + t.state + ")", t.traceback]);
+    }
+    return { found, more: Math.max(0, failed.length - TRACEBACKS) };
+  }
+
+  function openKeys(node) {
+    return new Set([...node.querySelectorAll("details[open] > summary")].map((s) => s.getAttribute("data-key")));
+  }
+
+  function runCell(r) {
+    if (!r.task_run_id) return el("span", { text: "flow run" });
+    return el("span", { title: "task run " + r.task_run_id }, (r.task || "task run") + " ", el("code", { text: r.task_run_id.slice(0, 8) }));
+  }
+
+  const LOG_HEADERS = ["Time (UTC)", "Level", "Run", "Message"];
+
+  function logRow(r, open) {
+    const level = String(r.level);
+    const lines = textLines(r.message);
+    const message = lines.length > 1
+      ? textBlock(r.message, lines[0], "log-message", "log:" + r.seq, open)
+      : el("span", { class: "log-message", text: r.message });
+    const cells = [
+      el("time", { datetime: r.timestamp, title: r.timestamp, text: datetime(r.timestamp) }),
+      el("span", { class: "level level-" + level.toLowerCase(), text: level }),
+      runCell(r),
+      message,
+    ];
+    const classes = ["log-time", "log-level", "log-run", "log-text"];
+    return el("tr", { "data-seq": r.seq }, cells.map((cell, i) => el("td", { class: classes[i], "data-label": LOG_HEADERS[i] }, cell)));
+  }
+
+  // The run's log records in order, in a box that scrolls. New records are appended (a
+  // box scrolled to its end follows them); a running run's box opens at its end.
+  function logView() {
+    const tracebackSlot = el("div", { class: "tracebacks" });
+    const countLine = el("p", { id: "log-count", class: "hint" });
+    const records = el("div", { id: "log-records" });
+    const rows = el("tbody", {});
+    const box = el("div", { class: "logs-scroll", tabindex: 0, role: "region", "aria-label": "Log records" },
+      el("table", { class: "responsive log-table" },
+        el("caption", { class: "visually-hidden", text: "Log records of this flow run and its task runs, oldest first" }),
+        el("thead", {}, el("tr", {}, LOG_HEADERS.map((h) => el("th", { scope: "col", text: h })))),
+        rows));
+    let shown = []; // the seq of each record shown, in order
+    let tracebackText = null;
+
+    function drawTracebacks({ found, more }, runId) {
+      const signature = JSON.stringify([more, found.map(([key, title, text]) => [key, title, text.length])]);
+      if (signature === tracebackText) return; // unchanged: keep what the reader opened
+      tracebackText = signature;
+      const open = openKeys(tracebackSlot);
+      replaceKeepingFocus(tracebackSlot,
+        found.map(([key, title, text]) =>
+          el("div", { class: "traceback", "data-traceback": key.slice(3) },
+            el("h3", { text: title }),
+            textBlock(text, lastLine(text), "traceback-text", key, open))),
+        more ? el("p", { class: "hint", text: "… and " + plural(more, "more task run") + " with a traceback; `sluice run show " + runId + "` prints them all." }) : null);
+    }
+
+    function drawRecords(logs, running) {
+      const same = shown.length <= logs.length && shown.every((seq, i) => logs[i].seq === seq);
+      const follow = box.isConnected && box.scrollHeight - box.scrollTop - box.clientHeight < 4;
+      if (!same) {
+        const open = openKeys(rows);
+        const all = document.createDocumentFragment();
+        for (const r of logs) all.append(logRow(r, open));
+        rows.replaceChildren(all);
+      } else if (logs.length > shown.length) {
+        const fresh = document.createDocumentFragment();
+        for (const r of logs.slice(shown.length)) fresh.append(logRow(r, new Set()));
+        rows.append(fresh);
+      }
+      const first = !shown.length;
+      shown = logs.map((r) => r.seq);
+      countLine.textContent = logs.length
+        ? plural(logs.length, "log record") + " of this flow run and its task runs, oldest first."
+        : running ? "No log records yet." : "No log records.";
+      if (logs.length && !box.isConnected) records.replaceChildren(box);
+      if (!logs.length && box.isConnected) records.replaceChildren();
+      if (logs.length && (follow || (first && running))) box.scrollTop = box.scrollHeight;
+    }
+
+    return {
+      nodes: [tracebackSlot, countLine, records],
+      draw(run, logs) {
+        drawTracebacks(tracebacks(run, logs), run.id);
+        drawRecords(logs.logs, !run.ended_at);
+      },
+    };
+  }
+
   // ------------------------------------------------------------------ run page
 
   function taskRows(run, all) {
@@ -386,15 +512,18 @@ window.SluiceRuns = (function () {
       Object.entries(KINDS).map(([kind, label]) => el("li", {}, swatch(kind), " " + label)));
     const ganttHint = el("p", { class: "hint" });
     const tasksSlot = el("div", {});
+    const logPanel = logView();
     let allTasks = location.hash.startsWith("#task-");
     let grouped = null; // null: decided by the number of task runs
     let last = null;
+    let endedSeen = 0; // refreshes that found the run ended
     content.replaceChildren(
       facts,
       section("why-heading", "Why it took this long", whySlot,
         el("details", {}, el("summary", { text: "As `sluice run why` prints it" }), whyText)),
       section("gantt-heading", "Task runs over time",
         el("div", { class: "gantt-tools" }, ganttHint, modeButton), legend, chartSlot),
+      section("logs-heading", "Logs", ...logPanel.nodes),
       section("tasks-heading", "Task runs", tasksSlot)
     );
     const isGrouped = () => (grouped === null ? last.task_runs.length > GROUP_ABOVE : grouped);
@@ -432,8 +561,12 @@ window.SluiceRuns = (function () {
       whyText.textContent = run.why_text;
       draw();
       drawTasks();
+      logPanel.draw(run, await api("/api/runs/" + encodeURIComponent(run.id) + "/logs"));
       stamp(run.ended_at ? "Ended " + datetime(run.ended_at) : "Running · updated " + clock(new Date()));
-      return !run.ended_at; // stop refreshing once the run has ended
+      // Stop refreshing once the run has ended, after one more look: a flow logs its
+      // end ("flow run ... Failed") just after its end is written.
+      if (run.ended_at) endedSeen += 1;
+      return endedSeen < 2;
     });
   }
 
