@@ -204,7 +204,7 @@ class Dispatcher:
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Start a coroutine on the loop, from any thread."""
-        _loops.post(self.loop, self._spawn, coro)
+        _loops.post_new(self.loop, self._spawn, coro)  # behind the ends of running ones
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
@@ -241,7 +241,7 @@ class Dispatcher:
                 self._cancelled.add(task)
                 task.add_done_callback(self._cancelled.discard)
                 task.cancel()
-            if later:
+            if later or _loops.pending_new(self.loop):  # task runs not started yet
                 self.loop.call_soon(cancel)
 
         self.loop.call_soon_threadsafe(cancel)
@@ -251,8 +251,11 @@ class Dispatcher:
         ``timeout`` seconds)."""
 
         async def finish() -> None:
-            if self._tasks:
-                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            while self._tasks or _loops.pending_new(self.loop):  # some not started yet
+                if self._tasks:
+                    await asyncio.gather(*list(self._tasks), return_exceptions=True)
+                else:
+                    await asyncio.sleep(0)
             if self._limits is not None:
                 await self._limits.aclose()
 

@@ -39,7 +39,14 @@ __all__ = ["HistoryWriter", "writer_for"]
 
 log = logging.getLogger("sluice.flows")
 
-_BATCH = 5000
+_BATCH = 200
+"""Records one write takes at most (a flush excepted): on SQLite a write holds the
+store's write lock, so a long one would keep grants and releases waiting."""
+
+_PAUSE = 0.005
+"""Seconds the writer rests after a write while records wait: on SQLite the history
+shares the store's write lock, and a writer that takes it back at once would keep the
+limits' own steps (grants, releases) out for as long as a backlog lasts."""
 
 _LINGER = 0.025
 """Seconds a batch waits for more records after its first (a flush does not wait): a
@@ -69,6 +76,7 @@ class HistoryWriter:
         self.store = store
         self._url = url  # the store to create before the first write, if any
         self._queue: queue.SimpleQueue[HistoryRecord | _Marker] = queue.SimpleQueue()
+        self._urgent = threading.Event()  # set by a flush: no rest before its batch
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._dirty: dict[str, _Snapshot] = {}
@@ -107,6 +115,7 @@ class HistoryWriter:
             self._start()
         marker = _Marker(threading.Event(), prune)
         self._queue.put(marker)
+        self._urgent.set()
         return marker.done.wait(timeout)
 
     def _run(self) -> None:
@@ -114,18 +123,24 @@ class HistoryWriter:
             batch: list[HistoryRecord] = []
             markers: list[_Marker] = []
             every = settings.history_heartbeat()
+            item: HistoryRecord | _Marker | None
             try:
-                if self._open:
+                if self._dirty:  # runs left over from the last batch
+                    item = self._queue.get(timeout=_PAUSE)
+                elif self._open:
                     item = self._queue.get(timeout=max(self._beat_at + every - time.monotonic(), 0))
                 else:
                     item = self._queue.get()
             except queue.Empty:
-                self._beat(every)
-                continue
+                if not self._dirty:
+                    self._beat(every)
+                    continue
+                item = None
             until = time.monotonic() + _LINGER
-            while True:
+            while item is not None:
                 if isinstance(item, _Marker):
                     markers.append(item)
+                    self._urgent.clear()  # this flush is served by this batch
                 else:
                     batch.append(item)
                 if len(batch) >= _BATCH:
@@ -141,7 +156,11 @@ class HistoryWriter:
                     except queue.Empty:
                         break
             with self._dirty_lock:
-                dirty, self._dirty = self._dirty, {}
+                room = max(_BATCH - len(batch), 1)
+                if markers or len(self._dirty) <= room:  # a flush writes them all
+                    dirty, self._dirty = self._dirty, {}
+                else:  # the rest in the next batch: no write holds the lock for long
+                    dirty = {key: self._dirty.pop(key) for key in list(self._dirty)[:room]}
             batch.extend(run.record() for run in dirty.values())
             if self._open:
                 self._beat(every)
@@ -155,6 +174,8 @@ class HistoryWriter:
                     self.store.write(batch)
                 except Exception as exc:  # history must never take a flow down
                     log.warning("sluice: dropped %d history records: %s", len(batch), exc)
+                if not markers:
+                    self._urgent.wait(_PAUSE)
             if any(m.prune for m in markers):
                 self._prune()
             for marker in markers:

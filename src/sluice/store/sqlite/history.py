@@ -320,29 +320,15 @@ class SQLiteHistory:
             return
         if rows.open_flows:
             self._hold_liveness()
+        statements = _statements(rows)  # encoded before the write lock is taken
         with self._tx() as conn:
-            self._write_rows(conn, rows)
+            _write_statements(conn, statements)
             if rows.open_flows and self._beat_due():
                 self._beat(conn)
                 self._registered = True
 
     def _write_rows(self, conn: sqlite3.Connection, rows: Rows) -> None:
-        if rows.flows:
-            conn.execute(
-                _bulk("INSERT OR REPLACE", "flow_runs", FLOW_WRITE_COLUMNS),
-                (json.dumps(list(rows.flows.values())),),
-            )
-        if rows.tasks:
-            conn.execute(
-                _bulk("INSERT OR REPLACE", "task_runs", TASK_COLUMNS),
-                (json.dumps(list(rows.tasks.values())),),
-            )
-        if rows.states:
-            conn.execute(
-                _bulk("INSERT OR IGNORE", "states", STATE_COLUMNS), (json.dumps(rows.states),)
-            )
-        if rows.logs:
-            conn.execute(_bulk("INSERT OR IGNORE", "logs", LOG_COLUMNS), (json.dumps(rows.logs),))
+        _write_statements(conn, _statements(rows))
 
     def heartbeat(self) -> bool:
         """Renew this process's heartbeat; False if its runs were ended as Crashed."""
@@ -494,3 +480,26 @@ def from_url(url: str) -> SQLiteHistory:
         )
     path = str(Path(rest[1:]).expanduser().resolve())
     return SQLiteHistory(f"sqlite:///{path}", path)
+
+
+def _statements(rows: Rows) -> list[tuple[str, str]]:
+    """The bulk statements that write ``rows``, each with its rows as one JSON array."""
+    statements = []
+    if rows.flows:
+        flows = json.dumps(list(rows.flows.values()))
+        statements.append((_bulk("INSERT OR REPLACE", "flow_runs", FLOW_WRITE_COLUMNS), flows))
+    if rows.tasks:
+        tasks = json.dumps(list(rows.tasks.values()))
+        statements.append((_bulk("INSERT OR REPLACE", "task_runs", TASK_COLUMNS), tasks))
+    if rows.states:
+        states = json.dumps(rows.states)
+        statements.append((_bulk("INSERT OR IGNORE", "states", STATE_COLUMNS), states))
+    if rows.logs:
+        statements.append((_bulk("INSERT OR IGNORE", "logs", LOG_COLUMNS), json.dumps(rows.logs)))
+    return statements
+
+
+def _write_statements(conn: sqlite3.Connection, statements: list[tuple[str, str]]) -> None:
+    """Run :func:`_statements` in the open transaction."""
+    for sql, payload in statements:
+        conn.execute(sql, (payload,))
