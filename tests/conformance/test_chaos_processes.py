@@ -46,6 +46,7 @@ import pytest
 from conftest import require_module, selected_store_ids, skip_or_fail
 from sluice import Limits
 from sluice.errors import SluiceError
+from store._servers import pg_bin
 
 from . import _chaos_workers
 from ._chaos_check import Controlled, Replay, read_events, replay
@@ -68,21 +69,6 @@ SCHEDULE = ("pause", "kill", "cut", "freeze", "restart")
 holder is resumed, PAUSE later, before the next restart)."""
 STEP = 2.4
 PROBE = "chaos-probe"
-
-
-def _pg_bin() -> Path | None:
-    """Where initdb and postgres are: SLUICE_TEST_PG_BIN, else the newest Debian-style
-    /usr/lib/postgresql/N/bin, else the directory of an initdb on PATH."""
-    if os.environ.get("SLUICE_TEST_PG_BIN"):
-        return Path(os.environ["SLUICE_TEST_PG_BIN"])
-    versions = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-        key=lambda path: int(path.parent.parent.name) if path.parent.parent.name.isdigit() else 0,
-    )
-    if versions:
-        return versions[-1].parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
 
 
 def _as_postgres() -> tuple[int | None, int | None]:
@@ -278,7 +264,7 @@ def store_under_test(store_id: str, tmp_path: Path) -> Iterator[tuple[str, Serve
         finally:
             redis.stop()
     else:
-        bin_dir = _pg_bin()
+        bin_dir = pg_bin()
         if bin_dir is None or not (bin_dir / "initdb").exists():
             skip_or_fail(
                 "no PostgreSQL server binaries (initdb, postgres) for the test's own cluster:"

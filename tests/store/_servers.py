@@ -15,10 +15,29 @@ from pathlib import Path
 from conformance._helpers import wait_until
 from conftest import require_server, skip_or_fail
 
-__all__ = ["OwnPostgres", "OwnRedis", "free_port", "own_postgres_or_skip", "own_redis_or_skip"]
+__all__ = [
+    "OwnPostgres",
+    "OwnRedis",
+    "free_port",
+    "own_postgres_or_skip",
+    "own_redis_or_skip",
+    "pg_bin",
+]
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-"""Where Debian's PostgreSQL 15 server binaries are (initdb, pg_ctl, postgres)."""
+
+def pg_bin() -> Path | None:
+    """Where initdb, pg_ctl and postgres are: SLUICE_TEST_PG_BIN, else the newest
+    Debian-style /usr/lib/postgresql/N/bin, else the directory of an initdb on PATH."""
+    if os.environ.get("SLUICE_TEST_PG_BIN"):
+        return Path(os.environ["SLUICE_TEST_PG_BIN"])
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda path: int(path.parent.parent.name) if path.parent.parent.name.isdigit() else 0,
+    )
+    if versions:
+        return versions[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
 
 
 def free_port() -> int:
@@ -116,13 +135,15 @@ class OwnPostgres:
     def start(self) -> None:
         if os.geteuid() == 0:
             shutil.chown(self.directory, "postgres", "postgres")
-        self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+        bin_dir = pg_bin()
+        assert bin_dir is not None, "no PostgreSQL server binaries (see own_postgres_or_skip)"
+        self._run(str(bin_dir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
                   "--no-sync")  # fmt: skip
         options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.directory}"
             " -c fsync=off -c synchronous_commit=off"
         )
-        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.directory / "log"),
+        self._run(str(bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.directory / "log"),
                   "-w", "-t", "30", "-o", options, "start")  # fmt: skip
         self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
 
@@ -176,11 +197,15 @@ def _alive(pid: int) -> bool:
 
 
 def own_postgres_or_skip() -> OwnPostgres:
-    """A started OwnPostgres; skip (fail under CI=true) without PostgreSQL 15's binaries."""
-    if not (PG_BIN / "initdb").exists() or (os.geteuid() == 0 and shutil.which("runuser") is None):
+    """A started OwnPostgres; skip (fail under CI=true) without PostgreSQL's server binaries."""
+    bin_dir = pg_bin()
+    if bin_dir is None or not (bin_dir / "initdb").exists():
         skip_or_fail(
-            f"no PostgreSQL server binaries in {PG_BIN} (Debian: apt install postgresql-15)"
+            "no PostgreSQL server binaries (initdb, pg_ctl): apt install postgresql, "
+            "or set SLUICE_TEST_PG_BIN"
         )
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        skip_or_fail("running as root, and no runuser to start PostgreSQL as postgres")
     server = OwnPostgres()
     try:
         server.start()

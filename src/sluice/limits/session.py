@@ -26,7 +26,7 @@ from sluice.store.base import Store
 
 __all__ = ["Keeper", "Session", "session_for"]
 
-log = logging.getLogger("sluice")
+log = logging.getLogger("sluice.limits")
 
 
 class Keeper:
