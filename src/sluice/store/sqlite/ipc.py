@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 import selectors
@@ -206,8 +207,9 @@ class FileLock:
             os.close(self.fd)
 
 
+@functools.lru_cache(maxsize=64)
 def _stall_path(db_path: str) -> Path:
-    return side_dir(db_path) / "stalled"
+    return side_dir(db_path) / "stalled"  # cached: every write step stats it
 
 
 def mark_stall(db_path: str) -> None:
