@@ -85,7 +85,8 @@ class OwnRedis:
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # (a frozen server dies as well)
+            # SIGKILL alone: it ends a frozen (SIGSTOPped) server too, and a SIGCONT first
+            # would let it answer what it had received before it dies.
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
         self.proc = None
