@@ -191,10 +191,11 @@ def test_wait_for_timeout_on_an_async_acquire_leaves_the_queue(store_url: str) -
 def test_cancellation_racing_a_grant_never_leaks_a_unit(store_url: str) -> None:
     """Cancel waiters at many points around the moment their grant lands.
 
-    The cancel comes 0 to 11 loop turns after the release that hands the waiter its
-    grant, then after 1 or 2 ms: early ones find it still waiting (cancelled), late ones
-    find it granted. Rounds go on until both outcomes were seen several times; after
-    every round the unit is free again and nobody waits.
+    The release that hands the waiter its grant starts as a task of its own, and the
+    cancel comes 0 to 11 loop turns after it starts, or 1 to 3 ms after: early ones
+    find the waiter still waiting (cancelled), late ones find it granted. Rounds go
+    on until both outcomes were seen several times; after every round the unit is
+    free again and nobody waits.
     """
 
     async def main() -> dict[str, int]:
@@ -207,12 +208,13 @@ def test_cancellation_racing_a_grant_never_leaks_a_unit(store_url: str) -> None:
                 held = await limits.acquire("db")
                 task = asyncio.create_task(limits.acquire("db", timeout=20))
                 await waiters_async(limits, "db", 1)
-                await held.release()
+                releasing = asyncio.create_task(held.release())
                 for _ in range(rounds % 12):
                     await asyncio.sleep(0)  # one turn of the loop
-                if rounds % 14 >= 12:
-                    await simulate_work_async(0.001 * (rounds % 14 - 11))
+                if rounds % 15 >= 12:
+                    await simulate_work_async(0.001 * (rounds % 15 - 11))
                 task.cancel()
+                await releasing
                 try:
                     lease = await task
                 except asyncio.CancelledError:
