@@ -23,6 +23,7 @@ and records nothing more about those runs.
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import queue
 import threading
@@ -160,7 +161,8 @@ class HistoryWriter:
                 if markers or len(self._dirty) <= room:  # a flush writes them all
                     dirty, self._dirty = self._dirty, {}
                 else:  # the rest in the next batch: no write holds the lock for long
-                    dirty = {key: self._dirty.pop(key) for key in list(self._dirty)[:room]}
+                    first = list(itertools.islice(self._dirty, room))  # not the whole backlog
+                    dirty = {key: self._dirty.pop(key) for key in first}
             batch.extend(run.record() for run in dirty.values())
             if self._open:
                 self._beat(every)
