@@ -60,7 +60,7 @@ from sluice.store.history_rows import (
     task_record,
 )
 from sluice.store.sqlite.history_schema import create_or_migrate, history_version
-from sluice.store.sqlite.ipc import FileLock, side_dir, write_lock_path
+from sluice.store.sqlite.ipc import FileLock, lock_free, side_dir, write_lock_path
 
 __all__ = ["SQLiteHistory", "from_url"]
 
@@ -223,19 +223,7 @@ class SQLiteHistory:
 
     def _gone(self, owner: str) -> bool:
         """Whether the owner's process no longer holds its liveness lock."""
-        if owner == self._owner:
-            return False
-        try:
-            fd = os.open(self._liveness_path(owner), os.O_RDWR)
-        except FileNotFoundError:
-            return True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(fd)
-        return True
+        return owner != self._owner and lock_free(self._liveness_path(owner))
 
     def _beat_due(self) -> bool:
         """Whether a write that opens runs must renew the heartbeat too (none for a while)."""

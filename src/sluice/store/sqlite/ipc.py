@@ -51,6 +51,7 @@ __all__ = [
     "ProcessLink",
     "clear_stall",
     "last_commit",
+    "lock_free",
     "mark_stall",
     "prepare_files",
     "process_gone",
@@ -243,8 +244,18 @@ def last_commit(db_path: str) -> float:
 
 def process_gone(db_path: str, process_id: str) -> bool:
     """Whether a registered process of this host is gone, changing nothing (for reads)."""
+    return lock_free(side_dir(db_path) / "procs" / f"{process_id}.lock")
+
+
+def lock_free(path: Path) -> bool:
+    """Whether no process holds the lock file ``path`` (none does if it is missing).
+
+    A process holds its lock file with an exclusive ``flock`` for as long as it
+    lives, and the kernel drops it however the process ends; a shared probe that
+    gets through changes nothing and tells that it is gone.
+    """
     try:
-        fd = os.open(side_dir(db_path) / "procs" / f"{process_id}.lock", os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return True
     except OSError:
