@@ -4,6 +4,7 @@ waiters leave the queue, and a grant that lands after cancellation is released."
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 import threading
@@ -302,10 +303,19 @@ def test_keyboard_interrupt_while_waiting_leaves_the_queue(limits: Limits) -> No
     sent: list[float] = []
 
     def blocked_in_a_wait() -> bool:
-        """Whether the main thread's innermost Python frame is the library's wait loop
-        (where it blocks on its signal lock, in C)."""
-        frame = sys._current_frames().get(main_thread)
-        return frame is not None and frame.f_code is waiting.wait_for_grant.__code__
+        """Whether the main thread's innermost Python frame is where the library's wait
+        loop blocks on its signal lock (in C), a slice at a time."""
+        # No automatic garbage collection while sys._current_frames() runs: on CPython
+        # before 3.12 one that runs inside it can deadlock the process (python/cpython#106883,
+        # seen here: every thread stopped for good).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            frame = sys._current_frames().get(main_thread)
+        finally:
+            if collecting:
+                gc.enable()
+        return frame is not None and frame.f_code is waiting._block.__code__
 
     def interrupt() -> None:
         wait_for_waiters(limits, "db", 1)

@@ -61,6 +61,29 @@ TIMEOUT_GRACE = 0.5
 stands now, or that it left the line) before it gives up without it: an acquire with a
 timeout returns within ``timeout + TIMEOUT_GRACE`` even while the store stalls."""
 
+MAIN_THREAD_SLICE = 0.25
+"""Seconds the main thread blocks at a time while it waits: a Ctrl-C that arrives just
+before it blocks (CPython runs signal handlers between bytecodes, and a blocked lock wait
+is not always woken by the signal) is acted on within this, not when the wait ends."""
+
+
+def _block(lock: threading.Lock, timeout: float | None) -> bool:
+    """Acquire ``lock`` within ``timeout`` seconds (None: however long); True if acquired.
+
+    Other threads block in one call; the main thread in slices of
+    :data:`MAIN_THREAD_SLICE`, running any pending signal handler (KeyboardInterrupt)
+    between them.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = MAIN_THREAD_SLICE if end is None else min(MAIN_THREAD_SLICE, end - time.monotonic())
+        if step <= 0:
+            return lock.acquire(blocking=False)
+        if lock.acquire(timeout=step):
+            return True
+
 
 def step_timeout_of(store: Store) -> float:
     """The store's per-step deadline (:mod:`sluice.store.deadline`)."""
@@ -185,7 +208,7 @@ def wait_for_grant(
             _news(waiter, on_wait)
             left = _left(waiter, limit, lambda: session.line.refresh(waiter, False))
             if waiter.grant is None and waiter.error is None and not waiter.told:
-                signal.acquire(timeout=-1 if left is None else left)
+                _block(signal, left)
     except BaseException as exc:
         # Timed out, interrupted or failed: leave the line, and return once that is
         # done; a grant that landed meanwhile is given back.
@@ -346,7 +369,7 @@ def release_lease(session: Session, state: LeaseState, lead: bool = True) -> Non
     signal.acquire()
     release = Release(state.id, _releaser(signal))
     session.line.release(release, lead=lead)
-    if not signal.acquire(timeout=step_timeout_of(session.store) + TIMEOUT_GRACE):
+    if not _block(signal, step_timeout_of(session.store) + TIMEOUT_GRACE):
         raise _unconfirmed(session, state)
     _finish_release(state, release)
 
